@@ -1,0 +1,159 @@
+"""The Python API: `load()` a model once, then `generate`, `stream` or `chat` with it.
+
+    from llama_cli import load
+    llm = load()                                   # default model, CPU, float32
+    llm.generate("The quick brown fox", max_tokens=20, temperature=0)
+    for token in llm.stream("Once upon a time", max_tokens=50):
+        print(token.text, end="")
+
+The CLI is a thin layer over this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .chat_template import Message, render_chat, select_template
+from .errors import ModelFormatError, UsageError
+from .generation import Generation, GenerationSettings
+from .model import Transformer
+from .registry import resolve_model
+from .sampling import SamplingSettings
+from .tokenizer import Tokenizer
+from .weights import Checkpoint, load_checkpoint
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is the CPU; `cuda`/`mps` must actually be present."""
+    if name in ("auto", "cpu"):
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        return torch.device(name)
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps: MPS is not available here; use --device cpu")
+        return torch.device("mps")
+    raise UsageError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: float32 on the CPU (exact parity with the reference), bfloat16 on CUDA, float16 on MPS."""
+    if name == "auto":
+        return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
+    if name not in DTYPES:
+        raise UsageError(f"unknown --dtype '{name}'; choose auto, float32, bfloat16 or float16")
+    return DTYPES[name]
+
+
+def build_model(checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device) -> Transformer:
+    """Instantiate the model on the meta device and assign the checkpoint's tensors (no copy when possible)."""
+    with torch.device("meta"):
+        model = Transformer(checkpoint.config)
+    expected = set(model.state_dict())
+    got = set(checkpoint.weights)
+    if expected != got:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        raise ModelFormatError(f"{checkpoint.source}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
+    weights = {name: tensor.to(device=device, dtype=dtype) for name, tensor in checkpoint.weights.items()}
+    for name, tensor in weights.items():
+        if tensor.shape != model.state_dict()[name].shape:
+            raise ModelFormatError(f"{checkpoint.source}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(model.state_dict()[name].shape)}")
+    model.load_state_dict(weights, assign=True)
+    return model.eval()
+
+
+@dataclass
+class LLM:
+    """A loaded model with its tokenizer and chat template."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    checkpoint: Checkpoint
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.context_length
+
+    def chat_prompt(self, messages: list[Message], *, template: str = "auto", add_generation_prompt: bool = True) -> str:
+        """The conversation rendered through the model's chat template (or a built-in one)."""
+        special = self.tokenizer.special
+        bos = self.tokenizer.piece(special.bos_id) if special.bos_id is not None else ""
+        eos = self.tokenizer.piece(special.eos_id) if special.eos_id is not None else ""
+        text = select_template(self.checkpoint.chat_template, template)
+        return render_chat(text, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
+
+    def encode_chat(self, messages: list[Message], *, template: str = "auto") -> list[int]:
+        # The template writes BOS itself when the model wants one, so none is added here.
+        return self.tokenizer.encode(self.chat_prompt(messages, template=template), bos=False, parse_special=True)
+
+    def encode_prompt(self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None, template: str = "auto") -> list[int]:
+        if not isinstance(prompt, str):
+            return list(prompt)
+        if chat or system is not None:
+            messages: list[Message] = [{"role": "system", "content": system}] if system is not None else []
+            messages.append({"role": "user", "content": prompt})
+            return self.encode_chat(messages, template=template)
+        return self.tokenizer.encode(prompt)
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        chat: bool = False,
+        system: str | None = None,
+        template: str = "auto",
+        context: int | None = None,
+        **options: Any,
+    ) -> Generation:
+        """A `Generation` to iterate over; options are GenerationSettings / SamplingSettings fields."""
+        ids = self.encode_prompt(prompt, chat=chat, system=system, template=template)
+        return Generation(self.model, self.tokenizer, ids, make_settings(**options), context=context)
+
+    def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
+        """The completion text of one sample (stream's options apply)."""
+        generation = self.stream(prompt, **options)
+        for _ in generation:
+            pass
+        return generation.text
+
+
+def make_settings(**options: Any) -> GenerationSettings:
+    """GenerationSettings from flat keyword options (`temperature=0`, `max_tokens=50`, `stop=[...]`)."""
+    sampling_fields = set(SamplingSettings.__dataclass_fields__)
+    sampling = {k: options.pop(k) for k in list(options) if k in sampling_fields}
+    unknown = set(options) - set(GenerationSettings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown generation options: {sorted(unknown)}")
+    if "stop" in options:
+        options["stop"] = tuple(options["stop"] or ())
+    return GenerationSettings(sampling=SamplingSettings(**sampling), **options)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads (else $LLAMA_THREADS, else torch's default)."""
+    value = threads or int(os.environ.get("LLAMA_THREADS", "0") or 0)
+    if value > 0:
+        torch.set_num_threads(value)
+
+
+def load(model: str | os.PathLike[str] | None = None, *, dtype: DType = "auto", device: str = "auto", cache: bool = True, threads: int | None = None) -> LLM:
+    """Load a model by path or known name (None: $LLAMA_MODEL or the default model)."""
+    set_threads(threads)
+    path: Path = resolve_model(model)
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    checkpoint = load_checkpoint(path, cache=cache)
+    return LLM(build_model(checkpoint, torch_dtype, torch_device), checkpoint.tokenizer, checkpoint, torch_device, torch_dtype)

