@@ -1,0 +1,400 @@
+"""Tokenizers: text <-> token ids for LLaMA-family models, from a GGUF or a model folder.
+
+One interface, two implementations: `BPETokenizer` wraps a Hugging Face `tokenizers` pipeline
+(byte-level BPE built from a GGUF's `tokenizer.ggml.model = gpt2` vocabulary, or any folder's
+`tokenizer.json`); `SentencePieceTokenizer` wraps `sentencepiece` (a Meta `tokenizer.model`, or a
+GGUF's `tokenizer.ggml.model = llama` vocabulary rebuilt as a model proto).
+
+References: llama.cpp `src/llama-vocab.cpp` (pre-tokenizer regexes per `tokenizer.ggml.pre`,
+special-token partitioning, end-of-generation tokens); sentencepiece `sentencepiece_model.proto`;
+meta-llama `llama/tokenizer.py` (keyword-only `bos`, an explicit set of stop tokens).
+Chat formatting lives in chat_template.py, not here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sentencepiece
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as Backend
+
+from .detokenize import StreamDecoder as StreamDecoder  # re-exported: generation streams through it
+from .detokenize import byte_level_text
+from .errors import TokenizerError
+
+SPECIAL_FILE = "tokenizer_special.json"
+# Control tokens that end a turn or a document, by their text (llama.cpp's end-of-generation list).
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "<|end|>", "</s>", "<EOT>")
+CONTROL, USER_DEFINED = 3, 4  # GGUF token_type values (the same numbers as sentencepiece's piece types)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos_id: int | None
+    eos_id: int | None
+    stop_ids: frozenset[int]  # eos and every end-of-turn token: generation stops on any of them
+    add_bos: bool  # prepend BOS to a raw prompt (chat templates write their own)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bos_id": self.bos_id, "eos_id": self.eos_id, "stop_ids": sorted(self.stop_ids), "add_bos": self.add_bos}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SpecialTokens:
+        bos, eos, stops, add_bos = (d.get(key, "missing") for key in ("bos_id", "eos_id", "stop_ids", "add_bos"))
+        ids_ok = all(i is None or type(i) is int for i in (bos, eos)) and isinstance(stops, list) and all(type(i) is int for i in stops)
+        if not ids_ok or type(add_bos) is not bool:
+            raise TokenizerError(f"bad special-token record {dict(d)!r}: delete the model cache and retry")
+        return cls(bos, eos, frozenset(stops), add_bos)
+
+
+class Tokenizer(ABC):
+    """Text <-> ids. Keyword-only flags; `special` says which ids start and stop a sequence."""
+
+    special: SpecialTokens
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, text: str, *, bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        """Ids for `text`; `bos=None` follows `special.add_bos`. With `parse_special`, control tokens
+        written in the text ("<|im_start|>") become their ids (rendered chat templates); without, they
+        are tokenized as plain text (raw prompts)."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str: ...
+
+    @abstractmethod
+    def piece(self, token_id: int) -> str:
+        """Readable text of one token for display (" Paris"; bytes that are not text as "<0xE2>")."""
+
+    @abstractmethod
+    def is_special(self, token_id: int) -> bool:
+        """True for control tokens, which are never printed."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write this tokenizer into `folder` so that `load_tokenizer(folder)` gives it back."""
+
+    def _bos(self, ids: list[int], bos: bool | None) -> list[int]:
+        wanted = self.special.add_bos if bos is None else bos
+        return [self.special.bos_id, *ids] if wanted and self.special.bos_id is not None else ids
+
+    def _save_special(self, folder: Path) -> None:
+        (folder / SPECIAL_FILE).write_text(json.dumps(self.special.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+
+class BPETokenizer(Tokenizer):
+    """A `tokenizers` pipeline: byte-level BPE from a GGUF, or any `tokenizer.json`."""
+
+    def __init__(self, backend: Backend, special: SpecialTokens) -> None:
+        self._backend, self.special = backend, special
+        added = backend.get_added_tokens_decoder()
+        self._added, self._control = frozenset(added), frozenset(i for i, t in added.items() if t.special)
+        self._byte_level = isinstance(backend.decoder, decoders.ByteLevel)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, *, bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        # Special added tokens are matched only when asked; user-defined ones always (as llama.cpp does).
+        self._backend.encode_special_tokens = not parse_special
+        return self._bos(self._backend.encode(text, add_special_tokens=False).ids, bos)
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens=skip_special)
+
+    def piece(self, token_id: int) -> str:
+        token = self._backend.id_to_token(token_id)
+        if token is None:
+            return f"<unknown id {token_id}>"
+        return byte_level_text(token) if self._byte_level and token_id not in self._added else token
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._control
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._backend.save(str(folder / "tokenizer.json"))
+        self._save_special(folder)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """`sentencepiece` on a model proto. Control pieces in text are split out here when asked,
+    and each stretch of text between them is encoded on its own, with its own leading space (as
+    llama.cpp does)."""
+
+    def __init__(self, processor: sentencepiece.SentencePieceProcessor, special: SpecialTokens) -> None:
+        self._sp, self.special = processor, special
+        pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+        self._control = frozenset(i for i in range(len(pieces)) if processor.is_control(i))
+        names = {pieces[i] for i in range(len(pieces)) if i in self._control or processor.is_unknown(i)} - {""}
+        names = sorted(names, key=len, reverse=True)  # longest first, so "<s>" does not cut "<s_x>"
+        self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        spaced = next((i for i, p in enumerate(pieces) if p.startswith("\u2581") and len(p) > 1), None)
+        # Whether decode drops the leading space of the first piece (add_dummy_prefix).
+        self._strips_first_space = spaced is not None and not processor.decode([spaced]).startswith(" ")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, text: str, *, bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        if not parse_special or self._split is None:
+            return self._bos(self._sp.encode(text), bos)
+        ids: list[int] = []
+        for k, part in enumerate(self._split.split(text)):  # text, control, text, control, ..., text
+            if k % 2:
+                ids.append(self._sp.piece_to_id(part))
+            elif part:
+                ids.extend(self._sp.encode(part))
+        return self._bos(ids, bos)
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        n = self._sp.get_piece_size()
+        ids = [i for i in ids if 0 <= i < n]
+        if skip_special:
+            return self._sp.decode([i for i in ids if i not in self._control])
+        out: list[str] = []  # control pieces are written out; the text after one keeps its leading space
+        for control, group in itertools.groupby(ids, key=self._control.__contains__):
+            run = list(group)
+            if control:
+                out += [self._sp.id_to_piece(i) for i in run]
+                continue
+            text = self._sp.decode(run)
+            keep_space = out and self._strips_first_space and self._sp.id_to_piece(run[0]).startswith("\u2581")
+            out.append(" " + text if keep_space else text)
+        return "".join(out)
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(token_id)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._control
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tokenizer.model").write_bytes(self._sp.serialized_model_proto())
+        self._save_special(folder)
+
+
+# ---------------------------------------------------------------- from GGUF metadata
+
+# Split regexes per `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp has them.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_PRE_GPT2 = {"default", "gpt2", "mpt", "olmo", "jais"}  # GPT-2's regex (ByteLevel's built-in one)
+_PRE_DIGITS = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}  # each digit alone, then GPT-2's
+_PRE_LLAMA3 = {"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"}
+_PRE_QWEN2 = {"qwen2", "stablelm2", "deepseek-r1-qwen", "megrez"}
+
+
+def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _PRE_GPT2:
+        return gpt2
+    if pre in _PRE_DIGITS:  # the original SmolLM/StarCoder tokenizer.json: Digits(individual) + ByteLevel
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2])
+    split = _LLAMA3_SPLIT if pre in _PRE_LLAMA3 else _QWEN2_SPLIT if pre in _PRE_QWEN2 else None
+    if split is None:
+        known = ", ".join(sorted(_PRE_GPT2 | _PRE_DIGITS | _PRE_LLAMA3 | _PRE_QWEN2))
+        raise TokenizerError(f"unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre); supported: {known}")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
+
+
+def _bpe_from_gguf(tokens: list[str], types: list[int], merges: list[str], pre: str) -> Backend:
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        vocab[token if token not in vocab else f"<duplicate token {i}>"] = i
+    pairs = [(a, b) for a, _, b in (m.partition(" ") for m in merges) if a in vocab and b in vocab and a + b in vocab]
+    backend = Backend(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in _PRE_LLAMA3))
+    backend.pre_tokenizer = _pre_tokenizer(pre)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL and t])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED and t])
+    return backend
+
+
+def _proto(fields: list[tuple[int, Any]]) -> bytes:
+    """Protocol-buffer encoding of (field number, value) pairs: int -> varint, float -> fixed32, bytes/str -> length-delimited."""
+
+    def varint(n: int) -> bytes:
+        n &= (1 << 64) - 1
+        out = bytearray()
+        while n > 0x7F:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes([*out, n])
+
+    out = bytearray()
+    for number, value in fields:
+        if isinstance(value, float):
+            out += varint(number << 3 | 5) + struct.pack("<f", value)
+        elif isinstance(value, (bool, int)):
+            out += varint(number << 3) + varint(int(value))
+        else:
+            data = value.encode("utf-8") if isinstance(value, str) else value
+            out += varint(number << 3 | 2) + varint(len(data)) + data
+    return bytes(out)
+
+
+def _sentencepiece_from_gguf(metadata: Mapping[str, Any], tokens: list[str], types: list[int]) -> sentencepiece.SentencePieceProcessor:
+    """A sentencepiece BPE model proto (sentencepiece_model.proto) holding the GGUF's pieces and scores."""
+    scores = metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    if len(scores) != len(tokens):
+        raise TokenizerError("GGUF tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length: the file is corrupt")
+    pieces = [_proto([(1, t), (2, float(s)), (3, k)]) for t, s, k in zip(tokens, scores, types)]
+    byte_fallback = {f"<0x{b:02X}>" for b in range(256)} <= {t for t, k in zip(tokens, types) if k == 6}  # 6 = BYTE
+    trainer = _proto([(3, 2), (4, len(tokens)), (35, byte_fallback)])  # model_type BPE, vocab_size, byte_fallback
+    normalizer = [(1, "identity"), (3, bool(metadata.get("tokenizer.ggml.add_space_prefix", True))), (4, False), (5, True)]
+    if charsmap := metadata.get("tokenizer.ggml.precompiled_charsmap"):
+        normalizer.append((2, bytes(b & 0xFF for b in charsmap)))
+    model = _proto([*((1, p) for p in pieces), (2, trainer), (3, _proto(normalizer))])
+    try:
+        return sentencepiece.SentencePieceProcessor(model_proto=model)
+    except RuntimeError as exc:
+        raise TokenizerError(f"cannot build a sentencepiece model from the GGUF vocabulary: {exc}") from exc
+
+
+def _stop_ids(eos_ids: Sequence[int | None], lookup: Callable[[str], int | None], is_control: Callable[[int], bool]) -> frozenset[int]:
+    named = (lookup(name) for name in END_OF_TURN)
+    return frozenset(i for i in eos_ids if i is not None) | {i for i in named if i is not None and is_control(i)}
+
+
+def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
+    """The tokenizer a GGUF describes; `metadata` as `gguf_metadata.read_gguf_metadata` returns it.
+
+    Supports `tokenizer.ggml.model` "gpt2" (byte-level BPE) and "llama" (sentencepiece BPE).
+    BOS is added to raw prompts as `tokenizer.ggml.add_bos_token` says, and by default for
+    sentencepiece and Llama 3 vocabularies (as llama.cpp does).
+    """
+    kind, tokens = metadata.get("tokenizer.ggml.model"), metadata.get("tokenizer.ggml.tokens")
+    if not kind or not tokens:
+        raise TokenizerError("the GGUF has no tokenizer (tokenizer.ggml.model/tokens): use a folder with tokenizer.json or tokenizer.model")
+    types = metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if len(types) != len(tokens):
+        raise TokenizerError("GGUF tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length: the file is corrupt")
+    ids = {k: metadata.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "eot", "eom")}
+    if bad := {k: i for k, i in ids.items() if i is not None and not 0 <= i < len(tokens)}:
+        raise TokenizerError(f"GGUF special token ids {bad} are outside the vocabulary of {len(tokens)}: the file is corrupt")
+    index = {t: i for i, t in reversed(list(enumerate(tokens)))}
+    stops = _stop_ids([ids["eos"], ids["eot"], ids["eom"]], index.get, lambda i: types[i] == CONTROL)
+    add_bos = metadata.get("tokenizer.ggml.add_bos_token")
+    if kind == "gpt2":
+        merges = metadata.get("tokenizer.ggml.merges")
+        if not merges:
+            raise TokenizerError("the GGUF's byte-level BPE vocabulary has no tokenizer.ggml.merges: the file is corrupt")
+        pre = metadata.get("tokenizer.ggml.pre") or "default"
+        special = SpecialTokens(ids["bos"], ids["eos"], stops, bool(add_bos) if add_bos is not None else pre in _PRE_LLAMA3)
+        return BPETokenizer(_bpe_from_gguf(tokens, types, merges, pre), special)
+    if kind == "llama":
+        special = SpecialTokens(ids["bos"], ids["eos"], stops, True if add_bos is None else bool(add_bos))
+        return SentencePieceTokenizer(_sentencepiece_from_gguf(metadata, tokens, types), special)
+    raise TokenizerError(f"unsupported GGUF tokenizer model {kind!r} (tokenizer.ggml.model); supported: gpt2, llama")
+
+
+# ---------------------------------------------------------------- from a model folder
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _as_ids(value: Any) -> list[int]:
+    return [value] if type(value) is int else [i for i in value if type(i) is int] if isinstance(value, list) else []
+
+
+def _special_from_folder(
+    folder: Path, lookup: Callable[[str], int | None], is_control: Callable[[int], bool], probe_bos: Callable[[int], bool]
+) -> SpecialTokens:
+    """bos/eos from generation_config.json, config.json, then tokenizer_config.json's token names."""
+    tok_cfg, gen, cfg = (_read_json(folder / name) for name in ("tokenizer_config.json", "generation_config.json", "config.json"))
+
+    def named(key: str) -> list[int]:
+        token = tok_cfg.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        found = lookup(token) if isinstance(token, str) else None
+        return [found] if found is not None else []
+
+    bos = [*_as_ids(gen.get("bos_token_id")), *_as_ids(cfg.get("bos_token_id")), *named("bos_token")]
+    eos = [*_as_ids(gen.get("eos_token_id")), *_as_ids(cfg.get("eos_token_id")), *named("eos_token")]
+    bos_id, eos_id = (bos or [None])[0], (eos or [None])[0]
+    add_bos = tok_cfg.get("add_bos_token")
+    add_bos = add_bos if isinstance(add_bos, bool) else bos_id is not None and probe_bos(bos_id)
+    return SpecialTokens(bos_id, eos_id, _stop_ids(eos, lookup, is_control), add_bos)
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer in a model folder: our cache (tokenizer.json or tokenizer.model plus
+    tokenizer_special.json), a Hugging Face folder (tokenizer.json, else tokenizer.model, with its
+    config files), or a Meta LLaMA 1/2 checkpoint (sentencepiece tokenizer.model: BOS added)."""
+    folder = Path(folder)
+    cached = folder / SPECIAL_FILE
+    if (folder / "tokenizer.json").is_file():
+        try:
+            backend = Backend.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise TokenizerError(f"cannot read {folder / 'tokenizer.json'}: {exc}") from exc
+        if cached.is_file():
+            return BPETokenizer(backend, SpecialTokens.from_dict(_read_json(cached)))
+        controls = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+
+        def post_processor_adds(bos: int) -> bool:
+            return backend.encode("a", add_special_tokens=True).ids[:1] == [bos]
+
+        return BPETokenizer(backend, _special_from_folder(folder, backend.token_to_id, controls.__contains__, post_processor_adds))
+    path = folder / "tokenizer.model"
+    if not path.is_file():
+        raise TokenizerError(f"no tokenizer in {folder}: expected tokenizer.json or tokenizer.model (a Hugging Face or Meta model folder)")
+    try:
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as exc:
+        with path.open("rb") as file:
+            tiktoken = re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+\r?\n", file.readline(512)) is not None
+        if tiktoken:
+            raise TokenizerError(f"{path} is a Llama 3 tiktoken vocabulary (unsupported): use a Hugging Face folder or a GGUF") from exc
+        raise TokenizerError(f"cannot read {path} as a sentencepiece model: {exc}") from exc
+    if cached.is_file():
+        return SentencePieceTokenizer(sp, SpecialTokens.from_dict(_read_json(cached)))
+
+    def lookup(piece: str) -> int | None:  # piece_to_id answers unk_id for an unknown piece
+        i = sp.piece_to_id(piece)
+        return i if i != sp.unk_id() or piece == sp.id_to_piece(i) else None
+
+    special = _special_from_folder(folder, lookup, sp.is_control, lambda bos: True)
+    if special.bos_id is None and special.eos_id is None:  # a Meta checkpoint: no config files, ids from the model
+        bos, eos = (i if i >= 0 else None for i in (sp.bos_id(), sp.eos_id()))
+        special = SpecialTokens(bos, eos, _stop_ids([eos], lookup, sp.is_control), bos is not None)
+    return SentencePieceTokenizer(sp, special)
+
+
+def chat_template_from_folder(folder: Path) -> str | None:
+    """The folder's chat template: chat_template.jinja (which transformers prefers), else
+    tokenizer_config.json "chat_template" (a string, or a list of {name, template}: "default")."""
+    jinja = Path(folder) / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    template = _read_json(Path(folder) / "tokenizer_config.json").get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
