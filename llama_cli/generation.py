@@ -20,6 +20,7 @@ from .model import Transformer
 from .sampling import SamplingSettings, sample
 from .tokenizer import StreamDecoder, Tokenizer
 
+PREFILL_CHUNK = 512  # prompt tokens per forward pass during prefill
 StopReason = Literal["eos", "stop", "length", "interrupted"]
 
 
@@ -32,6 +33,7 @@ class GenerationSettings:
     seed: int | None = None  # None draws a fresh seed for every run
     samples: int = 1
     logprobs: int = 0  # how many top alternatives to report per token
+    lookup: int = 0  # prompt-lookup decoding: draft up to this many tokens per step (0 = off); see lookup.py
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -42,6 +44,10 @@ class GenerationSettings:
             raise UsageError(f"--logprobs must be >= 0, got {self.logprobs}")
         if any(s == "" for s in self.stop):
             raise UsageError("--stop needs a non-empty string")
+        if self.lookup < 0:
+            raise UsageError(f"--lookup must be >= 0 (0 = off), got {self.lookup}")
+        if self.lookup and self.samples > 1:
+            raise UsageError("--lookup works with one sample; drop --samples or --lookup")
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,8 @@ class Generation:
         self.results = [SampleResult() for _ in range(settings.samples)]
         self.prefill_seconds = 0.0
         self.decode_seconds = 0.0
+        self.drafted_tokens = 0  # prompt lookup: tokens drafted and verified, and how many were kept
+        self.accepted_tokens = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -160,7 +168,28 @@ class Generation:
                 raise ValueError("cached_prefix given, but the KV cache is too small to keep it")
             self.model.setup_cache(self.settings.samples, needed)
 
+    def prefill(self) -> torch.Tensor:
+        """Run the uncached part of the prompt through the model; the last position's logits (1, vocab).
+
+        Long prompts go in chunks: the attention scores of one pass grow with the square of its
+        length, and Ctrl-C is honoured between chunks.
+        """
+        device = self.model.tok_embeddings.weight.device
+        start, end = self.cached_prefix, len(self.prompt_ids)
+        logits = torch.empty(0)
+        while start < end:
+            stop = min(start + PREFILL_CHUNK, end)
+            chunk = torch.tensor([self.prompt_ids[start:stop]], device=device)
+            logits = self.model(chunk, start, last_only=True)[:, -1].cpu()
+            start = stop
+        return logits
+
     def __iter__(self) -> Iterator[TokenEvent]:
+        if self.settings.lookup:
+            from .lookup import decode_with_lookup
+
+            yield from decode_with_lookup(self)
+            return
         settings, n = self.settings, self.settings.samples
         self._ensure_cache()
         device = self.model.tok_embeddings.weight.device
@@ -176,8 +205,7 @@ class Generation:
 
         started = time.perf_counter()
         with torch.inference_mode():
-            new = torch.tensor([self.prompt_ids[self.cached_prefix :]], device=device)
-            logits = self.model(new, self.cached_prefix, last_only=True)[:, -1].cpu()  # (1, vocab)
+            logits = self.prefill()  # (1, vocab)
             if n > 1:
                 self.model.copy_cache_row(0, n, len(self.prompt_ids))
                 logits = logits.expand(n, -1)
