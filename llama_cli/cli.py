@@ -77,6 +77,7 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="End the text at this string (repeatable); it is not printed.", rich_help_panel="Sampling", show_default=False)] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at end-of-sequence: produce exactly -n tokens.", rich_help_panel="Sampling")] = False,
     samples: Annotated[int, typer.Option("--samples", help="Completions of the same prompt (sample i uses seed+i).", rich_help_panel="Sampling")] = 1,
+    lookup: Annotated[int, typer.Option("--lookup", help="Prompt-lookup decoding: draft up to N tokens copied from the prompt and verify them in one pass (0 = off). Same output; faster when the text repeats its prompt.", rich_help_panel="Sampling")] = 0,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as a user turn in the model's chat template.", rich_help_panel="Prompt")] = False,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System message (implies --chat).", rich_help_panel="Prompt", show_default=False)] = None,
     template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3 or llama2.", rich_help_panel="Prompt")] = "auto",
@@ -107,7 +108,7 @@ def generate(
     settings = make_settings(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-        seed=seed, stop=stop, ignore_eos=ignore_eos, samples=samples, logprobs=logprobs,
+        seed=seed, stop=stop, ignore_eos=ignore_eos, samples=samples, logprobs=logprobs, lookup=lookup,
     )  # fmt: skip
     text = prompt_from(prompt)
     llm = _load(model, dtype, device, threads, no_cache)
@@ -151,31 +152,103 @@ def _load_path(path: str, dtype: str, device: str, threads: int | None, no_cache
 
 @app.command()
 @handles_errors
+def chat(
+    model: ModelOpt = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System message (replaces the one in --history).", rich_help_panel="Prompt", show_default=False)] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens in each reply.", rich_help_panel="Sampling")] = 512,
+    temperature: TemperatureOpt = 0.8,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    frequency_penalty: FrequencyPenaltyOpt = 0.0,
+    presence_penalty: PresencePenaltyOpt = 0.0,
+    seed: SeedOpt = None,
+    template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", rich_help_panel="Prompt")] = "auto",
+    history: Annotated[str | None, typer.Option("--history", help="Start from a conversation saved with /save (a JSON list of messages).", rich_help_panel="Prompt", show_default=False)] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Render replies as Markdown (on a terminal only).", rich_help_panel="Output")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="After each reply, print its token counts and speeds on stderr.", rich_help_panel="Output")] = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Chat with the model; the conversation stays in the KV cache, so each turn prefills only what is new.
+
+    On a terminal: an interactive session (/help lists the commands). From a pipe: one user turn per line, only the replies on stdout.
+
+    [b]Examples[/b]
+
+      llama chat -s "You are a terse assistant."
+
+      printf 'Hi\\nAnd then?\\n' | llama chat -t 0 -n 60
+
+      llama chat --history talk.json --markdown
+    """
+    from .api import make_settings
+    from .chat import ChatSession, read_messages
+    from .repl import Repl, run_scripted
+
+    settings = make_settings(
+        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
+    )  # fmt: skip
+    messages = read_messages(history) if history is not None else []
+    llm = _load(model, dtype, device, threads, no_cache)
+    session = ChatSession(llm, settings, system=system, template=template, context=ctx, messages=messages)
+    if sys.stdin.isatty():
+        Repl(session, markdown=markdown and sys.stdout.isatty(), stats=stats).run()
+    else:
+        run_scripted(session, stats=stats)
+
+
+@app.command()
+@handles_errors
 def tokenize(
     text: Annotated[str | None, typer.Argument(help="Text to tokenize; '-' or absent reads stdin.", show_default=False)] = None,
     model: ModelOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help='Print {"ids": [...], "tokens": [...]}.')] = False,
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="TEXT is a JSON file of messages ('-' or absent: stdin): show the conversation rendered through the chat template, special tokens in [brackets].")] = False,
+    template: Annotated[str, typer.Option("--template", help="With --chat: auto (the model's own), chatml, llama3, llama2, or a Jinja file.")] = "auto",
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Show the token ids the model sees for TEXT as a raw prompt (BOS included when the model adds one).
+
+    With --chat, show how a conversation renders through the chat template, up to the header of
+    the next assistant reply, as the model sees it in `llama chat`.
 
     [b]Examples[/b]
 
       llama tokenize "Hello, world"
 
       cat report.txt | llama tokenize --count
+
+      echo '[{"role": "user", "content": "Hi"}]' | llama tokenize --chat
     """
+    from .chat import mark_special, read_messages, render_prompt, template_text
     from .registry import resolve_model
     from .weights import load_checkpoint
 
-    source = prompt_from(text, what="text")
-    tokenizer = load_checkpoint(resolve_model(model), cache=not no_cache).tokenizer
-    ids = tokenizer.encode(source)
+    if chat:  # read the input before the (slower) model load, so bad input fails fast
+        messages = read_messages("-" if text is None else text, conversation=False)
+    else:
+        source = prompt_from(text, what="text")
+    checkpoint = load_checkpoint(resolve_model(model), cache=not no_cache)
+    tokenizer = checkpoint.tokenizer
+    if chat:
+        rendered = render_prompt(tokenizer, template_text(checkpoint.chat_template, template), messages)
+        ids = tokenizer.encode(rendered, bos=False, parse_special=True)
+    else:
+        ids = tokenizer.encode(source)
     if count:
         write_out(f"{len(ids)}\n")
     elif json_output:
         write_out(json.dumps({"ids": ids, "tokens": [tokenizer.piece(i) for i in ids]}, ensure_ascii=False) + "\n")
+    elif chat:
+        write_out(mark_special(tokenizer, ids) + "\n")
+        print(f"{len(ids)} tokens, {sum(map(tokenizer.is_special, ids))} of them special", file=sys.stderr)
     else:
         write_out("\n".join(f"{i}\t{tokenizer.piece(i)!r}" for i in ids) + "\n")
 
@@ -197,8 +270,32 @@ def pull(
     print(f"installed {name}: {path}", file=sys.stderr)
 
 
+from . import cli_presets  # noqa: E402,F401  (registers summarize/translate/qa)
+
+
 def main() -> None:
-    app()
+    """Entry point: usage errors as one line (exit 2) instead of click's boxed help."""
+    try:
+        from typer._click import exceptions as click_errors  # newer Typer vendors click
+    except ImportError:  # pragma: no cover - older Typer uses click itself
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
+    try:
+        result = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as error:
+        print(error.ctx.get_help())
+        sys.exit(0)
+    except click_errors.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        print(f"llama: error: {error.format_message()}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except click_errors.ClickException as error:
+        print(f"llama: error: {error.format_message()}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except typer.Abort:  # Ctrl-C or EOF outside a command's own handling
+        print("llama: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":
