@@ -1,0 +1,178 @@
+"""Safetensors model folders: Hugging Face `LlamaForCausalLM` checkpoints, and our own "native" folders.
+
+A Hugging Face folder holds config.json, model.safetensors (or shards listed in
+model.safetensors.index.json) and tokenizer files. Its q/k rows are already in the "rotate half"
+layout the model uses, so tensors only need renaming.
+
+A native folder is what the GGUF cache (and later, training) writes: llama.json (`ModelConfig`
+as JSON), model.safetensors under internal names, tokenizer files as `Tokenizer.save` writes
+them, optionally chat_template.jinja and origin.json (where a converted model came from).
+Both are memory-mapped by safetensors: loading takes milliseconds. No pickle, no remote code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..config import ModelConfig
+from ..errors import ModelFormatError
+from ..tokenizer import Tokenizer, chat_template_from_folder, load_tokenizer
+from .common import Checkpoint, check_tokenizer, check_weights, dtype_label, rename, rope_scaling_from_dict
+
+NATIVE_CONFIG = "llama.json"
+ORIGIN = "origin.json"
+SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
+
+# Hugging Face tensor name -> internal name ({i} is the layer number).
+HF_NAMES = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attention_norm.weight",
+    "model.layers.{i}.self_attn.q_proj.weight": "layers.{i}.attention.wq.weight",
+    "model.layers.{i}.self_attn.k_proj.weight": "layers.{i}.attention.wk.weight",
+    "model.layers.{i}.self_attn.v_proj.weight": "layers.{i}.attention.wv.weight",
+    "model.layers.{i}.self_attn.o_proj.weight": "layers.{i}.attention.wo.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.ffn_norm.weight",
+    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.feed_forward.w1.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.feed_forward.w2.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.feed_forward.w3.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+HF_IGNORED = ("model.layers.{i}.self_attn.rotary_emb.inv_freq",)  # a buffer older transformers saved
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors, or of the shards model.safetensors.index.json lists (memory-mapped)."""
+    index_path = folder / INDEX
+    if index_path.is_file():
+        weight_map = read_json(index_path).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and Path(f).name == f for f in weight_map.values()):
+            raise ModelFormatError(f"{index_path}: no valid weight_map (tensor name -> shard file in this folder)")
+        files = sorted(set(weight_map.values()))
+    elif (folder / SINGLE).is_file():
+        weight_map, files = {}, [SINGLE]
+    else:
+        found = ", ".join(sorted(p.name for p in folder.glob("*.bin"))) or "none"
+        raise ModelFormatError(
+            f"{folder}: no {SINGLE} or {INDEX} (pickled .bin weights are not loaded: {found}); convert the weights to safetensors"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = folder / name
+        try:
+            with safe_open(str(path), framework="pt") as shard:
+                for key in shard.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    tensors[key] = shard.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelFormatError(f"{path}: unreadable safetensors file ({exc}); it is truncated or corrupt, download it again") from exc
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise ModelFormatError(f"{index_path}: tensors {missing[:3]} are listed but in no shard ({len(missing)} in all)")
+    return tensors
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def config_from_hf(cfg: Mapping[str, Any], path: Path) -> ModelConfig:
+    """ModelConfig from a transformers LlamaConfig dict (4.x `rope_scaling`, or 5.x `rope_parameters`)."""
+    if cfg.get("model_type") != "llama" and "LlamaForCausalLM" not in (cfg.get("architectures") or []):
+        kind = cfg.get("model_type") or cfg.get("architectures")
+        raise ModelFormatError(f"{path}: model type {kind!r} is not supported; only Llama (LlamaForCausalLM) checkpoints run here")
+    if cfg.get("quantization_config"):
+        method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], dict) else "?"
+        raise ModelFormatError(f"{path}: {method}-quantized Hugging Face checkpoints are not supported; use the float weights or a GGUF")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias") or cfg.get("hidden_act", "silu") != "silu":
+        raise ModelFormatError(f"{path}: attention/MLP biases or a non-SiLU activation are not supported")
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ModelFormatError(f"{path}: rope_scaling/rope_parameters must be an object")
+    try:
+        n_heads = int(cfg["num_attention_heads"])
+        return ModelConfig(
+            dim=int(cfg["hidden_size"]),
+            n_layers=int(cfg["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            vocab_size=int(cfg["vocab_size"]),
+            ffn_dim=int(cfg["intermediate_size"]),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            context_length=int(cfg.get("max_position_embeddings", 2048)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            head_dim=int(cfg.get("head_dim") or 0),
+            rope_scaling=rope_scaling_from_dict(rope, path),
+        )
+    except KeyError as exc:
+        raise ModelFormatError(f"{path}: config.json lacks {exc}") from exc
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ModelFormatError(f"{path}: impossible model shape in config.json: {exc}") from exc
+
+
+def load_huggingface(folder: Path) -> Checkpoint:
+    config = config_from_hf(read_json(folder / "config.json"), folder / "config.json")
+    tensors = load_safetensors(folder)
+    names = rename(tensors, HF_NAMES, ignore=HF_IGNORED, source=folder)
+    if config.tie_embeddings:
+        names.pop("output.weight", None)  # some tied checkpoints store a copy of the embedding
+    weights = {internal: tensors[name] for internal, name in names.items()}
+    return _finish(folder, config, weights, "huggingface", dtype_label(weights))
+
+
+# ---------------------------------------------------------------- native
+
+
+def load_native(folder: Path) -> Checkpoint:
+    """A folder `save_native` wrote; `quantization` comes from origin.json when it was converted."""
+    try:
+        config = ModelConfig.from_dict(read_json(folder / NATIVE_CONFIG))
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ModelFormatError(f"{folder / NATIVE_CONFIG}: not a valid model config: {exc}") from exc
+    weights = load_safetensors(folder)
+    origin = read_json(folder / ORIGIN) if (folder / ORIGIN).is_file() else {}
+    label = origin.get("quantization")
+    return _finish(folder, config, weights, "native", label if isinstance(label, str) else dtype_label(weights))
+
+
+def save_native(
+    folder: Path,
+    config: ModelConfig,
+    weights: Mapping[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    chat_template: str | None,
+    *,
+    origin: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a native folder into `folder` (created if needed): `load_native(folder)` gives the model back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / NATIVE_CONFIG).write_text(config.to_json() + "\n", encoding="utf-8")
+    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(folder / SINGLE), metadata={"format": "pt"})
+    tokenizer.save(folder)
+    if chat_template is not None:
+        (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    if origin is not None:
+        (folder / ORIGIN).write_text(json.dumps(dict(origin), indent=1) + "\n", encoding="utf-8")
+
+
+def _finish(folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], kind: str, quantization: str) -> Checkpoint:
+    check_weights(config, weights, folder)
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer(config, tokenizer, folder)
+    return Checkpoint(config, weights, tokenizer, chat_template_from_folder(folder), folder, kind, quantization)
