@@ -117,3 +117,13 @@ def write_out(text: str) -> None:
 def ensure_utf8_stdout() -> None:
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")
+
+
+def print_warnings_as_lines() -> None:
+    """Show library warnings (e.g. an unwritable cache) as `llama: warning: ...` lines on stderr."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+        print(f"llama: warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show

@@ -1,0 +1,160 @@
+"""Model management commands: `llama models`, `llama show`, and `llama completions`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .cli import app
+from .cli_common import JsonOpt, ModelOpt, NoCacheOpt, handles_errors, write_out
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""
+
+
+def _known_rows() -> list[dict[str, Any]]:
+    from .registry import ALIASES, KNOWN_MODELS
+    from .weights.gguf import quantization_label
+    from .weights.gguf_header import scan_header
+
+    rows = []
+    for model in KNOWN_MODELS.values():
+        path = model.installed_path()
+        row: dict[str, Any] = {
+            "name": model.name,
+            "aliases": sorted(a for a, n in ALIASES.items() if n == model.name),
+            "installed": path is not None,
+            "path": str(path) if path else None,
+            "size_bytes": _size(path) if path else None,
+            "quantization": None,
+            "context_length": None,
+            "description": model.description,
+            "install": model.install_command,
+        }
+        if path is not None:  # the header alone says these; no need to load the weights
+            header = scan_header(path)
+            row["quantization"] = quantization_label(header)
+            row["context_length"] = header.scalars.get("llama.context_length")
+        rows.append(row)
+    return rows
+
+
+@app.command()
+@handles_errors
+def models(json_output: JsonOpt = False) -> None:
+    """List the models `llama` knows by name and whether each is installed.
+
+    [b]Examples[/b]
+
+      llama models
+
+      llama models --json
+    """
+    rows = _known_rows()
+    if json_output:
+        write_out(json.dumps(rows, ensure_ascii=False) + "\n")
+        return
+    for row in rows:
+        if row["installed"]:
+            write_out(f"{row['name']}\tinstalled\t{_human(row['size_bytes'])}\t{row['quantization']}\tctx {row['context_length']}\t{row['path']}\n")
+        else:
+            write_out(f"{row['name']}\tnot installed\t(get it with `{row['install']}`)\n")
+
+
+def _describe(model: str | None, cache: bool) -> dict[str, Any]:
+    from .registry import resolve_model
+    from .weights import load_checkpoint
+
+    path = resolve_model(model)
+    checkpoint = load_checkpoint(path, cache=cache)
+    config, tokenizer = checkpoint.config, checkpoint.tokenizer
+    special = tokenizer.special
+
+    def named(token_id: int | None) -> dict[str, Any] | None:
+        return None if token_id is None else {"id": token_id, "token": tokenizer.piece(token_id)}
+
+    scaling = config.rope_scaling
+    return {
+        "path": str(checkpoint.source),
+        "format": checkpoint.format,
+        "architecture": "llama",
+        "parameters": config.n_params,
+        "layers": config.n_layers,
+        "embedding": config.dim,
+        "feed_forward": config.ffn_dim,
+        "heads": config.n_heads,
+        "kv_heads": config.n_kv_heads,
+        "head_dim": config.head_dim,
+        "context_length": config.context_length,
+        "vocab_size": config.vocab_size,
+        "tied_embeddings": config.tie_embeddings,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": None if scaling is None else {"factor": scaling.factor, "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor, "original_context": scaling.original_context},
+        "norm_eps": config.norm_eps,
+        "quantization": checkpoint.quantization,
+        "tokenizer": type(tokenizer).__name__,
+        "bos": named(special.bos_id),
+        "eos": named(special.eos_id),
+        "stop_tokens": [named(i) for i in sorted(special.stop_ids)],
+        "add_bos": special.add_bos,
+        "chat_template": checkpoint.chat_template,
+    }
+
+
+@app.command()
+@handles_errors
+def show(model: ModelOpt = None, json_output: JsonOpt = False, no_cache: NoCacheOpt = False) -> None:
+    """Describe a model: architecture, size, context, rope, quantization, tokenizer, special tokens, chat template.
+
+    [b]Examples[/b]
+
+      llama show
+
+      llama show -m model.gguf --json
+    """
+    info = _describe(model, cache=not no_cache)
+    if json_output:
+        write_out(json.dumps(info, ensure_ascii=False) + "\n")
+        return
+    template = info.pop("chat_template")
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(f"{v['id']} {v['token']!r}" for v in value)
+        elif key == "parameters":
+            value = f"{value:,}"
+        write_out(f"{key + ':':17} {value}\n")
+    write_out("chat_template:\n" + (template.rstrip("\n") + "\n" if template else "  (none: ChatML is used)\n"))
+
+
+@app.command()
+@handles_errors
+def completions(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.")],
+) -> None:
+    """Print the shell completion script (the same files as in the repository's completions/ folder).
+
+    [b]Examples[/b]
+
+      llama completions bash > ~/.local/share/bash-completion/completions/llama
+
+      llama completions fish > ~/.config/fish/completions/llama.fish
+    """
+    from .completions import SHELLS, render
+
+    if shell not in SHELLS:
+        raise typer.BadParameter(f"choose one of {', '.join(SHELLS)}", param_hint="SHELL")
+    write_out(render(shell))
