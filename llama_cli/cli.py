@@ -32,6 +32,7 @@ from .cli_common import (
     TopKOpt,
     TopPOpt,
     ensure_utf8_stdout,
+    print_warnings_as_lines,
     handles_errors,
     prompt_from,
     write_out,
@@ -58,6 +59,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     ensure_utf8_stdout()
+    print_warnings_as_lines()
 
 
 @app.command()
@@ -271,6 +273,7 @@ def pull(
 
 
 from . import cli_presets  # noqa: E402,F401  (registers summarize/translate/qa)
+from . import cli_models  # noqa: E402,F401  (registers models/show/completions)
 
 
 def main() -> None:
