@@ -1,4 +1,4 @@
-"""The Python API: `load()` a model once, then `generate`, `stream` or `chat` with it.
+"""The Python API: `load()` a model once, then `generate` or `stream` with it (`chat.ChatSession` for conversations).
 
     from llama_cli import load
     llm = load()                                   # default model, CPU, float32
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from .chat_template import Message, render_chat, select_template
+from .chat_template import Message, render_prompt, template_text
 from .errors import ModelFormatError, UsageError
 from .generation import Generation, GenerationSettings
 from .model import Transformer
@@ -89,11 +89,8 @@ class LLM:
 
     def chat_prompt(self, messages: list[Message], *, template: str = "auto", add_generation_prompt: bool = True) -> str:
         """The conversation rendered through the model's chat template (or a built-in one)."""
-        special = self.tokenizer.special
-        bos = self.tokenizer.piece(special.bos_id) if special.bos_id is not None else ""
-        eos = self.tokenizer.piece(special.eos_id) if special.eos_id is not None else ""
-        text = select_template(self.checkpoint.chat_template, template)
-        return render_chat(text, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
+        text = template_text(self.checkpoint.chat_template, template)
+        return render_prompt(self.tokenizer, text, messages, add_generation_prompt=add_generation_prompt)
 
     def encode_chat(self, messages: list[Message], *, template: str = "auto") -> list[int]:
         # The template writes BOS itself when the model wants one, so none is added here.

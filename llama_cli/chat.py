@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .chat_template import BUILTIN_TEMPLATES, Message, render_chat, select_template
+from .chat_template import Message, render_prompt, template_text
 from .errors import ContextOverflowError, LlamaError, UsageError
 from .generation import Generation, GenerationSettings, StopReason, TokenEvent
 
@@ -126,28 +126,6 @@ def write_messages(path: str | Path, messages: Sequence[ChatMessage]) -> None:
 
 
 # ---------------------------------------------------------------- templates and tokens
-
-
-def template_text(model_template: str | None, choice: str) -> str:
-    """`--template`: auto (the model's own), a built-in name, or a Jinja file."""
-    if choice == "auto" or choice in BUILTIN_TEMPLATES:
-        return select_template(model_template, choice)
-    path = Path(choice).expanduser()
-    if path.is_file():
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"--template {choice}: cannot read it: {error}") from None
-    raise UsageError(f"unknown --template '{choice}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}, or a Jinja template file")
-
-
-def render_prompt(tokenizer: Tokenizer, template: str, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
-    """The conversation as prompt text; special tokens appear as text (encode with parse_special)."""
-    special = tokenizer.special
-    bos = tokenizer.piece(special.bos_id) if special.bos_id is not None else ""
-    eos = tokenizer.piece(special.eos_id) if special.eos_id is not None else ""
-    plain: list[Message] = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return render_chat(template, plain, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
 
 
 def mark_special(tokenizer: Tokenizer, ids: Sequence[int], *, mark: str = "[{}]") -> str:

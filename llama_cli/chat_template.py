@@ -7,13 +7,16 @@ into a one-line error. Models without a template get a built-in one chosen with 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Literal, TypedDict
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from .errors import LlamaError, UsageError
+from .tokenizer import Tokenizer
 
 Role = Literal["system", "user", "assistant"]
 
@@ -92,3 +95,25 @@ def render_chat(
         raise ChatTemplateError(f"chat template refused by the sandbox (it reaches for Python internals): {error}") from None
     except jinja2.TemplateError as error:
         raise ChatTemplateError(f"chat template failed to render: {error}") from None
+
+
+def template_text(model_template: str | None, choice: str) -> str:
+    """`--template`: auto (the model's own), a built-in name, or a Jinja file."""
+    if choice == "auto" or choice in BUILTIN_TEMPLATES:
+        return select_template(model_template, choice)
+    path = Path(choice).expanduser()
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"--template {choice}: cannot read it: {error}") from None
+    raise UsageError(f"unknown --template '{choice}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}, or a Jinja template file")
+
+
+def render_prompt(tokenizer: Tokenizer, template: str, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    """The conversation as prompt text; special tokens appear as text (encode with parse_special)."""
+    special = tokenizer.special
+    bos = tokenizer.piece(special.bos_id) if special.bos_id is not None else ""
+    eos = tokenizer.piece(special.eos_id) if special.eos_id is not None else ""
+    plain: list[Message] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return render_chat(template, plain, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)

@@ -229,7 +229,8 @@ def tokenize(
 
       echo '[{"role": "user", "content": "Hi"}]' | llama tokenize --chat
     """
-    from .chat import mark_special, read_messages, render_prompt, template_text
+    from .chat import mark_special, read_messages
+    from .chat_template import render_prompt, template_text
     from .registry import resolve_model
     from .weights import load_checkpoint
 
