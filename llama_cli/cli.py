@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
+from .errors import LlamaError
 from .cli_common import (
     CtxOpt,
     DeviceOpt,
@@ -29,6 +30,7 @@ from .cli_common import (
     StatsOpt,
     TemperatureOpt,
     ThreadsOpt,
+    click_errors,
     TopKOpt,
     TopPOpt,
     ensure_utf8_stdout,
@@ -112,7 +114,12 @@ def generate(
         repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
         seed=seed, stop=stop, ignore_eos=ignore_eos, samples=samples, logprobs=logprobs, lookup=lookup,
     )  # fmt: skip
+    from .chat_template import template_text
+
+    template_text(None, template)  # an unknown --template is a usage error before anything loads
     text = prompt_from(prompt)
+    if not text:
+        raise LlamaError("the prompt is empty: give some text to continue")
     llm = _load(model, dtype, device, threads, no_cache)
     ids = llm.encode_prompt(text, chat=chat, system=system, template=template)
     context = min(ctx or llm.context_length, llm.context_length)
@@ -279,11 +286,6 @@ from . import cli_models  # noqa: E402,F401  (registers models/show/completions)
 
 def main() -> None:
     """Entry point: usage errors as one line (exit 2) instead of click's boxed help."""
-    try:
-        from typer._click import exceptions as click_errors  # newer Typer vendors click
-    except ImportError:  # pragma: no cover - older Typer uses click itself
-        from click import exceptions as click_errors  # type: ignore[no-redef]
-
     try:
         result = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as error:

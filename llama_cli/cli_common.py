@@ -18,6 +18,11 @@ import typer
 
 from .errors import LlamaError
 
+try:
+    from typer._click import exceptions as click_errors  # newer Typer vendors click
+except ImportError:  # pragma: no cover - older Typer uses click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 MODEL_PANEL = "Model"
@@ -70,8 +75,8 @@ def handles_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except typer.Exit:
-            raise
+        except (typer.Exit, typer.Abort, click_errors.ClickException):
+            raise  # exits and usage errors are click's to report
         except LlamaError as error:
             if debug_enabled():
                 raise

@@ -15,6 +15,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bad_input: a case of the bad-input matrix (counted in the summary)")
     cache = Path(config.rootpath) / ".pytest_cache" / "llama-cache"
     os.environ.setdefault("LLAMA_CACHE", str(cache))
 
@@ -49,3 +50,11 @@ def llm(default_model_path: Path):  # type: ignore[no-untyped-def]
     from llama_cli import load
 
     return load(default_model_path, dtype="float32")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    """Print how many cases of the bad-input matrix ran, and how they ended."""
+    outcomes = {key: sum(1 for r in terminalreporter.stats.get(key, []) if "test_bad_input.py" in getattr(r, "nodeid", "")) for key in ("passed", "failed", "skipped")}
+    total = sum(outcomes.values())
+    if total:
+        terminalreporter.write_line(f"bad-input matrix: {total} cases: {outcomes['passed']} passed, {outcomes['failed']} failed, {outcomes['skipped']} skipped")

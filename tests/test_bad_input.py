@@ -1,0 +1,196 @@
+"""The bad-input matrix: the real `llama` command, in subprocesses, over every command.
+
+Each case expects its documented exit code (2 usage, 1 runtime error, 130 interrupted), one line
+on stderr that says what was wrong, and never a traceback. The number of cases is printed at the
+end of the test session (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LLAMA = [sys.executable, "-m", "llama_cli"]
+pytestmark = pytest.mark.bad_input
+
+# Every command that loads a model, with the arguments and stdin it needs to get that far.
+MODEL_COMMANDS: dict[str, tuple[list[str], str | None]] = {
+    "generate": (["-n", "2", "Hello"], None),
+    "chat": (["-n", "2"], "Hello\n"),
+    "tokenize": (["Hello"], None),
+    "show": ([], None),
+    "summarize": (["-n", "2"], "Some text to summarize."),
+    "translate": (["--to", "French", "-n", "2"], "Hello."),
+    "qa": (["What?", "-n", "2"], "Context."),
+}
+
+
+def run(args: list[str], *, stdin: bytes | str | None = None, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[bytes]:
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run([*LLAMA, *args], input=data if data is not None else b"", capture_output=True, timeout=timeout, env=env)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[bytes], code: int, *needles: str) -> None:
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == code, f"exit {result.returncode}, stderr: {err}"
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("llama: error:"), err
+    for needle in needles:
+        assert needle.lower() in err.lower(), err
+
+
+def _real_gguf(default_model_path: Path) -> bytes:
+    with open(default_model_path, "rb") as f:
+        return f.read(2_000_000)
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory: pytest.TempPathFactory, default_model_path: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad-models")
+    head = _real_gguf(default_model_path)
+    files = {
+        "missing": root / "nope.gguf",
+        "empty": root / "empty.gguf",
+        "truncated": root / "truncated.gguf",
+        "bad-magic": root / "magic.gguf",
+        "text-file": root / "notes.gguf",
+        "no-model-folder": root / "folder",
+        "huge-tensor-count": root / "huge.gguf",
+        "corrupt-safetensors": root / "hf",
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(head[:1_500_000])  # cut inside the vocabulary strings
+    files["bad-magic"].write_bytes(b"GGML" + head[4:4096])
+    files["text-file"].write_text("just some notes\n")
+    files["no-model-folder"].mkdir()
+    (files["no-model-folder"] / "readme.txt").write_text("nothing here")
+    files["huge-tensor-count"].write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**62, 1) + head[24:4096])
+    hf = files["corrupt-safetensors"]
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 300}')
+    (hf / "model.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{")
+    return files
+
+
+BAD_MODEL_CASES = ["missing", "empty", "truncated", "bad-magic", "text-file", "no-model-folder", "huge-tensor-count", "corrupt-safetensors"]
+
+
+@pytest.mark.parametrize("case", BAD_MODEL_CASES)
+@pytest.mark.parametrize("command", list(MODEL_COMMANDS))
+def test_bad_model_files(command: str, case: str, bad_models: dict[str, Path]) -> None:
+    args, stdin = MODEL_COMMANDS[command]
+    result = run([command, "-m", str(bad_models[case]), *args], stdin=stdin)
+    assert_clean_failure(result, 1)
+
+
+@pytest.mark.parametrize("command", list(MODEL_COMMANDS) + ["models", "pull", "completions"])
+def test_unknown_option_is_a_usage_error(command: str) -> None:
+    assert_clean_failure(run([command, "--no-such-option"]), 2, "no such option")
+
+
+@pytest.mark.parametrize("command,args", [
+    ("generate", ["-t", "-1", "x"]), ("generate", ["--top-p", "0", "x"]), ("generate", ["--top-k", "-3", "x"]),
+    ("generate", ["-n", "0", "x"]), ("generate", ["-t", "hot", "x"]), ("generate", ["--dtype", "float8", "x"]),
+    ("generate", ["--device", "tpu", "x"]), ("chat", ["-t", "-1"]), ("chat", ["--top-p", "2"]),
+    ("summarize", ["--length", "huge"]), ("translate", []), ("qa", []), ("completions", ["tcsh"]),
+    ("generate", ["--template", "nosuch", "x"]),
+])  # fmt: skip
+def test_invalid_values_are_usage_errors(command: str, args: list[str]) -> None:
+    assert_clean_failure(run([command, *args], stdin="text"), 2)
+
+
+TEXT_COMMANDS = {
+    "generate": ["-n", "2"],
+    "tokenize": [],
+    "summarize": ["-n", "2"],
+    "translate": ["--to", "French", "-n", "2"],
+    "qa": ["What is it?", "-n", "2"],
+}
+
+
+@pytest.mark.parametrize("stdin,needle", [(b"", "empty"), (b"\x00\x01\x02binary\xff\xfe", ""), (b"caf\xe9 cr\xe8me", "UTF-8")], ids=["empty", "binary", "latin1"])
+@pytest.mark.parametrize("command", list(TEXT_COMMANDS))
+def test_bad_stdin(command: str, stdin: bytes, needle: str) -> None:
+    if command == "tokenize" and stdin == b"":
+        pytest.skip("an empty text has zero tokens: `llama tokenize --count` prints 0")
+    result = run([command, *TEXT_COMMANDS[command]], stdin=stdin)
+    assert_clean_failure(result, 1, needle)
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_prompt_longer_than_context(command: str) -> None:
+    args = ["--ctx", "32", "-n", "8"] + (["word " * 60] if command == "generate" else [])
+    stdin = None if command == "generate" else "word " * 60 + "\n"
+    assert_clean_failure(run([command, *args], stdin=stdin), 1, "context")
+
+
+@pytest.mark.parametrize("command", ["summarize", "translate", "qa"])
+def test_unreadable_input_file(command: str, tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    extra = {"summarize": [str(folder)], "translate": ["--to", "French", str(folder)], "qa": ["What?", "--context", str(folder)]}[command]
+    assert_clean_failure(run([command, *extra]), 1)
+
+
+def test_unwritable_cache_still_runs_uncached(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = dict(os.environ, LLAMA_CACHE=str(blocker / "cache"))
+    result = run(["generate", "-t", "0", "-n", "3", "Hello"], env=env)
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert "llama: warning:" in err and "uncached" in err and "Traceback" not in err
+    assert result.stdout
+
+
+def test_interrupted_conversion_leaves_no_cache_entry(tmp_path: Path, default_model_path: Path) -> None:
+    """SIGINT while the GGUF is being converted: nothing half-written is ever used."""
+    model = tmp_path / "copy.gguf"
+    shutil.copy(default_model_path, model)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, LLAMA_CACHE=str(cache))
+    proc = subprocess.Popen([*LLAMA, "generate", "-m", str(model), "-n", "2", "Hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    time.sleep(4.5)  # imports done, conversion under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err
+    if proc.returncode == 130:
+        entries = [p for p in cache.rglob("llama.json") if ".tmp" not in str(p)]
+        assert entries == []  # a finished entry would only exist if conversion had completed
+    # the next run converts cleanly either way
+    again = run(["generate", "-m", str(model), "-t", "0", "-n", "2", "Hi"], env=env)
+    assert again.returncode == 0, again.stderr.decode()
+
+
+@pytest.mark.parametrize("delay", [0.3, 2.5])
+def test_sigint_while_starting_exits_130(delay: float) -> None:
+    """Ctrl-C during imports or model loading: exit 130, no traceback."""
+    proc = subprocess.Popen([*LLAMA, "generate", "-n", "2", "Hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("command,stdin", [
+    (["generate", "-t", "0", "--ignore-eos", "-n", "300", "Tell me a story"], None),
+    (["chat", "-t", "0", "-n", "300"], "Tell me a long story\n"),
+    (["tokenize", "-"], "word " * 3000),
+])  # fmt: skip
+def test_closed_pipe_is_quiet(command: list[str], stdin: str | None) -> None:
+    cmd = " ".join(LLAMA + [f"'{c}'" for c in command]) + " | head -c 10"
+    result = subprocess.run(cmd, shell=True, input=(stdin or "").encode(), capture_output=True, timeout=300)
+    assert len(result.stdout) == 10
+    assert b"Traceback" not in result.stderr and b"Error" not in result.stderr
