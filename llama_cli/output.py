@@ -42,6 +42,8 @@ def summary(generation: Generation) -> dict[str, object]:
         "decode_tokens_per_s": round(decode_rate, 2),
         "seed": generation.seed,
     }
+    if generation.settings.lookup:
+        record["drafted_tokens"], record["accepted_tokens"] = generation.drafted_tokens, generation.accepted_tokens
     if len(generation.results) > 1:
         record["samples"] = [{"text": r.text, "stop_reason": r.stop_reason, "tokens": len(r.token_ids)} for r in generation.results]
     return record
@@ -50,9 +52,10 @@ def summary(generation: Generation) -> dict[str, object]:
 def stats_line(generation: Generation) -> str:
     s = summary(generation)
     reasons = ", ".join(sorted({str(r.stop_reason) for r in generation.results}))
+    lookup = f" | lookup: {generation.accepted_tokens} of {generation.drafted_tokens} drafted tokens accepted" if generation.settings.lookup else ""
     return (
         f"prompt: {s['prompt_tokens']} tokens ({s['prefilled_tokens']} prefilled, {s['prefill_tokens_per_s']:.1f} tok/s) | "
-        f"generated: {s['generated_tokens']} tokens ({s['decode_tokens_per_s']:.1f} tok/s) | stop: {reasons}"
+        f"generated: {s['generated_tokens']} tokens ({s['decode_tokens_per_s']:.1f} tok/s){lookup} | stop: {reasons}"
     )
 
 

@@ -1,0 +1,104 @@
+"""The prompt recipes behind `llama summarize`, `llama translate` and `llama qa`.
+
+A recipe is data: a system message and a user message (both `str.format` templates), the answer
+length it expects and its sampling defaults (greedy). Any model's chat template renders the two
+messages, so the same recipe serves every model; `--show-prompt` prints the rendered result.
+How long inputs are split and recombined is chunking.py's job, not this module's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .chat_template import Message
+from .errors import UsageError
+
+Length = Literal["short", "medium", "long"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    system: str
+    user: str  # fields in braces; the document is {text}
+    max_tokens: int  # default answer length (-n)
+    temperature: float = 0.0  # greedy unless asked
+    lookup: int = 8  # most prompt-lookup drafted tokens per step (answers copy from the input); the CLI
+    # uses it where lookup keeps the text unchanged (the float32 reference), not on the int4 fast path
+
+    def messages(self, **fields: str) -> list[Message]:
+        """The conversation for one request; the field values are inserted verbatim."""
+        try:
+            return [{"role": "system", "content": self.system.format(**fields)}, {"role": "user", "content": self.user.format(**fields)}]
+        except KeyError as error:
+            raise ValueError(f"recipe {self.name!r} needs the field {error}") from None
+
+
+SUMMARIZE = Recipe(
+    name="summarize",
+    system="You write accurate, concise summaries. Use only facts stated in the text. Reply with the summary only.",
+    user="{text}\n\nSummarize the text above{focus}. {shape}",
+    max_tokens=200,
+)
+# Map step for long inputs: one part of a longer document.
+SUMMARIZE_PART = Recipe(
+    name="summarize-part",
+    system="You write accurate, concise summaries. Use only facts stated in the text. Reply with the summary only.",
+    user="{text}\n\nThe text above is one part of a longer document. Summarize this part{focus} in a few sentences.",
+    max_tokens=200,
+)
+# Reduce step: partial summaries of consecutive parts, in order.
+COMBINE = Recipe(
+    name="summarize-combine",
+    system="You write accurate, concise summaries. Use only facts stated in the text. Reply with the summary only.",
+    user="{text}\n\nThe notes above summarize consecutive parts of one document, in order. Write one summary of the whole document{focus}. {shape}",
+    max_tokens=200,
+)
+TRANSLATE = Recipe(
+    name="translate",
+    system="You are a translator. Translate the user's text {source}into {target}. Keep the line breaks. Reply with the translation only, without notes or explanations.",
+    user="{text}",
+    max_tokens=0,  # 0: sized to each chunk (twice its tokens, plus a margin)
+)
+QA = Recipe(
+    name="qa",
+    system=(
+        "Answer the question using only the context. Be brief. "
+        'If the context does not contain the answer, reply exactly: "I cannot tell from the context."'
+    ),
+    user="Context:\n{text}\n\nQuestion: {question}",
+    max_tokens=128,
+)
+
+CANNOT_TELL = "I cannot tell from the context."
+
+# --length: the instruction, and the default -n for it.
+LENGTHS: dict[str, tuple[str, int]] = {
+    "short": ("Write one or two sentences.", 96),
+    "medium": ("Write one paragraph.", 200),
+    "long": ("Write several paragraphs that cover every main point.", 500),
+}
+
+
+def summary_fields(*, length: str = "medium", words: int | None = None, bullets: bool = False, focus: str | None = None) -> dict[str, str]:
+    """The {shape} and {focus} fields of the summarize recipes from the command's options."""
+    if length not in LENGTHS:
+        raise UsageError(f"unknown --length '{length}'; choose short, medium or long")
+    if words is not None and words < 1:
+        raise UsageError(f"--words must be >= 1, got {words}")
+    shape = f"Use at most {words} words." if words else LENGTHS[length][0]
+    if bullets:
+        shape += " Format it as a bulleted list, one '- ' line per point."
+    return {"shape": shape, "focus": f", focusing on {focus.strip()}" if focus and focus.strip() else ""}
+
+
+def summary_tokens(*, length: str = "medium", words: int | None = None) -> int:
+    """Default -n for a summary: room for the words asked for (about 1.5 tokens a word, plus a margin)."""
+    return words * 3 // 2 + 32 if words else LENGTHS[length][1]
+
+
+def translate_fields(*, target: str, source: str | None = None) -> dict[str, str]:
+    if not target.strip():
+        raise UsageError("--to needs a language, e.g. --to French")
+    return {"target": target.strip(), "source": f"from {source.strip()} " if source and source.strip() else ""}
