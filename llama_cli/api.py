@@ -48,7 +48,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: float32 on the CPU (exact parity with the reference), bfloat16 on CUDA, float16 on MPS."""
+    """`auto`: float32 on the CPU (then `load` may swap in the fast path), bfloat16 on CUDA, float16 on MPS."""
     if name == "auto":
         return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
     if name not in DTYPES:
@@ -56,9 +56,19 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Skip `torch.nn.init` while building on the meta device: the checkpoint replaces every value,
+    and meta-device initialisers import torch._dynamo, which costs seconds of start-up."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else (kwargs or {}).get("tensor")
+        return func(*args, **(kwargs or {}))
+
+
 def build_model(checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device) -> Transformer:
     """Instantiate the model on the meta device and assign the checkpoint's tensors (no copy when possible)."""
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         model = Transformer(checkpoint.config)
     expected = set(model.state_dict())
     got = set(checkpoint.weights)
@@ -66,9 +76,10 @@ def build_model(checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device
         missing, extra = sorted(expected - got), sorted(got - expected)
         raise ModelFormatError(f"{checkpoint.source}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
     weights = {name: tensor.to(device=device, dtype=dtype) for name, tensor in checkpoint.weights.items()}
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}  # once: state_dict() walks every module
     for name, tensor in weights.items():
-        if tensor.shape != model.state_dict()[name].shape:
-            raise ModelFormatError(f"{checkpoint.source}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(model.state_dict()[name].shape)}")
+        if tensor.shape != shapes[name]:
+            raise ModelFormatError(f"{checkpoint.source}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(shapes[name])}")
     model.load_state_dict(weights, assign=True)
     return model.eval()
 
@@ -82,6 +93,7 @@ class LLM:
     checkpoint: Checkpoint
     device: torch.device
     dtype: torch.dtype
+    fast: bool = False  # the CPU fast path (fastpath.py): int4 weights, bfloat16 matmuls
 
     @property
     def context_length(self) -> int:
@@ -146,11 +158,39 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(value)
 
 
-def load(model: str | os.PathLike[str] | None = None, *, dtype: DType = "auto", device: str = "auto", cache: bool = True, threads: int | None = None) -> LLM:
-    """Load a model by path or known name (None: $LLAMA_MODEL or the default model)."""
+def load(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    dtype: DType = "auto",
+    device: str = "auto",
+    cache: bool = True,
+    threads: int | None = None,
+    adapter: str | os.PathLike[str] | None = None,
+) -> LLM:
+    """Load a model by path or known name (None: $LLAMA_MODEL or the default model).
+
+    With `dtype="auto"` on the CPU, a GGUF of Q4_0/Q4_1/Q8_0 tensors runs on the fast path
+    (fastpath.py: its 4-bit codes through torch's int4 kernel, bfloat16 matmuls, float32
+    elsewhere): close to float32 but not bit-identical. `dtype="float32"` is the exact reference.
+    `adapter` is a LoRA adapter folder (`llama finetune`), merged into the weights as they load;
+    the model then runs the reference path (the fast path's packed weights are the base model's).
+    """
     set_threads(threads)
     path: Path = resolve_model(model)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     checkpoint = load_checkpoint(path, cache=cache)
-    return LLM(build_model(checkpoint, torch_dtype, torch_device), checkpoint.tokenizer, checkpoint, torch_device, torch_dtype)
+    built = build_model(checkpoint, torch_dtype, torch_device)
+    if adapter is not None:
+        from .lora import apply_adapter, load_adapter
+
+        loaded = load_adapter(adapter)
+        loaded.check_base(checkpoint.config, path)
+        apply_adapter(built, loaded)
+    elif dtype == "auto" and torch_device.type == "cpu":
+        from .fastpath import make_fast
+
+        fast = make_fast(built, checkpoint, cache=cache)
+        if fast is not None:
+            return LLM(fast, checkpoint.tokenizer, checkpoint, torch_device, torch.bfloat16, fast=True)
+    return LLM(built, checkpoint.tokenizer, checkpoint, torch_device, torch_dtype)

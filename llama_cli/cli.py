@@ -5,7 +5,9 @@ torch and the model code are imported inside the commands, so `llama --help` sta
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import json
 import sys
 from typing import Annotated
@@ -15,6 +17,7 @@ import typer
 from . import __version__
 from .errors import LlamaError
 from .cli_common import (
+    AdapterOpt,
     CtxOpt,
     DeviceOpt,
     DtypeOpt,
@@ -81,7 +84,7 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="End the text at this string (repeatable); it is not printed.", rich_help_panel="Sampling", show_default=False)] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at end-of-sequence: produce exactly -n tokens.", rich_help_panel="Sampling")] = False,
     samples: Annotated[int, typer.Option("--samples", help="Completions of the same prompt (sample i uses seed+i).", rich_help_panel="Sampling")] = 1,
-    lookup: Annotated[int, typer.Option("--lookup", help="Prompt-lookup decoding: draft up to N tokens copied from the prompt and verify them in one pass (0 = off). Same output; faster when the text repeats its prompt.", rich_help_panel="Sampling")] = 0,
+    lookup: Annotated[int, typer.Option("--lookup", help="Prompt-lookup decoding: draft up to N tokens copied from the prompt and verify them in one pass (0 = off). Faster when the text repeats its prompt; the same text with --dtype float32 (on the int4 fast path rounding can change it).", rich_help_panel="Sampling")] = 0,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as a user turn in the model's chat template.", rich_help_panel="Prompt")] = False,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System message (implies --chat).", rich_help_panel="Prompt", show_default=False)] = None,
     template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3 or llama2.", rich_help_panel="Prompt")] = "auto",
@@ -94,6 +97,7 @@ def generate(
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
+    adapter: AdapterOpt = None,
 ) -> None:
     """Continue a prompt (raw text completion), streaming the text to stdout.
 
@@ -120,7 +124,7 @@ def generate(
     text = prompt_from(prompt)
     if not text:
         raise LlamaError("the prompt is empty: give some text to continue")
-    llm = _load(model, dtype, device, threads, no_cache)
+    llm = _load(model, dtype, device, threads, no_cache, adapter)
     ids = llm.encode_prompt(text, chat=chat, system=system, template=template)
     context = min(ctx or llm.context_length, llm.context_length)
     ids = _fit_context(ids, settings.max_tokens, context, truncate=truncate)
@@ -145,18 +149,18 @@ def _fit_context(ids: list[int], max_tokens: int, context: int, *, truncate: boo
     return ids
 
 
-def _load(model: str | None, dtype: str, device: str, threads: int | None, no_cache: bool):  # type: ignore[no-untyped-def]
+def _load(model: str | None, dtype: str, device: str, threads: int | None, no_cache: bool, adapter: str | None = None):  # type: ignore[no-untyped-def]
     from .registry import resolve_model
 
-    return _load_path(str(resolve_model(model)), dtype, device, threads, no_cache)
+    return _load_path(str(resolve_model(model)), dtype, device, threads, no_cache, adapter)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_path(path: str, dtype: str, device: str, threads: int | None, no_cache: bool):  # type: ignore[no-untyped-def]
+def _load_path(path: str, dtype: str, device: str, threads: int | None, no_cache: bool, adapter: str | None = None):  # type: ignore[no-untyped-def]
     # Memoised so that in-process callers (tests driving the app with CliRunner) load a model once.
     from .api import load
 
-    return load(path, dtype=dtype, device=device, threads=threads, cache=not no_cache)  # type: ignore[arg-type]
+    return load(path, dtype=dtype, device=device, threads=threads, cache=not no_cache, adapter=adapter)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -182,6 +186,7 @@ def chat(
     ctx: CtxOpt = None,
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
+    adapter: AdapterOpt = None,
 ) -> None:
     """Chat with the model; the conversation stays in the KV cache, so each turn prefills only what is new.
 
@@ -204,7 +209,7 @@ def chat(
         repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
     )  # fmt: skip
     messages = read_messages(history) if history is not None else []
-    llm = _load(model, dtype, device, threads, no_cache)
+    llm = _load(model, dtype, device, threads, no_cache, adapter)
     session = ChatSession(llm, settings, system=system, template=template, context=ctx, messages=messages)
     if sys.stdin.isatty():
         Repl(session, markdown=markdown and sys.stdout.isatty(), stats=stats).run()
@@ -282,10 +287,13 @@ def pull(
 
 from . import cli_presets  # noqa: E402,F401  (registers summarize/translate/qa)
 from . import cli_models  # noqa: E402,F401  (registers models/show/completions)
+from . import cli_train  # noqa: E402,F401  (registers train/finetune/merge)
+from . import cli_bench  # noqa: E402,F401  (registers bench/perplexity)
 
 
 def main() -> None:
     """Entry point: usage errors as one line (exit 2) instead of click's boxed help."""
+    atexit.register(gc.freeze)  # at exit, skip the final collection of torch's objects (~0.3 s of every command)
     try:
         result = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as error:

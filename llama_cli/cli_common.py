@@ -33,11 +33,12 @@ ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="GGUF file, model folder, or known model name. Default: $LLAMA_MODEL or smollm2-135m-instruct.", rich_help_panel=MODEL_PANEL, show_default=False),
 ]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16 (auto: float32 on CPU).", rich_help_panel=MODEL_PANEL)]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16 (auto on the CPU: the int4 fast path for Q4/Q8 GGUF files, else float32; float32 is the exact reference).", rich_help_panel=MODEL_PANEL)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL_PANEL)]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: $LLAMA_THREADS or all cores).", rich_help_panel=MODEL_PANEL, show_default=False)]
 CtxOpt = Annotated[int | None, typer.Option("--ctx", help="Context window to use (default: the model's).", rich_help_panel=MODEL_PANEL, show_default=False)]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the converted-weights cache.", rich_help_panel=MODEL_PANEL)]
+AdapterOpt = Annotated[str | None, typer.Option("--adapter", help="Apply a LoRA adapter folder written by llama finetune.", rich_help_panel=MODEL_PANEL, show_default=False)]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.", rich_help_panel=SAMPLING_PANEL)]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy (deterministic).", rich_help_panel=SAMPLING_PANEL)]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the K most likely tokens (0 = off).", rich_help_panel=SAMPLING_PANEL)]

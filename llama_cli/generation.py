@@ -176,11 +176,12 @@ class Generation:
         """
         device = self.model.tok_embeddings.weight.device
         start, end = self.cached_prefix, len(self.prompt_ids)
+        chunk = getattr(self.model, "prefill_chunk", PREFILL_CHUNK)  # the fast path takes longer chunks (fastpath.py)
         logits = torch.empty(0)
         while start < end:
-            stop = min(start + PREFILL_CHUNK, end)
-            chunk = torch.tensor([self.prompt_ids[start:stop]], device=device)
-            logits = self.model(chunk, start, last_only=True)[:, -1].cpu()
+            stop = min(start + chunk, end)
+            piece = torch.tensor([self.prompt_ids[start:stop]], device=device)
+            logits = self.model(piece, start, last_only=True)[:, -1].cpu()
             start = stop
         return logits
 

@@ -103,7 +103,8 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos+T, head_dim)
         elif start_pos:
             raise ValueError("start_pos > 0 needs a KV cache (call setup_cache first)")
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        causal = self.kv_cache is None and T > 1  # no cache: the sequence is the whole context
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*head_dim)
         return self.wo(y)
 
@@ -146,7 +147,7 @@ class Transformer(nn.Module):
         self.max_batch = 0
 
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        """Allocate the KV cache and rotary tables; must be called before a forward pass."""
+        """Allocate the KV cache and rotary tables for incremental decoding (see `forward`)."""
         if max_seq_len > self.config.context_length:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context length {self.config.context_length}")
         weight = self.tok_embeddings.weight
@@ -165,23 +166,30 @@ class Transformer(nn.Module):
             cache.k[:rows, :, :length] = cache.k[source, :, :length]
             cache.v[:rows, :, :length] = cache.v[source, :, :length]
 
-    def forward(self, tokens: torch.Tensor, start_pos: int, *, last_only: bool = False) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, *, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab) in float32 for tokens (B, T) placed at positions start_pos..start_pos+T-1.
 
         With `last_only`, only the final position's logits are computed (B, 1, vocab).
-        Keys and values are written into the cache; nothing before start_pos is recomputed.
+        After `setup_cache`, keys and values are written into the cache and nothing before
+        start_pos is recomputed. Without a cache (training, scoring), `tokens` are whole
+        sequences from position 0 under plain causal attention; nothing is stored.
         """
         B, T = tokens.shape
         end = start_pos + T
-        if self.max_seq_len == 0:
-            raise RuntimeError("call setup_cache() before running the model")
-        if end > self.max_seq_len or B > self.max_batch:
-            raise ValueError(f"positions up to {end} with batch {B} exceed the cache ({self.max_seq_len} positions, batch {self.max_batch})")
-        cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
         mask = None
-        if T > 1:  # query i (at start_pos+i) sees keys 0..start_pos+i; one query sees the whole prefix
-            key_pos = torch.arange(end, device=tokens.device)
-            mask = key_pos[None, :] <= (start_pos + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
+        if self.max_seq_len == 0:
+            if start_pos:
+                raise ValueError("start_pos > 0 needs a KV cache (call setup_cache first)")
+            if T > self.config.context_length:
+                raise ValueError(f"{T} positions exceed the model's context length {self.config.context_length}")
+            cos, sin = rope_tables(self.config, T, tokens.device)
+        else:
+            if end > self.max_seq_len or B > self.max_batch:
+                raise ValueError(f"positions up to {end} with batch {B} exceed the cache ({self.max_seq_len} positions, batch {self.max_batch})")
+            cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+            if T > 1:  # query i (at start_pos+i) sees keys 0..start_pos+i; one query sees the whole prefix
+                key_pos = torch.arange(end, device=tokens.device)
+                mask = key_pos[None, :] <= (start_pos + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
         x = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
             x = layer(x, cos, sin, start_pos, mask)

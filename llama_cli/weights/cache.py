@@ -26,7 +26,6 @@ from safetensors import SafetensorError
 
 from ..errors import LlamaError, ModelFormatError
 from .common import Checkpoint
-from .gguf import load_gguf
 from .huggingface import ORIGIN, load_native, load_safetensors, read_json, save_native
 
 CONVERTER_VERSION = 1  # bump when conversion output changes: old entries are then ignored
@@ -55,6 +54,14 @@ def cache_key(path: Path) -> str:
 def entry_path(key: str, gguf_path: Path) -> Path:
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
     return cache_root() / "gguf" / f"{gguf_path.stem}-{digest}"
+
+
+def load_gguf(path: Path) -> Checkpoint:
+    """gguf.py's conversion, imported when first needed: the gguf package takes ~0.1 s to import,
+    and runs served from the cache never need it."""
+    from .gguf import load_gguf as convert
+
+    return convert(path)
 
 
 def load_gguf_cached(path: Path, *, cache: bool = True) -> Checkpoint:

@@ -20,11 +20,12 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelFormatError
+
+if TYPE_CHECKING:  # imported where used: the gguf package takes ~0.1 s to import, and cached runs never scan a header
+    from gguf.constants import GGMLQuantizationType
 
 MAGIC = b"GGUF"
 STRING, ARRAY = 8, 9
@@ -164,7 +165,7 @@ def _scan(cur: _Cursor) -> GGUFHeader:
     for name, dims, kind, relative in infos:
         if name in tensors:
             raise ModelFormatError(f"{path}: tensor {name!r} appears twice: the file is corrupt")
-        block, type_size = GGML_QUANT_SIZES[kind]
+        block, type_size = _quant_sizes()[kind]
         if dims[0] % block:
             raise ModelFormatError(f"{path}: tensor {name!r} has rows of {dims[0]}, not a multiple of the {kind.name} block of {block}")
         n_bytes = math.prod(dims) // block * type_size
@@ -186,8 +187,16 @@ def _tensor_info(cur: _Cursor) -> tuple[str, tuple[int, ...], GGMLQuantizationTy
     if min(dims) < 1:
         raise cur.fail(f"tensor {name!r} with an empty dimension {dims}")
     raw = cur.unpack("<I")
+    from gguf.constants import GGMLQuantizationType
+
     try:
         kind = GGMLQuantizationType(raw)
     except ValueError:
         raise cur.fail(f"tensor {name!r} of unknown ggml type number {raw}") from None
     return name, dims, kind, cur.unpack("<Q")
+
+
+def _quant_sizes() -> dict[GGMLQuantizationType, tuple[int, int]]:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    return GGML_QUANT_SIZES

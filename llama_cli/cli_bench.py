@@ -1,0 +1,138 @@
+"""Measurement commands: `llama bench` (speed, like llama-bench) and `llama perplexity FILE`.
+
+Figures and progress go to stderr; the result (the table, the perplexity line, or JSON) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from .cli import _load, app
+from .cli_common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors, prompt_from, write_out
+from .errors import UsageError
+
+
+def _path_label(llm) -> str:  # type: ignore[no-untyped-def]
+    """How the model runs, for tables: "int4 fast path" or the dtype of the reference model."""
+    return "int4 fast path" if llm.fast else str(llm.dtype).removeprefix("torch.")
+
+
+@app.command()
+@handles_errors
+def bench(
+    model: ModelOpt = None,
+    prompt_tokens: Annotated[
+        int, typer.Option("--prompt-tokens", "-p", help="Prompt length for the prompt-processing test (0 = skip).")
+    ] = 512,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", help="Tokens to generate in the generation test (0 = skip).")] = 128,
+    repeats: Annotated[int, typer.Option("--repeats", "-r", help="Timed runs of each test, after one warm-up run.")] = 5,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of the table.")] = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Prompt processing (ppN) and generation (tgN) speed in tokens/s: median of repeats, with the spread.
+
+    Like llama.cpp's llama-bench: ppN prefills an N-token prompt into an empty cache; tgN
+    generates N tokens greedily after a one-token prompt. Compare runs made side by side, as
+    ratios: bench/compare.py runs llama.cpp and transformers on the same file.
+
+    [b]Examples[/b]
+
+      llama bench
+
+      llama bench -p 1000 -n 64 --threads 2
+
+      llama bench --dtype float32 --json
+    """
+    if prompt_tokens < 0 or gen_tokens < 0 or (prompt_tokens == 0 and gen_tokens < 2):
+        raise UsageError("give --prompt-tokens > 0 or --gen-tokens > 1 (0 skips a test)")
+    if repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    import torch
+
+    from .benchmark import bench as run_bench
+
+    llm = _load(model, dtype, device, threads, no_cache)
+    context = llm.context_length
+    if prompt_tokens + 1 > context or gen_tokens + 1 > context:
+        raise UsageError(f"tests longer than the model's context of {context} tokens")
+    results = run_bench(llm.model, llm.tokenizer, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats)
+    config = llm.model.config
+    info = {
+        "model": llm.checkpoint.source.name, "quantization": llm.checkpoint.quantization, "params": config.n_params,
+        "path": _path_label(llm), "threads": torch.get_num_threads(), "repeats": repeats,
+    }  # fmt: skip
+    if json_output:
+        write_out(json.dumps({**info, "results": [m.as_dict() for m in results]}) + "\n")
+        return
+    rows = ["| model | quant | params | path | threads | test | t/s (median) | spread |", "|---|---|---|---|---|---|---:|---|"]
+    for m in results:
+        rows.append(
+            f"| {info['model']} | {info['quantization']} | {config.n_params / 1e6:.1f} M | {info['path']} | {info['threads']} "
+            f"| {m.test} | {m.median:.2f} | {min(m.rates):.2f}-{max(m.rates):.2f} |"
+        )
+    write_out("\n".join(rows) + "\n")
+
+
+@app.command()
+@handles_errors
+def perplexity(
+    file: Annotated[str | None, typer.Argument(help="Text file to score; '-' or absent reads stdin.", show_default=False)] = None,
+    model: ModelOpt = None,
+    ctx: Annotated[
+        int, typer.Option("--ctx", help="Window length in tokens: the text is scored in non-overlapping windows of this size.")
+    ] = 512,
+    json_output: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Perplexity of the model over a text, in non-overlapping windows of --ctx tokens.
+
+    Progress goes to stderr; the last line on stdout is `perplexity: X.XXXX`. Each window starts
+    from an empty context, so the figure depends on --ctx: compare runs with the same value.
+    `--dtype float32` runs the exact reference model (the default fast path rounds activations to
+    bfloat16).
+
+    [b]Examples[/b]
+
+      llama perplexity wiki.test.raw
+
+      llama perplexity --ctx 1024 --dtype float32 book.txt
+
+      cat notes.txt | llama perplexity --json
+    """
+    from pathlib import Path
+
+    from .errors import LlamaError
+    from .perplexity import perplexity as score
+
+    if file is None or file == "-":
+        text = prompt_from(file, what="text file")
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlamaError(f"cannot read {file}: {exc}") from None
+    llm = _load(model, dtype, device, threads, no_cache)
+    window = min(ctx, llm.context_length)
+    ids = llm.tokenizer.encode(text)
+    interactive = sys.stderr.isatty()
+
+    def progress(done: int, total: int, running: float) -> None:
+        line = f"[{done}/{total}] windows of {window} tokens, perplexity so far {running:.4f}"
+        print(("\r" + line) if interactive else line, end="" if interactive and done < total else "\n", file=sys.stderr, flush=True)
+
+    result = score(llm.model, ids, window, progress=progress)
+    if json_output:
+        write_out(json.dumps({"model": llm.checkpoint.source.name, "path": _path_label(llm), **result.as_dict()}) + "\n")
+        return
+    print(f"{result.tokens} tokens in {result.windows} windows of {window}, {result.seconds:.1f} s ({_path_label(llm)})", file=sys.stderr)
+    write_out(f"perplexity: {result.perplexity:.4f}\n")

@@ -1,0 +1,224 @@
+"""`llama train`, `llama finetune` and `llama merge`: thin commands over train.py, finetune.py and lora.py.
+
+Options left out mean "the preset's" (train) or "the default" (finetune), and on --resume "the
+run's own": a resumed run continues with exactly the settings it was started with. Under torchrun
+every rank runs the same command; only rank 0 prints. Registered on cli.py's `app`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .cli import app
+from .cli_common import ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors
+from .errors import UsageError
+
+LOOP_PANEL, MODEL_SHAPE_PANEL, DATA_PANEL, LORA_PANEL = "Training loop", "Model shape", "Data", "LoRA"
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).", show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its own settings.")]
+MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps in all (on --resume: raise it to train further).", rich_help_panel=LOOP_PANEL, show_default=False)]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Sequences per micro-batch on each process.", rich_help_panel=LOOP_PANEL, show_default=False)]
+AccumOpt = Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimizer step.", rich_help_panel=LOOP_PANEL, show_default=False)]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW).", rich_help_panel=LOOP_PANEL, show_default=False)]
+MinLrOpt = Annotated[float | None, typer.Option("--min-lr", help="Learning rate at the end of the cosine decay.", rich_help_panel=LOOP_PANEL, show_default=False)]
+WarmupOpt = Annotated[int | None, typer.Option("--warmup", help="Steps of linear warmup.", rich_help_panel=LOOP_PANEL, show_default=False)]
+DecayOpt = Annotated[float | None, typer.Option("--weight-decay", help="AdamW weight decay (matrices only).", rich_help_panel=LOOP_PANEL, show_default=False)]
+ClipOpt = Annotated[float | None, typer.Option("--grad-clip", help="Clip the gradient norm to this (0 = off).", rich_help_panel=LOOP_PANEL, show_default=False)]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for initialisation, data order and the held-out split.", rich_help_panel=LOOP_PANEL, show_default=False)]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="auto (bfloat16 autocast on CUDA, float32 on CPU), float32 or bfloat16.", rich_help_panel=LOOP_PANEL, show_default=False)]
+EvalEveryOpt = Annotated[int | None, typer.Option("--eval-every", help="Steps between validation losses.", rich_help_panel=LOOP_PANEL, show_default=False)]
+EvalBatchesOpt = Annotated[int | None, typer.Option("--eval-batches", help="Batches in each validation.", rich_help_panel=LOOP_PANEL, show_default=False)]
+LogEveryOpt = Annotated[int | None, typer.Option("--log-every", help="Steps between lines of metrics.jsonl.", rich_help_panel=LOOP_PANEL, show_default=False)]
+SaveEveryOpt = Annotated[int | None, typer.Option("--save-every", help="Steps between checkpoints.", rich_help_panel=LOOP_PANEL, show_default=False)]
+ValFractionOpt = Annotated[float | None, typer.Option("--val-fraction", help="Share of the data held out for validation.", rich_help_panel=DATA_PANEL, show_default=False)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, under torchrun the rank's GPU), cpu, cuda or cuda:N.", rich_help_panel=LOOP_PANEL)]
+FsdpOpt = Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard the model, gradients and optimizer state over the processes (FSDP) instead of replicating them (DDP).", rich_help_panel=LOOP_PANEL)]
+
+
+def _setup(threads: int | None) -> bool:
+    """Threads for this process; True on the process that prints (rank 0)."""
+    from .api import set_threads
+
+    set_threads(threads)
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _finish(result: Any, out: Path, main: bool, what: str, hint: str) -> None:
+    if not main:
+        if result.interrupted:
+            raise typer.Exit(130)
+        return
+    if result.interrupted:
+        print(f"llama: interrupted at step {result.step}: checkpoint saved in {out}; continue with: {what} -o {out} --resume", file=sys.stderr)
+        raise typer.Exit(130)
+    val = f" (val loss {result.last_val_loss:.4f}, ppl {math.exp(min(result.last_val_loss, 50)):.1f})" if result.last_val_loss is not None else ""
+    print(f"llama: step {result.step} done{val}: {out}\nllama: try: {hint}", file=sys.stderr)
+
+
+@app.command(rich_help_panel="Training")
+@handles_errors
+def train(
+    data: Annotated[list[str] | None, typer.Argument(help="Text files, folders of them (.txt .md .rst .jsonl), or JSONL with a \"text\" field. On --resume: the run's own by default.", show_default=False)] = None,
+    out: OutOpt = ...,  # type: ignore[assignment]
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Model size and loop defaults: tiny, small, base or large (default tiny).", show_default=False)] = None,
+    max_steps: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
+    dim: Annotated[int | None, typer.Option("--dim", help="Width of the residual stream.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="Transformer blocks.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
+    heads: Annotated[int | None, typer.Option("--heads", help="Attention heads.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
+    kv_heads: Annotated[int | None, typer.Option("--kv-heads", help="Key/value heads (fewer than --heads: grouped-query attention).", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length: the training sequence length.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
+    vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="Pieces of the sentencepiece tokenizer trained on the corpus.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    tokenizer_type: Annotated[str | None, typer.Option("--tokenizer-type", help="bpe or unigram (with byte fallback).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="Reuse this tokenizer instead of training one: a tokenizer.model, a model folder, a GGUF or a known model name.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    val_fraction: ValFractionOpt = None,
+    batch_size: BatchOpt = None,
+    grad_accum: AccumOpt = None,
+    lr: LrOpt = None,
+    min_lr: MinLrOpt = None,
+    warmup: WarmupOpt = None,
+    weight_decay: DecayOpt = None,
+    grad_clip: ClipOpt = None,
+    seed: SeedOpt = None,
+    precision: PrecisionOpt = None,
+    eval_every: EvalEveryOpt = None,
+    eval_batches: EvalBatchesOpt = None,
+    log_every: LogEveryOpt = None,
+    save_every: SaveEveryOpt = None,
+    device: DeviceOpt = "auto",
+    fsdp: FsdpOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Pretrain a model from scratch: train a tokenizer on the corpus, then the model; OUT loads in generate, chat and the presets.
+
+    Writes OUT/llama.json, model.safetensors, tokenizer.model, metrics.jsonl (one JSON line per logged step), train.json and train_state.pt. Ctrl-C saves a checkpoint first; --resume continues it exactly. Under torchrun each process trains on its own shard of the data.
+
+    [b]Examples[/b]
+
+      llama train notes/ -o my-model --preset tiny --max-steps 300
+
+      llama train corpus.jsonl -o my-model --preset small --vocab-size 8000
+
+      llama train -o my-model --resume --max-steps 600
+
+      torchrun --nproc_per_node 2 -m llama_cli train notes/ -o my-model
+
+      torchrun --nproc_per_node 8 -m llama_cli train corpus/ -o big --preset large --fsdp
+    """
+    from .train import pretrain, resolve
+
+    main = _setup(threads)
+    cli = {
+        "data": data, "preset": preset, "dim": dim, "n_layers": layers, "n_heads": heads, "n_kv_heads": kv_heads, "context_length": ctx,
+        "vocab_size": vocab_size, "tokenizer": tokenizer, "tokenizer_kind": tokenizer_type, "val_fraction": val_fraction,
+    }  # fmt: skip
+    loop = {
+        "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "min_lr": min_lr, "warmup": warmup,
+        "weight_decay": weight_decay, "grad_clip": grad_clip, "seed": seed, "precision": precision, "eval_every": eval_every,
+        "eval_batches": eval_batches, "log_every": log_every, "save_every": save_every,
+    }  # fmt: skip
+    settings = resolve(cli, loop, out, resume=resume)
+    result = pretrain(settings, resume=resume, device=device, fsdp=fsdp)
+    _finish(result, out, main, "llama train", f'llama generate -m {out} -t 0.8 -n 100 "The"')
+
+
+@app.command(rich_help_panel="Training")
+@handles_errors
+def finetune(
+    data: Annotated[str | None, typer.Argument(help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line. On --resume: the run\'s own by default.', show_default=False)] = None,
+    out: OutOpt = ...,  # type: ignore[assignment]
+    model: ModelOpt = None,
+    max_steps: MaxStepsOpt = None,
+    full: Annotated[bool, typer.Option("--full", help="Train every weight instead of LoRA adapters; OUT is then a whole model.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="After LoRA training, also write the merged model into OUT (a standalone model folder).")] = False,
+    resume: ResumeOpt = False,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="Rank of each adapter (default 8).", rich_help_panel=LORA_PANEL, show_default=False)] = None,
+    lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="Adapter scale numerator: updates are scaled by alpha/rank (default 16).", rich_help_panel=LORA_PANEL, show_default=False)] = None,
+    lora_targets: Annotated[str | None, typer.Option("--lora-targets", help="Comma-separated layers to adapt (default all: wq,wk,wv,wo,w1,w2,w3).", rich_help_panel=LORA_PANEL, show_default=False)] = None,
+    val: Annotated[str | None, typer.Option("--val", help="Held-out examples (JSONL) instead of a share of DATA.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    val_fraction: ValFractionOpt = None,
+    max_len: Annotated[int | None, typer.Option("--max-len", help="Longest example in tokens (default: the model's context); longer ones are an error.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    batch_size: BatchOpt = None,
+    grad_accum: AccumOpt = None,
+    lr: LrOpt = None,
+    min_lr: MinLrOpt = None,
+    warmup: WarmupOpt = None,
+    weight_decay: DecayOpt = None,
+    grad_clip: ClipOpt = None,
+    seed: SeedOpt = None,
+    precision: PrecisionOpt = None,
+    eval_every: EvalEveryOpt = None,
+    eval_batches: EvalBatchesOpt = None,
+    log_every: LogEveryOpt = None,
+    save_every: SaveEveryOpt = None,
+    device: DeviceOpt = "auto",
+    fsdp: FsdpOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Fine-tune a model on chat examples, with LoRA adapters by default; loss only on the assistant's tokens.
+
+    Writes OUT/adapter.json + adapter.safetensors (use them with --adapter OUT in generate and chat), or with --full a whole model folder; metrics.jsonl and train_state.pt as llama train.
+
+    [b]Examples[/b]
+
+      llama finetune data/finetune_format.jsonl -o fmt-adapter --max-steps 60
+
+      llama generate --chat --adapter fmt-adapter -t 0 "What is the capital of Peru?"
+
+      llama finetune chats.jsonl -o merged --merge -m my-model
+    """
+    from .finetune import finetune as run_finetune
+    from .finetune import resolve
+
+    main = _setup(threads)
+    targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets is not None else None
+    cli = {
+        "data": data, "model": model, "full": True if full else None, "merge": True if merge else None, "rank": lora_rank,
+        "alpha": lora_alpha, "targets": targets, "val": val, "val_fraction": val_fraction, "max_len": max_len, "template": template,
+    }  # fmt: skip
+    loop = {
+        "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "min_lr": min_lr, "warmup": warmup,
+        "weight_decay": weight_decay, "grad_clip": grad_clip, "seed": seed, "precision": precision, "eval_every": eval_every,
+        "eval_batches": eval_batches, "log_every": log_every, "save_every": save_every,
+    }  # fmt: skip
+    settings = resolve(cli, loop, out, resume=resume)
+    result = run_finetune(settings, resume=resume, device=device, fsdp=fsdp)
+    use = f"llama chat -m {out}" if settings.full or settings.merge else f"llama chat{' -m ' + settings.model if settings.model else ''} --adapter {out}"
+    _finish(result, out, main, "llama finetune", use)
+
+
+@app.command(rich_help_panel="Training")
+@handles_errors
+def merge(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder written by llama finetune.")],
+    out: OutOpt = ...,  # type: ignore[assignment]
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the one the adapter was trained on).", show_default=False)] = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Merge a LoRA adapter into its base model and write a standalone model folder.
+
+    [b]Example[/b]
+
+      llama merge fmt-adapter -o fmt-model && llama chat -m fmt-model
+    """
+    from .lora import load_adapter
+    from .registry import resolve_model
+    from .weights import load_checkpoint, save_native
+
+    loaded = load_adapter(adapter)
+    if (out / "llama.json").exists():
+        raise UsageError(f"{out} already holds a model; choose another --out")
+    base = resolve_model(model or loaded.base_model)
+    checkpoint = load_checkpoint(base, cache=not no_cache)
+    loaded.check_base(checkpoint.config, base)
+    weights = loaded.merged({name: t.float() for name, t in checkpoint.weights.items()})
+    save_native(out, checkpoint.config, weights, checkpoint.tokenizer, checkpoint.chat_template, origin={"base_model": str(base), "adapter": str(adapter)})
+    print(f"llama: merged {adapter} into {base}: {out}", file=sys.stderr)

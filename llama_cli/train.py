@@ -1,0 +1,281 @@
+"""`llama train`: pretrain a LLaMA model from scratch on a text corpus, into a native model folder.
+
+    settings = PretrainSettings(data=["books/"], out=Path("my-model"), preset="tiny")
+    result = pretrain(settings)            # then: llama generate -m my-model "Once upon a time"
+
+The output folder is what the native loader reads (weights/huggingface.py): llama.json,
+model.safetensors (float32, internal names), tokenizer.model + tokenizer_special.json; beside
+them metrics.jsonl, train.json (settings, corpus statistics, the unigram baseline) and
+train_state.pt (what --resume continues from). The loop itself is trainer.py; the corpus,
+tokenizer and batches are data.py.
+
+References: karpathy/llama2.c (`train.py` model sizes, tied embeddings), karpathy/nanoGPT
+(initialisation with residual projections scaled by 1/sqrt(2 * n_layers)), Meta's LLaMA
+(SwiGLU width 8/3 * dim rounded up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data
+from .config import ModelConfig
+from .distributed import Dist, close_distributed, init_distributed
+from .errors import UsageError
+from .model import Transformer
+from .tokenizer import Tokenizer
+from .trainer import STATE_FILE, LoopResult, LoopSettings, run_loop
+
+TRAIN_FILE = "train.json"
+OPTION_NAMES = {"n_layers": "--layers", "n_heads": "--heads", "n_kv_heads": "--kv-heads", "context_length": "--ctx", "tokenizer_kind": "--tokenizer-type"}
+FIXED_ON_RESUME = ("preset", "dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size", "tokenizer", "tokenizer_kind", "val_fraction")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model shape plus the loop settings that suit it."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    context_length: int
+    vocab_size: int
+    loop: dict[str, Any]
+    about: str
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        64, 2, 4, 2, context_length=64, vocab_size=512, about="tests and demos: 0.13M parameters, seconds on a laptop CPU",
+        loop={"batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "warmup": 20, "max_steps": 300, "eval_every": 50, "save_every": 100},
+    ),
+    "small": Preset(
+        288, 6, 6, 6, context_length=256, vocab_size=4096, about="llama2.c's stories15M shape, a 4k vocabulary: ~7M parameters",
+        loop={"batch_size": 32, "lr": 1e-3, "min_lr": 1e-4, "warmup": 200, "max_steps": 5000, "eval_every": 250, "save_every": 500},
+    ),
+    "base": Preset(
+        512, 8, 8, 8, context_length=512, vocab_size=8192, about="llama2.c's stories42M shape: ~30M parameters, for a GPU",
+        loop={"batch_size": 32, "lr": 6e-4, "min_lr": 6e-5, "warmup": 500, "max_steps": 20000, "eval_every": 500, "save_every": 1000},
+    ),
+    "large": Preset(
+        768, 12, 12, 12, context_length=1024, vocab_size=32000, about="GPT-2 small's shape in LLaMA blocks: ~110M parameters, GPUs",
+        loop={"batch_size": 16, "grad_accum": 4, "lr": 3e-4, "min_lr": 3e-5, "warmup": 1000, "max_steps": 50000, "eval_every": 1000, "save_every": 1000},
+    ),
+}  # fmt: skip
+
+
+def ffn_width(dim: int, multiple_of: int = 32) -> int:
+    """LLaMA's SwiGLU width: 2/3 of 4*dim (same parameters as a 4*dim MLP), rounded up to multiple_of."""
+    hidden = int(2 * 4 * dim / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+@dataclass
+class PretrainSettings:
+    """What `llama train` was asked to do; None means "the preset's" (or, on --resume, the run's)."""
+
+    data: list[str]
+    out: Path
+    preset: str = "tiny"
+    dim: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    context_length: int | None = None
+    vocab_size: int | None = None
+    tokenizer: str | None = None  # reuse this model's (or tokenizer file's) tokenizer instead of training one
+    tokenizer_kind: str = "bpe"
+    val_fraction: float = 0.1
+    loop: LoopSettings = None  # type: ignore[assignment]  # None: the preset's
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown --preset '{self.preset}'; choose {', '.join(PRESETS)}")
+        if self.loop is None:
+            self.loop = LoopSettings.from_dict(PRESETS[self.preset].loop)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        p = PRESETS[self.preset]
+
+        def pick(value: int | None, default: int) -> int:
+            return default if value is None else value
+
+        dim = pick(self.dim, p.dim)
+        heads = pick(self.n_heads, p.n_heads if self.dim is None else max(1, dim // 64))  # a new width: 64-wide heads
+        kv_heads = pick(self.n_kv_heads, p.n_kv_heads if self.n_heads is None and self.dim is None else heads)
+        try:
+            config = ModelConfig(
+                dim=dim, n_layers=pick(self.n_layers, p.n_layers), n_heads=heads, n_kv_heads=kv_heads, vocab_size=vocab_size,
+                ffn_dim=ffn_width(dim), context_length=pick(self.context_length, p.context_length), tie_embeddings=True,
+            )  # fmt: skip
+        except (ValueError, ZeroDivisionError) as error:
+            raise UsageError(f"impossible model shape: {error}") from None
+        if dim % heads or config.head_dim % 2:
+            raise UsageError(f"--dim {dim} must split into --heads {heads} heads of an even width")
+        return config
+
+
+def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume: bool) -> PretrainSettings:
+    """Settings from the command line (None = not given), over the saved run's (on resume), over the preset's."""
+    saved: dict[str, Any] = {}
+    if resume:
+        path = out / TRAIN_FILE
+        if not path.is_file():
+            raise UsageError(f"--resume: {out} holds no training run ({TRAIN_FILE} is missing)")
+        saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    given = {k: v for k, v in cli.items() if v is not None and v != []}
+    if resume:  # the model's shape is what llama.json says; the rest, what the run was started with
+        shape = json.loads((out / "llama.json").read_text(encoding="utf-8"))
+        actual = {**saved, **{k: shape[k] for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size")}}
+        fixed = [k for k in FIXED_ON_RESUME if k in given and given[k] != actual.get(k)]
+        if fixed:
+            changes = "; ".join(f"{OPTION_NAMES.get(k, '--' + k.replace('_', '-'))} {given[k]} (the run has {actual.get(k)})" for k in fixed)
+            raise UsageError(f"--resume cannot change the model, tokenizer or data split: {changes}")
+    merged = {**{k: v for k, v in saved.items() if k not in ("loop", "out")}, **given}
+    if not merged.get("data"):
+        raise UsageError("no training data: give text files, folders or JSONL files")
+    settings = PretrainSettings(out=out, **merged)
+    loop = {**PRESETS[settings.preset].loop, **saved.get("loop", {}), **{k: v for k, v in loop_cli.items() if v is not None}}
+    settings.loop = LoopSettings.from_dict(loop)
+    return settings
+
+
+def init_weights(model: Transformer, seed: int) -> None:
+    """Normal(0, 0.02) weights, residual projections (wo, w2) scaled down by sqrt(2 * n_layers), norms at 1."""
+    generator = torch.Generator().manual_seed(seed)
+    residual_std = 0.02 / math.sqrt(2 * model.config.n_layers)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, residual_std if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else 0.02, generator=generator)
+
+
+class PretrainTask:
+    """Random windows of this rank's shard for training; fixed windows of the held-out tail for validation."""
+
+    def __init__(self, train: torch.Tensor, val: torch.Tensor, config: ModelConfig, tokenizer: Tokenizer, chat_template: str | None, loop: LoopSettings, dist: Dist) -> None:
+        self.config, self.tokenizer, self.chat_template, self.loop, self.rank = config, tokenizer, chat_template, loop, dist.rank
+        start, end = data.shard_bounds(len(train), dist.rank, dist.world)
+        self.shard, self.bounds = train[start:end], (start, end)
+        windows = data.eval_windows(val, config.context_length, loop.eval_batches * loop.batch_size)
+        self.val = windows[dist.rank :: dist.world]
+
+    def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = data.batch_seed(self.loop.seed, self.rank, step, micro)
+        return data.sample_windows(self.shard, self.loop.batch_size, self.config.context_length, seed)
+
+    def val_batches(self):  # type: ignore[no-untyped-def]
+        for i in range(0, len(self.val), self.loop.batch_size):
+            chunk = self.val[i : i + self.loop.batch_size]
+            yield chunk[:, :-1], chunk[:, 1:]
+
+    def write_outputs(self, weights: dict[str, torch.Tensor], out: Path) -> None:
+        from .weights import save_native
+
+        save_native(out, self.config, {name: t.float() for name, t in weights.items()}, self.tokenizer, self.chat_template)
+
+
+def _tokenizer(settings: PretrainSettings, documents: list[data.Document], dist: Dist, *, resume: bool) -> tuple[Tokenizer, str | None]:
+    """The run's tokenizer: the output folder's on resume, else --tokenizer's, else one trained by rank 0."""
+    from .tokenizer import chat_template_from_folder, load_tokenizer
+
+    out = settings.out
+    if resume:
+        return load_tokenizer(out), chat_template_from_folder(out)
+    if settings.tokenizer:
+        return reuse_tokenizer(settings.tokenizer)
+    if dist.main:
+        vocab = settings.vocab_size or PRESETS[settings.preset].vocab_size
+        tokenizer = data.train_tokenizer(documents, vocab_size=vocab, kind=settings.tokenizer_kind)  # type: ignore[arg-type]
+        tokenizer.save(out)
+    dist.barrier()
+    return load_tokenizer(out), None
+
+
+def reuse_tokenizer(source: str) -> tuple[Tokenizer, str | None]:
+    """--tokenizer: a tokenizer.model file, a folder with tokenizer files, or any model path or name."""
+    from .registry import resolve_model
+    from .tokenizer import SentencePieceTokenizer, SpecialTokens, load_tokenizer
+
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".model":
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        bos, eos = (i if i >= 0 else None for i in (sp.bos_id(), sp.eos_id()))
+        return SentencePieceTokenizer(sp, SpecialTokens(bos, eos, frozenset({eos} - {None}), bos is not None)), None  # type: ignore[arg-type]
+    if path.is_dir() and ((path / "tokenizer.model").is_file() or (path / "tokenizer.json").is_file()):
+        from .tokenizer import chat_template_from_folder
+
+        return load_tokenizer(path), chat_template_from_folder(path)
+    from .weights import load_checkpoint
+
+    checkpoint = load_checkpoint(resolve_model(source))
+    return checkpoint.tokenizer, checkpoint.chat_template
+
+
+def check_out(out: Path, *, resume: bool) -> None:
+    if not resume and ((out / STATE_FILE).exists() or (out / "llama.json").exists()):
+        raise UsageError(f"{out} already holds a model; continue its training with --resume, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+
+
+def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = "auto", fsdp: bool = False) -> LoopResult:
+    """Train (or with `resume`, continue training) a model as `settings` say; see the module docstring.
+
+    Under torchrun, `fsdp` shards the model over the ranks instead of replicating it."""
+    out = settings.out
+    check_out(out, resume=resume)
+    documents = data.read_corpus(settings.data)  # bad data fails before any process group forms
+    dist = init_distributed(device, fsdp=fsdp)
+    try:
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            settings.model_config(settings.vocab_size or PRESETS[settings.preset].vocab_size)  # a bad shape fails before the tokenizer trains
+        tokenizer, chat_template = _tokenizer(settings, documents, dist, resume=resume)
+        if resume:
+            config = ModelConfig.from_dict(json.loads((out / "llama.json").read_text(encoding="utf-8")))
+        else:
+            config = settings.model_config(tokenizer.vocab_size)
+        stream = data.pack(documents, tokenizer)
+        key = data.fingerprint(stream)
+        if resume and json.loads((out / TRAIN_FILE).read_text(encoding="utf-8"))["corpus"].get("fingerprint") != key:
+            raise UsageError("--resume: the training data differ from the run's; give the same files (or none, to reuse the run's paths)")
+        train, val = data.split_holdout(stream, settings.val_fraction, config.context_length, dist.world)
+        baseline = data.unigram_baseline(train, val, config.vocab_size)
+        task = PretrainTask(train, val, config, tokenizer, chat_template, settings.loop, dist)
+        model = Transformer(config)
+        init_weights(model, settings.loop.seed)
+        model.to(dist.device)
+        if dist.main:
+            summary = {
+                "documents": len(documents), "tokens": len(stream), "train_tokens": len(train), "val_tokens": len(val),
+                "unigram_baseline": baseline, "parameters": sum(p.numel() for p in model.parameters()), "world_size": dist.world, "fingerprint": key,
+            }  # fmt: skip
+            saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
+            (out / TRAIN_FILE).write_text(json.dumps({"settings": saved, "corpus": summary}, indent=1) + "\n", encoding="utf-8")
+            print(
+                f"llama: {len(documents)} documents, {len(stream):,} tokens ({len(train):,} train, {len(val):,} held out); "
+                f"model {summary['parameters'] / 1e6:.2f}M parameters, context {config.context_length}; "
+                f"unigram baseline {baseline:.3f} nats/token (ppl {math.exp(baseline):.1f})",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+        if dist.world > 1:
+            start, end = task.bounds
+            print(f"llama: rank {dist.rank}/{dist.world} trains on tokens {start:,}-{end:,} of the {len(train):,}-token training stream", file=sys.stderr, flush=True)
+        return run_loop(model, task, settings.loop, out, dist, resume=resume, label="llama train", extra={"data": key})
+    finally:
+        close_distributed()
+

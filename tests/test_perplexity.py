@@ -1,0 +1,78 @@
+"""`llama perplexity`: windows, the figure against transformers' loss on the same tokens, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llama_cli.cli import app
+from llama_cli.errors import UsageError
+from llama_cli.perplexity import perplexity, windows
+
+TEXT = (
+    "The lighthouse stood at the end of the harbour wall for more than two hundred years. Its keepers "
+    "lived in a small stone house beside it, trimming the wick at dusk and winding the clockwork that "
+    "turned the lens. In winter the storms came in from the west, and the spray reached the lantern room "
+    "itself. The last keeper left in 1964, when the light was automated; the house became a museum, and "
+    "children now climb the spiral stairs to look out over the bay. On a clear day you can see the islands, "
+    "the fishing boats heading out before dawn, and the ferry that crosses to the mainland twice a day. "
+    "The town below grew up around the fish market, and many of its streets are still named after the "
+    "boats that once worked from the quay: the Margaret, the Good Intent, the Brothers. "
+) * 2
+
+runner = CliRunner()
+
+
+def test_windows_do_not_overlap_and_drop_a_lone_last_token() -> None:
+    assert windows(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert windows(list(range(9)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # [8] predicts nothing
+    with pytest.raises(UsageError):
+        windows([1, 2, 3], 1)
+
+
+def test_matches_transformers_loss_on_the_same_tokens(llm, hf_model) -> None:  # type: ignore[no-untyped-def]
+    ids = llm.tokenizer.encode(TEXT)
+    ctx = 128
+    assert len(ids) > 2 * ctx  # several windows, the last one partial
+    ours = perplexity(llm.model, ids, ctx)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for window in windows(ids, ctx):
+            tokens = torch.tensor([window])
+            loss = hf_model(input_ids=tokens, labels=tokens).loss.item()  # mean over len(window) - 1 predictions
+            total += loss * (len(window) - 1)
+            count += len(window) - 1
+    assert ours.predicted == count and ours.windows == math.ceil(len(ids) / ctx)
+    reference = math.exp(total / count)
+    assert abs(ours.perplexity - reference) / reference < 0.005, (ours.perplexity, reference)
+
+
+def test_cli_prints_perplexity_last_and_json(llm, tmp_path: Path, default_model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    expected = perplexity(llm.model, llm.tokenizer.encode(TEXT), 96).perplexity
+    result = runner.invoke(app, ["perplexity", str(text_file), "-m", str(default_model_path), "--ctx", "96", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"perplexity: \d+\.\d{4}", last)
+    assert float(last.split()[1]) == pytest.approx(expected, abs=1e-4)
+    assert "windows of 96" in result.stderr  # progress and the summary go to stderr
+
+    data = runner.invoke(app, ["perplexity", str(text_file), "-m", str(default_model_path), "--ctx", "96", "--dtype", "float32", "--json"])
+    record = json.loads(data.stdout)
+    assert record["perplexity"] == pytest.approx(expected, rel=1e-6)
+    assert record["ctx"] == 96 and record["windows"] == math.ceil(record["tokens"] / 96)
+
+
+def test_cli_refuses_a_text_too_short_to_score(tmp_path: Path, default_model_path: Path) -> None:
+    one = tmp_path / "one.txt"
+    one.write_text("Hi", encoding="utf-8")
+    result = runner.invoke(app, ["perplexity", str(one), "-m", str(default_model_path), "--dtype", "float32"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("llama: error:") and "at least two" in result.stderr
