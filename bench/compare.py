@@ -10,10 +10,11 @@ engines round by round (the order rotates each round), so a slow spell on a shar
 all of them. Measured, per engine, in tokens/s:
 - pp: prefill of a P-token prompt into an empty cache (the same token ids for every engine);
 - tg: T tokens generated greedily after a one-token prompt, from the first token to the last.
-Then, for `llama` and llama.cpp, whole processes: time to the first token of a fresh process
-(`llama generate -n 1` and its llama-cpp-python equivalent; a warm-up run first, so `llama`'s
-weight caches exist) and the peak RSS of a generation with a P-token prompt. Medians of the
-rounds are printed with their spread, with ratios against llama.cpp and the machine's load.
+Then, for `llama` and llama.cpp, whole commands in fresh processes (`llama generate` and its
+llama-cpp-python equivalent, `Llama.generate`; a warm-up run first, so `llama`'s weight caches
+exist): time to the first token, decode and prefill tokens/s from differences of wall times
+(see `process_figures`), and peak RSS. Medians of the rounds are printed with their spread,
+with ratios against llama.cpp and the machine's load.
 """
 
 from __future__ import annotations
@@ -189,22 +190,40 @@ for i, token in enumerate(llm.generate(ids, top_k=1, temp=0)):
 """
 
 
-def process_figures(path: str, threads: int, prompt: str, long_prompt: str, rounds: int) -> dict[str, dict[str, list[float]]]:
+def process_figures(path: str, threads: int, prompt: str, long_prompt: str, extra_tokens: int, gen_tokens: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Whole commands, as a user runs them: per engine and round, three fresh processes.
+
+    A: `-n 1` on a short prompt (time to first token), B: `-n 1+N` on the same prompt (ignoring
+    end-of-sequence), C: `-n 1` on the long prompt. Decode tokens/s is N / (B - A) and prefill
+    tokens/s is the extra prompt tokens / (C - A): start-up and loading cancel out, and what is
+    left includes each tool's own per-token work (sampling, detokenizing, printing).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LLAMA_THREADS": str(threads)}
-    llama = [sys.executable, "-m", "llama_cli", "generate", "-m", path, "-t", "0", "--threads", str(threads)]
+    llama = [sys.executable, "-m", "llama_cli", "generate", "-m", path, "-t", "0", "--ignore-eos", "--threads", str(threads)]
     cpp = [sys.executable, "-c", LLAMA_CPP_GENERATE, path, str(threads)]
-    timed_process(llama + ["-n", "1", prompt], env)  # warm-up: `llama` writes its weight caches on a first run
-    timed_process(cpp + ["1", prompt], env)
-    figures: dict[str, dict[str, list[float]]] = {"llama": {"ttft": [], "rss": []}, "llama.cpp": {"ttft": [], "rss": []}}
-    for _ in range(rounds):
-        seconds, _, code = timed_process(llama + ["-n", "1", prompt], env)
-        figures["llama"]["ttft"].append(seconds if code == 0 else float("nan"))
-        seconds, _, code = timed_process(cpp + ["1", prompt], env)
-        figures["llama.cpp"]["ttft"].append(seconds if code == 0 else float("nan"))
-    _, rss, _ = timed_process(llama + ["-n", "128", "--ignore-eos", long_prompt], env)
-    figures["llama"]["rss"].append(rss)
-    _, rss, _ = timed_process(cpp + ["128", long_prompt], env)
-    figures["llama.cpp"]["rss"].append(rss)
+    commands = {
+        "llama": lambda n, text: llama + ["-n", str(n), text],
+        "llama.cpp": lambda n, text: cpp + [str(n), text],
+    }
+    timed_process(commands["llama"](1, prompt), env)  # warm-up: `llama` writes its weight caches on a first run
+    timed_process(commands["llama.cpp"](1, prompt), env)
+    figures: dict[str, dict[str, list[float]]] = {e: {"ttft": [], "tg": [], "pp": [], "rss": []} for e in commands}
+    for round_ in range(rounds):
+        for engine in (list(commands) if round_ % 2 == 0 else list(commands)[::-1]):
+            command = commands[engine]
+            first, _, code_a = timed_process(command(1, prompt), env)
+            long_run, _, code_b = timed_process(command(1 + gen_tokens, prompt), env)
+            prompt_run, rss, code_c = timed_process(command(1, long_prompt), env)
+            ok = code_a == code_b == code_c == 0
+            f = figures[engine]
+            f["ttft"].append(first if ok else float("nan"))
+            f["tg"].append(gen_tokens / (long_run - first) if ok else float("nan"))
+            f["pp"].append(extra_tokens / (prompt_run - first) if ok else float("nan"))
+            f["rss"].append(rss)
+            print(
+                f"process round {round_ + 1}: {engine:9s} first token {first:.2f} s, tg {f['tg'][-1]:.1f} tok/s, pp {f['pp'][-1]:.1f} tok/s",
+                file=sys.stderr,
+            )
     return figures
 
 
@@ -271,7 +290,9 @@ def main() -> None:
         worker.close()
     processes = {}
     if not args.no_process and "llama" in engines and "llama.cpp" in engines:
-        processes = process_figures(args.model, args.threads, "The capital of France is", tokenizer.decode(ids), args.rounds)
+        short = "The capital of France is"
+        extra = len(ids) - len(tokenizer.encode(short))  # prompt tokens of the long prompt beyond the short one
+        processes = process_figures(args.model, args.threads, short, tokenizer.decode(ids), extra, args.gen_tokens, args.rounds)
     load_after = os.getloadavg()
 
     base = "llama.cpp" if "llama.cpp" in engines else None
@@ -298,12 +319,16 @@ def main() -> None:
     if processes:
         lines += [
             "",
-            f"| whole process | first token of `generate -n 1` (median of {args.rounds}, spread) | peak RSS, {args.prompt_tokens}-token prompt + 128 tokens |",
-            "|---|---|---|",
+            f"| whole command | first token of `generate -n 1` (median, spread) | tg{args.gen_tokens} tok/s | x llama.cpp | pp{args.prompt_tokens} tok/s | x llama.cpp | peak RSS, {args.prompt_tokens}-token prompt |",
+            "|---|---|---|---|---|---|---|",
         ]
         for engine in ("llama", "llama.cpp"):
-            p = processes[engine]
-            lines.append(f"| {engine} | {median(p['ttft']):.2f} s ({min(p['ttft']):.2f}-{max(p['ttft']):.2f}) | {p['rss'][0]:.0f} MB |")
+            p, c = processes[engine], processes["llama.cpp"]
+            lines.append(
+                f"| {engine} | {median(p['ttft']):.2f} s ({min(p['ttft']):.2f}-{max(p['ttft']):.2f}) "
+                f"| {median(p['tg']):.1f} ({spread(p['tg'])}) | {median(p['tg']) / median(c['tg']):.2f} "
+                f"| {median(p['pp']):.1f} ({spread(p['pp'])}) | {median(p['pp']) / median(c['pp']):.2f} | {max(p['rss']):.0f} MB |"
+            )
     print("\n".join(lines))
 
 
