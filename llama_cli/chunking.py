@@ -362,6 +362,13 @@ def answer(runner: Runner, document: str, question: str, max_tokens: int, *, quo
         raise UsageError("the question is empty")
     n, fields = max_tokens, {"question": question.strip()}
     tokens = runner.whole(document)
+    asked = set(terms(question))
+    if asked and not asked & set(terms(document)) and not runner.dry_run:
+        # Small models answer anyway from what they know; when not one word of the question is
+        # in the context, the context cannot hold the answer, so say so without asking the model.
+        runner.notes.append(f"none of the question's words ({', '.join(sorted(asked))}) occur in the context")
+        runner.output = CANNOT_TELL
+        return
     budget = runner.context - runner.overhead(QA, **fields) - n - MARGIN
     used = [0]
     if tokens > budget:

@@ -160,6 +160,11 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
                 step.generation.mark_interrupted()
     finally:
         progress.close()
+    for note in runner.notes[notes_seen:]:
+        print(f"llama: {preset}: {note}", file=sys.stderr, flush=True)
+    if not as_json and runner.output and not any(s.final for s in runner.steps):  # answered without the model (qa)
+        write_out(runner.output)
+        last = runner.output[-1]
     if not as_json:
         if runner.quotes:
             write_out("" if last == "\n" else "\n")

@@ -172,6 +172,18 @@ def test_qa_answers_from_a_context_file_and_from_a_pipe() -> None:
     assert quotes and any("completed in March 1889" in q for q in quotes)
 
 
+def test_qa_says_it_cannot_tell_when_the_context_lacks_the_question_words() -> None:
+    result = run("qa", "--json", "What is the population of Berlin?", "--context", str(DOCS / "eiffel.txt"))
+    assert result.exit_code == 0, result.stderr
+    done = events(result.stdout)[-1]
+    assert done["text"] == "I cannot tell from the context." and done["steps"] == 0
+    assert "berlin, population" in result.stderr
+    plain = run("qa", "What is the population of Berlin?", input=(DOCS / "eiffel.txt").read_text())
+    assert plain.exit_code == 0 and plain.stdout == "I cannot tell from the context.\n"
+    shown = run("qa", "--show-prompt", "What is the population of Berlin?", "--context", str(DOCS / "eiffel.txt"))
+    assert "Question: What is the population of Berlin?" in shown.stdout  # the recipe is still shown
+
+
 def test_qa_ranks_chunks_when_the_context_does_not_fit() -> None:
     context = "\n\n".join((DOCS / name).read_text() for name in ("harbour.txt", "report.txt", "eiffel.txt", "story.txt"))
     result = run("qa", "--ctx", "256", "-n", "48", "--json", "In what year was the Eiffel Tower completed?", input=context)
