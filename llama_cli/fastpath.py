@@ -268,7 +268,8 @@ def make_fast(model: Transformer, checkpoint: Checkpoint, *, cache: bool = True)
         linear = [t for name, t in header.tensors.items() if name.startswith("blk.") and len(t.shape) == 2]
         if not linear or any(t.type.name not in PACKABLE for t in linear):
             return None  # K-quants, float files: the reference model (no half-fast path)
-        print(f"llama: packing {checkpoint.quantization} weights for the int4 kernel (once per model file)", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():  # a note for people waiting; pipes and scripts get only errors and warnings
+            print(f"llama: packing {checkpoint.quantization} weights for the int4 kernel (once per model file)", file=sys.stderr, flush=True)
         tensors = _pack_all(model, header, path)
         if file is not None:
             _write_cache(file, tensors)
