@@ -266,7 +266,7 @@ def stats_line(preset: str, runner: Runner) -> str:
     return (
         f"{preset}: {len(runner.chunks)} chunk(s), {len(runner.steps)} step(s) | "
         f"prompt: {t['prompt_tokens']} tokens ({t['prefill_tokens_per_s']:.1f} tok/s) | "
-        f"generated: {t['generated_tokens']} tokens ({t['decode_tokens_per_s']:.1f} tok/s){lookup} | stop: {', '.join(reasons)}"
+        f"generated: {t['generated_tokens']} tokens ({t['decode_tokens_per_s']:.1f} tok/s){lookup} | stop: {', '.join(reasons) or '- (the model was not run)'}"
     )
 
 
