@@ -47,8 +47,8 @@ def main() -> None:
     prefill, decode = prefill[1:], decode[1:]
 
     print(f"model: {llm.checkpoint.source.name}  dtype: {str(llm.dtype).removeprefix('torch.')}  threads: {torch.get_num_threads()}  load: {load_seconds:.2f} s")
-    print(f"| test | tokens | tok/s (median) | spread |")
-    print(f"|---|---|---|---|")
+    print("| test | tokens | tok/s (median) | spread |")
+    print("|---|---|---|---|")
     print(f"| prefill (pp{len(prompt)}) | {len(prompt)} | {statistics.median(prefill):.1f} | {min(prefill):.1f}-{max(prefill):.1f} |")
     print(f"| decode (tg{args.gen_tokens}) | {args.gen_tokens} | {statistics.median(decode):.1f} | {min(decode):.1f}-{max(decode):.1f} |")
 

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .api import LLM, load
 
-__all__ = ["LLM", "load", "__version__"]
+__all__ = ["LLM", "__version__", "load"]
 
 
 def __getattr__(name: str) -> Any:

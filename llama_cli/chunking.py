@@ -20,6 +20,7 @@ Zaragoza, "The Probabilistic Relevance Framework: BM25 and Beyond" (2009).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections import Counter
@@ -84,7 +85,7 @@ def _split(text: str, start: int, end: int, level: int, budget: int, count: Coun
 def _cuts(text: str, start: int, end: int, separator: re.Pattern[str]) -> list[tuple[int, int]]:
     """text[start:end] cut after each separator; whitespace-only pieces join their neighbour."""
     bounds = [start] + [m.end() for m in separator.finditer(text, start, end) if start < m.end() < end] + [end]
-    spans = [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+    spans = [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
     merged: list[tuple[int, int]] = []
     for a, b in spans:
         if merged and not text[merged[-1][0] : merged[-1][1]].strip():
@@ -140,11 +141,12 @@ def _pack(text: str, pieces: list[tuple[int, int, int]], budget: int, count: Cou
 
 # --- BM25 ranking -----------------------------------------------------------------------------
 
-STOPWORDS = frozenset(
+STOPWORD_TEXT = (
     "a an and are as at be been by did do does for from had has have he her his how i if in into is it its "
     "me my no not of on or our she so than that the their them then there these they this to was we were "
-    "what when where which who whom why will with you your".split()
+    "what when where which who whom why will with you your"
 )
+STOPWORDS = frozenset(STOPWORD_TEXT.split())
 
 
 def terms(text: str) -> list[str]:

@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .errors import LlamaError
 from .cli_common import (
     AdapterOpt,
     CtxOpt,
@@ -33,15 +32,16 @@ from .cli_common import (
     StatsOpt,
     TemperatureOpt,
     ThreadsOpt,
-    click_errors,
     TopKOpt,
     TopPOpt,
+    click_errors,
     ensure_utf8_stdout,
-    print_warnings_as_lines,
     handles_errors,
+    print_warnings_as_lines,
     prompt_from,
     write_out,
 )
+from .errors import LlamaError
 
 app = typer.Typer(
     name="llama",
@@ -285,10 +285,13 @@ def pull(
     print(f"installed {name}: {path}", file=sys.stderr)
 
 
-from . import cli_presets  # noqa: E402,F401  (registers summarize/translate/qa)
-from . import cli_models  # noqa: E402,F401  (registers models/show/completions)
-from . import cli_train  # noqa: E402,F401  (registers train/finetune/merge)
-from . import cli_bench  # noqa: E402,F401  (registers bench/perplexity)
+# The other commands register themselves on `app`; this order is the order of `llama --help`.
+# isort: off
+from . import cli_presets  # noqa: F401  (summarize, translate, qa)
+from . import cli_models  # noqa: F401  (models, show, completions)
+from . import cli_train  # noqa: F401  (train, finetune, merge)
+from . import cli_bench  # noqa: F401  (bench, perplexity)
+# isort: on
 
 
 def main() -> None:

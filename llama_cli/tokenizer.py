@@ -27,7 +27,7 @@ import sentencepiece
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
-from .detokenize import StreamDecoder as StreamDecoder  # re-exported: generation streams through it
+from .detokenize import StreamDecoder as StreamDecoder  # noqa: PLC0414 (re-exported: generation streams through it)
 from .detokenize import byte_level_text
 from .errors import TokenizerError
 

@@ -132,7 +132,7 @@ class StopFlag:
             if self.announce:
                 print("\nllama: stopping after this step to save a checkpoint (Ctrl-C again to quit without one)", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> StopFlag:
+    def __enter__(self) -> StopFlag:  # noqa: PYI034 (Python 3.10 has no typing.Self)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -157,7 +157,7 @@ def load_state(out: Path) -> dict[str, Any]:
         raise UsageError(f"--resume: {out} holds no checkpoint ({STATE_FILE}); start without --resume")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: torch raises many kinds
+    except Exception as error:  # noqa: BLE001 (a truncated or foreign file: torch raises many kinds)
         raise UsageError(f"--resume: cannot read {path}: {error}") from None
 
 

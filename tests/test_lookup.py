@@ -91,7 +91,7 @@ def test_sampled_lookup_equals_plain_with_the_same_seed() -> None:
     """Tokens are drawn one by one from the same distributions with the same generator calls."""
     model, tokenizer = tiny_model(3), CharTokenizer()
     prompt = tokenizer.encode("one two one two one two one two")
-    options = dict(max_tokens=50, temperature=0.7, top_k=0, top_p=1.0, min_p=0.0, seed=11, repetition_penalty=1.1)
+    options = {"max_tokens": 50, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 11, "repetition_penalty": 1.1}
     plain = run(model, tokenizer, prompt, **options)
     fast = run(model, tokenizer, prompt, **options, lookup=4)
     assert fast.results[0].token_ids == plain.results[0].token_ids
@@ -100,7 +100,7 @@ def test_sampled_lookup_equals_plain_with_the_same_seed() -> None:
 def test_lookup_respects_max_tokens_stop_strings_and_the_cache_size() -> None:
     model, tokenizer = tiny_model(0), CharTokenizer()
     prompt = tokenizer.encode("the cat sat on the mat; the cat sat on the mat; the cat")
-    for options in [dict(max_tokens=7), dict(max_tokens=40, stop=("at",)), dict(max_tokens=256 - len(prompt), ignore_eos=True)]:
+    for options in [{"max_tokens": 7}, {"max_tokens": 40, "stop": ("at",)}, {"max_tokens": 256 - len(prompt), "ignore_eos": True}]:
         plain = run(model, tokenizer, prompt, temperature=0, **options)
         fast = run(model, tokenizer, prompt, temperature=0, lookup=8, **options)
         assert fast.text == plain.text and fast.results[0].token_ids == plain.results[0].token_ids, options

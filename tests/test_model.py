@@ -10,7 +10,7 @@ from llama_cli.model import Transformer, rope_frequencies
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
-    base = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=128, rope_theta=10000.0, context_length=64)
+    base = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 97, "ffn_dim": 128, "rope_theta": 10000.0, "context_length": 64}
     base.update(overrides)
     return ModelConfig(**base)  # type: ignore[arg-type]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ def events(output: str) -> list[dict]:  # type: ignore[type-arg]
 
 def assert_covers(chunks, text: str) -> None:  # type: ignore[no-untyped-def]
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
-    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))
+    assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
     assert "".join(c.text for c in chunks) == text
 
 
@@ -255,7 +255,7 @@ def test_summarize_maps_every_chunk_and_reduces() -> None:
     chunks = done["chunks"]
     assert len(chunks) >= 3
     assert chunks[0]["start"] == 0 and chunks[-1]["end"] == len(text)
-    assert all(a["end"] == b["start"] for a, b in zip(chunks, chunks[1:]))  # every character in some chunk
+    assert all(a["end"] == b["start"] for a, b in itertools.pairwise(chunks))  # every character in some chunk
     maps = [s for s in steps if s["stage"] == "map"]
     assert [s["chunks"] for s in maps] == [[c["index"]] for c in chunks]  # each chunk summarized once, in order
     assert all(s["generated_tokens"] > 0 and s["text"] for s in maps)
@@ -274,7 +274,7 @@ def test_translate_covers_every_chunk_in_order() -> None:
     chunks = done["chunks"]
     assert len(chunks) > tokens // ctx
     assert chunks[0]["start"] == 0 and chunks[-1]["end"] == len(text)
-    assert all(a["end"] == b["start"] for a, b in zip(chunks, chunks[1:]))
+    assert all(a["end"] == b["start"] for a, b in itertools.pairwise(chunks))
     assert [s["chunks"] for s in steps] == [[c["index"]] for c in chunks]
     assert all(s["generated_tokens"] > 0 and s["text"] for s in steps)
     # the output is the translations in order, with the input's own blank lines and line breaks between them

@@ -15,7 +15,13 @@ from tokenizers import pre_tokenizers
 from llama_cli.errors import ModelFormatError, TokenizerError
 from llama_cli.gguf_metadata import read_gguf_metadata
 from llama_cli.tokenizer import (
-    BPETokenizer, SentencePieceTokenizer, SpecialTokens, StreamDecoder, Tokenizer, chat_template_from_folder, load_tokenizer,
+    BPETokenizer,
+    SentencePieceTokenizer,
+    SpecialTokens,
+    StreamDecoder,
+    Tokenizer,
+    chat_template_from_folder,
+    load_tokenizer,
     tokenizer_from_gguf,
 )  # fmt: skip
 
