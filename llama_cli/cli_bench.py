@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from .cli import _load, app
-from .cli_common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors, prompt_from, write_out
+from .cli_common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors, read_documents, write_out
 from .errors import UsageError
 
 
@@ -109,18 +109,10 @@ def perplexity(
 
       cat notes.txt | llama perplexity --json
     """
-    from pathlib import Path
 
-    from .errors import LlamaError
     from .perplexity import perplexity as score
 
-    if file is None or file == "-":
-        text = prompt_from(file, what="text file")
-    else:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LlamaError(f"cannot read {file}: {exc}") from None
+    text = read_documents([file] if file else None)  # empty, binary or non-UTF-8 text: one-line errors before loading
     llm = _load(model, dtype, device, threads, no_cache)
     window = min(ctx, llm.context_length)
     ids = llm.tokenizer.encode(text)
@@ -134,5 +126,5 @@ def perplexity(
     if json_output:
         write_out(json.dumps({"model": llm.checkpoint.source.name, "path": _path_label(llm), **result.as_dict()}) + "\n")
         return
-    print(f"{result.tokens} tokens in {result.windows} windows of {window}, {result.seconds:.1f} s ({_path_label(llm)})", file=sys.stderr)
+    print(f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s ({_path_label(llm)})", file=sys.stderr)
     write_out(f"perplexity: {result.perplexity:.4f}\n")

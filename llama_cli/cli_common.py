@@ -12,11 +12,12 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from .errors import LlamaError
+from .errors import LlamaError, UsageError
 
 try:
     from typer._click import exceptions as click_errors  # newer Typer vendors click
@@ -102,6 +103,37 @@ def read_stdin_text() -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise LlamaError(f"input is not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); convert it, e.g. with iconv -f latin1 -t utf-8") from None
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """Bytes of one input as text; binary or non-UTF-8 data is an error, not mojibake."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise LlamaError(f"{name} looks binary (a NUL byte at offset {nul}); give a text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise LlamaError(f"{name} is not valid UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); convert it, e.g. with iconv -f latin1 -t utf-8") from None
+
+
+def read_documents(paths: list[str] | None, *, option: str = "FILE") -> str:
+    """The files in order (stdin for none or '-'), joined by a blank line. Empty input is an error."""
+    texts = []
+    for path in paths or ["-"]:
+        if path == "-":
+            if sys.stdin.isatty():
+                raise UsageError(f"give a {option} or pipe text on stdin")
+            texts.append(decode_text(sys.stdin.buffer.read(), "stdin"))
+            continue
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise LlamaError(f"cannot read {path}: {error.strerror or error}") from None
+        texts.append(decode_text(data, path))
+    text = "\n\n".join(t for t in texts if t.strip())
+    if not text:
+        raise LlamaError(f"the input is empty ({', '.join(paths or ['stdin'])}): give some text to work on")
+    return text
 
 
 def prompt_from(argument: str | None, *, what: str = "prompt") -> str:

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -28,9 +27,10 @@ from .cli_common import (
     StatsOpt,
     ThreadsOpt,
     handles_errors,
+    read_documents,
     write_out,
 )
-from .errors import LlamaError, UsageError
+from .errors import UsageError
 
 if TYPE_CHECKING:
     from .chunking import Runner, Step
@@ -42,37 +42,6 @@ TemplateOpt = Annotated[str, typer.Option("--template", help="Chat template: aut
 PresetTemperatureOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="0 = greedy (the presets' default).", rich_help_panel="Sampling", show_default=False)]
 ShowPromptOpt = Annotated[bool, typer.Option("--show-prompt", help="Print the rendered prompt(s) instead of running the model.", rich_help_panel="Prompt")]
 FilesArg = Annotated[list[str] | None, typer.Argument(help="Text files, read in order; none or '-' reads stdin.", show_default=False)]
-
-
-def decode_text(data: bytes, name: str) -> str:
-    """Bytes of one input as text; binary or non-UTF-8 data is an error, not mojibake."""
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise LlamaError(f"{name} looks binary (a NUL byte at offset {nul}); give a text file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise LlamaError(f"{name} is not valid UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); convert it, e.g. with iconv -f latin1 -t utf-8") from None
-
-
-def read_documents(paths: list[str] | None, *, option: str = "FILE") -> str:
-    """The files in order (stdin for none or '-'), joined by a blank line. Empty input is an error."""
-    texts = []
-    for path in paths or ["-"]:
-        if path == "-":
-            if sys.stdin.isatty():
-                raise UsageError(f"give a {option} or pipe text on stdin")
-            texts.append(decode_text(sys.stdin.buffer.read(), "stdin"))
-            continue
-        try:
-            data = Path(path).read_bytes()
-        except OSError as error:
-            raise LlamaError(f"cannot read {path}: {error.strerror or error}") from None
-        texts.append(decode_text(data, path))
-    text = "\n\n".join(t for t in texts if t.strip())
-    if not text:
-        raise LlamaError(f"the input is empty ({', '.join(paths or ['stdin'])}): give some text to work on")
-    return text
 
 
 class Trim:

@@ -30,6 +30,8 @@ MODEL_COMMANDS: dict[str, tuple[list[str], str | None]] = {
     "summarize": (["-n", "2"], "Some text to summarize."),
     "translate": (["--to", "French", "-n", "2"], "Hello."),
     "qa": (["What?", "-n", "2"], "Context."),
+    "bench": (["-p", "8", "-n", "2", "-r", "1"], None),
+    "perplexity": ([], "Some text to score, long enough for a few tokens."),
 }
 
 
@@ -92,7 +94,7 @@ def test_bad_model_files(command: str, case: str, bad_models: dict[str, Path]) -
     assert_clean_failure(result, 1)
 
 
-@pytest.mark.parametrize("command", list(MODEL_COMMANDS) + ["models", "pull", "completions"])
+@pytest.mark.parametrize("command", list(MODEL_COMMANDS) + ["models", "pull", "completions", "train", "finetune", "merge"])
 def test_unknown_option_is_a_usage_error(command: str) -> None:
     assert_clean_failure(run([command, "--no-such-option"]), 2, "no such option")
 
@@ -102,7 +104,9 @@ def test_unknown_option_is_a_usage_error(command: str) -> None:
     ("generate", ["-n", "0", "x"]), ("generate", ["-t", "hot", "x"]), ("generate", ["--dtype", "float8", "x"]),
     ("generate", ["--device", "tpu", "x"]), ("chat", ["-t", "-1"]), ("chat", ["--top-p", "2"]),
     ("summarize", ["--length", "huge"]), ("translate", []), ("qa", []), ("completions", ["tcsh"]),
-    ("generate", ["--template", "nosuch", "x"]),
+    ("generate", ["--template", "nosuch", "x"]), ("bench", ["-r", "0"]), ("bench", ["-p", "0", "-n", "0"]),
+    ("perplexity", ["--ctx", "1"]), ("train", ["x.txt", "-o", "out", "--preset", "galaxy"]), ("train", ["x.txt"]),
+    ("finetune", ["x.jsonl", "-o", "out", "--lora-rank", "0"]),
 ])  # fmt: skip
 def test_invalid_values_are_usage_errors(command: str, args: list[str]) -> None:
     assert_clean_failure(run([command, *args], stdin="text"), 2)
@@ -114,6 +118,7 @@ TEXT_COMMANDS = {
     "summarize": ["-n", "2"],
     "translate": ["--to", "French", "-n", "2"],
     "qa": ["What is it?", "-n", "2"],
+    "perplexity": [],
 }
 
 
@@ -194,3 +199,35 @@ def test_closed_pipe_is_quiet(command: list[str], stdin: str | None) -> None:
     result = subprocess.run(cmd, shell=True, input=(stdin or "").encode(), capture_output=True, timeout=300)
     assert len(result.stdout) == 10
     assert b"Traceback" not in result.stderr and b"Error" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bad-data")
+    (root / "empty.txt").write_text("")
+    (root / "binary.txt").write_bytes(b"\x00\x01binary\xff")
+    (root / "latin1.txt").write_bytes(b"caf\xe9 cr\xe8me, " * 20)
+    good = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}'
+    (root / "broken.jsonl").write_text(good + "\n" + good + "\n{not json\n")
+    (root / "no-assistant.jsonl").write_text('{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    (root / "not-an-adapter").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "missing.txt"], "no such file"),
+    (["train", "empty.txt"], "empty"),
+    (["train", "binary.txt"], "binary"),
+    (["train", "latin1.txt"], "UTF-8"),
+    (["finetune", "missing.jsonl"], "no such file"),
+    (["finetune", "empty.txt"], "empty"),
+    (["finetune", "broken.jsonl"], "line 3"),
+    (["finetune", "no-assistant.jsonl"], "line 1"),
+    (["merge", "not-an-adapter"], "adapter"),
+    (["merge", "missing-adapter"], "adapter"),
+], ids=lambda value: "-".join(value) if isinstance(value, list) else None)  # fmt: skip
+def test_bad_training_data(args: list[str], needle: str, bad_data: Path, tmp_path: Path) -> None:
+    command, name = args
+    steps = [] if command == "merge" else ["--max-steps", "1"]
+    result = subprocess.run([*LLAMA, command, str(bad_data / name), "-o", str(tmp_path / "out"), *steps], capture_output=True, timeout=300)
+    assert_clean_failure(result, 1, needle)
