@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .errors import LlamaError, UsageError
+from .textio import decode_text
 
 try:
     from typer._click import exceptions as click_errors  # newer Typer vendors click
@@ -97,23 +98,8 @@ def handles_errors(command: F) -> F:
 
 
 def read_stdin_text() -> str:
-    """All of stdin as text; non-UTF-8 input is an error, not mojibake."""
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise LlamaError(f"input is not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); convert it, e.g. with iconv -f latin1 -t utf-8") from None
-
-
-def decode_text(data: bytes, name: str) -> str:
-    """Bytes of one input as text; binary or non-UTF-8 data is an error, not mojibake."""
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise LlamaError(f"{name} looks binary (a NUL byte at offset {nul}); give a text file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise LlamaError(f"{name} is not valid UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); convert it, e.g. with iconv -f latin1 -t utf-8") from None
+    """All of stdin as text; binary or non-UTF-8 input is an error, not mojibake."""
+    return decode_text(sys.stdin.buffer.read(), "stdin")
 
 
 def read_documents(paths: list[str] | None, *, option: str = "FILE") -> str:

@@ -28,6 +28,7 @@ import sentencepiece
 import torch
 
 from .errors import LlamaError
+from .textio import decode_text
 from .tokenizer import SentencePieceTokenizer, SpecialTokens, Tokenizer
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", ".jsonl")  # what a folder contributes
@@ -56,13 +57,7 @@ def decode_file(path: Path) -> str:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from None
     if not data.strip():
         raise DataError(f"{path} is empty")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise DataError(f"{path} looks binary (a NUL byte at offset {nul}); give text files")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); convert it, e.g. with iconv -f latin1 -t utf-8") from None
+    return decode_text(data, str(path), error=DataError)
 
 
 def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
