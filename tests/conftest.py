@@ -58,3 +58,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     total = sum(outcomes.values())
     if total:
         terminalreporter.write_line(f"bad-input matrix: {total} cases: {outcomes['passed']} passed, {outcomes['failed']} failed, {outcomes['skipped']} skipped")
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():  # type: ignore[no-untyped-def]
+    """In-process commands with --threads would otherwise leave torch's thread count set for later tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

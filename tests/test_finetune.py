@@ -32,13 +32,6 @@ FAST = ["--threads", "1"]
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args: str | Path):  # type: ignore[no-untyped-def]
     return runner.invoke(app, [*map(str, args), *FAST])
 

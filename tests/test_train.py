@@ -31,14 +31,6 @@ METRIC_KEYS = {"step", "train_loss", "val_loss", "lr", "tokens_per_s"}
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():  # type: ignore[no-untyped-def]
-    """--threads 1 in-process would otherwise stay set for the tests that run after these."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pydoc_data.topics import topics
