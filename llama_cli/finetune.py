@@ -30,7 +30,7 @@ from .distributed import Dist, close_distributed, full_state, init_distributed
 from .errors import UsageError
 from .lora import ADAPTER_CONFIG, Adapter, LoRAConfig, add_lora, save_adapter
 from .tokenizer import Tokenizer
-from .trainer import IGNORE, STATE_FILE, LoopResult, LoopSettings, run_loop
+from .trainer import IGNORE, STATE_FILE, LoopResult, LoopSettings, run_loop, saved_settings
 
 ROLES = ("system", "user", "assistant")
 FINETUNE_FILE = "finetune.json"
@@ -130,12 +130,7 @@ class FinetuneSettings:
 
 def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume: bool) -> FinetuneSettings:
     """Settings from the command line (None = not given), over the saved run's (on resume), over the defaults."""
-    saved: dict[str, Any] = {}
-    if resume:
-        path = out / FINETUNE_FILE
-        if not path.is_file():
-            raise UsageError(f"--resume: {out} holds no fine-tuning run ({FINETUNE_FILE} is missing)")
-        saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    saved = saved_settings(out, FINETUNE_FILE, "fine-tuning") if resume else {}
     given = {k: v for k, v in cli.items() if v is not None}
     lora_given = {k: given.pop(k) for k in ("rank", "alpha", "targets") if k in given}
     merged = {**{k: v for k, v in saved.items() if k not in ("loop", "out", "lora")}, **given}

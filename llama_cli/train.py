@@ -31,7 +31,7 @@ from .distributed import Dist, close_distributed, init_distributed
 from .errors import UsageError
 from .model import Transformer
 from .tokenizer import Tokenizer
-from .trainer import STATE_FILE, LoopResult, LoopSettings, run_loop
+from .trainer import STATE_FILE, LoopResult, LoopSettings, run_loop, saved_settings
 
 TRAIN_FILE = "train.json"
 OPTION_NAMES = {"n_layers": "--layers", "n_heads": "--heads", "n_kv_heads": "--kv-heads", "context_length": "--ctx", "tokenizer_kind": "--tokenizer-type"}
@@ -125,12 +125,7 @@ class PretrainSettings:
 
 def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume: bool) -> PretrainSettings:
     """Settings from the command line (None = not given), over the saved run's (on resume), over the preset's."""
-    saved: dict[str, Any] = {}
-    if resume:
-        path = out / TRAIN_FILE
-        if not path.is_file():
-            raise UsageError(f"--resume: {out} holds no training run ({TRAIN_FILE} is missing)")
-        saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    saved = saved_settings(out, TRAIN_FILE, "training") if resume else {}
     given = {k: v for k, v in cli.items() if v is not None and v != []}
     if resume:  # the model's shape is what llama.json says; the rest, what the run was started with
         shape = json.loads((out / "llama.json").read_text(encoding="utf-8"))

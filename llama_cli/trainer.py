@@ -151,6 +151,14 @@ def save_state(out: Path, step: int, trainable: dict[str, torch.Tensor], optimiz
     os.replace(temporary, out / STATE_FILE)
 
 
+def saved_settings(out: Path, filename: str, run: str) -> dict[str, Any]:
+    """The settings a run recorded in `out/filename` (train.json, finetune.json), for --resume."""
+    path = out / filename
+    if not path.is_file():
+        raise UsageError(f"--resume: {out} holds no {run} run ({filename} is missing)")
+    return json.loads(path.read_text(encoding="utf-8"))["settings"]
+
+
 def load_state(out: Path) -> dict[str, Any]:
     path = out / STATE_FILE
     if not path.is_file():
