@@ -34,6 +34,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .chunking import Runner, Step
+    from .presets import Recipe
 
 PRESET_PANEL = "Preset"
 MaxTokensOpt = Annotated[int | None, typer.Option("--max-tokens", "-n", help="Most tokens per answer (and per partial summary). Default: the preset's.", rich_help_panel="Sampling", show_default=False)]
@@ -112,9 +113,7 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
     interrupted = False
     try:
         for number, step in enumerate(steps):
-            for note in runner.notes[notes_seen:]:
-                print(f"llama: {preset}: {note}", file=sys.stderr, flush=True)
-            notes_seen = len(runner.notes)
+            notes_seen = _print_notes(preset, runner, notes_seen)
             progress.show(step, runner)
             last = _run_step(step, number, as_json=as_json) or last
             if as_json:
@@ -129,8 +128,7 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
                 step.generation.mark_interrupted()
     finally:
         progress.close()
-    for note in runner.notes[notes_seen:]:
-        print(f"llama: {preset}: {note}", file=sys.stderr, flush=True)
+    _print_notes(preset, runner, notes_seen)  # notes from after the last step (or from a run with none)
     if not as_json and runner.output and not any(s.final for s in runner.steps):  # answered without the model (qa)
         write_out(runner.output)
         last = runner.output[-1]
@@ -147,6 +145,13 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
     if interrupted:
         print("llama: interrupted", file=sys.stderr, flush=True)
         raise typer.Exit(130)
+
+
+def _print_notes(preset: str, runner: Runner, seen: int) -> int:
+    """Print the runner's notes from number `seen` on to stderr; returns how many there are now."""
+    for note in runner.notes[seen:]:
+        print(f"llama: {preset}: {note}", file=sys.stderr, flush=True)
+    return len(runner.notes)
 
 
 def _run_step(step: Step, number: int, *, as_json: bool) -> str:
@@ -239,20 +244,20 @@ def stats_line(preset: str, runner: Runner) -> str:
     )
 
 
-def make_runner(recipe_temperature: float, lookup: int | None, default_lookup: int, *, model: str | None, temperature: float | None, seed: int | None, ctx: int | None, dtype: str, device: str, threads: int | None, no_cache: bool, template: str) -> Runner:
-    """Validate the options (before loading anything), load the model and set up a Runner."""
+def make_runner(recipe: Recipe, lookup: int | None, *, model: str | None, temperature: float | None, seed: int | None, ctx: int | None, dtype: str, device: str, threads: int | None, no_cache: bool, template: str, show_prompt: bool) -> Runner:
+    """Validate the options (before loading anything), load the model and set up a Runner for `recipe`'s defaults."""
     from .api import make_settings
     from .chunking import Runner
 
-    settings = make_settings(temperature=recipe_temperature if temperature is None else temperature, seed=seed, lookup=lookup or 0)
+    settings = make_settings(temperature=recipe.temperature if temperature is None else temperature, seed=seed, lookup=lookup or 0)
     if ctx is not None and ctx < 1:
         raise UsageError(f"--ctx must be >= 1, got {ctx}")
     llm = _load(model, dtype, device, threads, no_cache)
     if lookup is None and not llm.fast:
         # Lookup's verify pass gives the same text only where its arithmetic matches a decode step's:
         # on the float32 reference, not (yet) on the int4 fast path, so the default follows the path.
-        settings = dataclasses.replace(settings, lookup=default_lookup)
-    return Runner(llm, settings, context=min(ctx or llm.context_length, llm.context_length), template=template)
+        settings = dataclasses.replace(settings, lookup=recipe.lookup)
+    return Runner(llm, settings, context=min(ctx or llm.context_length, llm.context_length), template=template, dry_run=show_prompt)
 
 
 def _positive(value: int | None, name: str) -> int | None:
@@ -299,8 +304,7 @@ def summarize(
     fields = presets.summary_fields(length=length, words=_positive(words, "--words"), bullets=bullets, focus=focus)
     n = _positive(max_tokens, "--max-tokens") or presets.summary_tokens(length=length, words=words)
     document = read_documents(files)
-    runner = make_runner(presets.SUMMARIZE.temperature, lookup, presets.SUMMARIZE.lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template)
-    runner.dry_run = show_prompt
+    runner = make_runner(presets.SUMMARIZE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
     run_preset("summarize", runner, chunking.summarize(runner, document, fields, n), as_json=json_output, stats=stats, show_prompt=show_prompt)
 
 
@@ -340,8 +344,7 @@ def translate(
     fields = presets.translate_fields(target=to, source=source)
     n = _positive(max_tokens, "--max-tokens")
     document = read_documents(files)
-    runner = make_runner(presets.TRANSLATE.temperature, lookup, presets.TRANSLATE.lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template)
-    runner.dry_run = show_prompt
+    runner = make_runner(presets.TRANSLATE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
     run_preset("translate", runner, chunking.translate(runner, document, fields, n), as_json=json_output, stats=stats, show_prompt=show_prompt)
 
 
@@ -382,6 +385,5 @@ def qa(
         raise UsageError("the question is empty")
     n = _positive(max_tokens, "--max-tokens") or presets.QA.max_tokens
     document = read_documents(context_files, option="--context FILE")
-    runner = make_runner(presets.QA.temperature, lookup, presets.QA.lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template)
-    runner.dry_run = show_prompt
+    runner = make_runner(presets.QA, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
     run_preset("qa", runner, chunking.answer(runner, document, question, n, quote=quote), as_json=json_output, stats=stats, show_prompt=show_prompt)

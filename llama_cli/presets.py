@@ -35,23 +35,24 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r} needs the field {error}") from None
 
 
+SUMMARY_SYSTEM = "You write accurate, concise summaries. Use only facts stated in the text. Reply with the summary only."
 SUMMARIZE = Recipe(
     name="summarize",
-    system="You write accurate, concise summaries. Use only facts stated in the text. Reply with the summary only.",
+    system=SUMMARY_SYSTEM,
     user="{text}\n\nSummarize the text above{focus}. {shape}",
     max_tokens=200,
 )
 # Map step for long inputs: one part of a longer document.
 SUMMARIZE_PART = Recipe(
     name="summarize-part",
-    system="You write accurate, concise summaries. Use only facts stated in the text. Reply with the summary only.",
+    system=SUMMARY_SYSTEM,
     user="{text}\n\nThe text above is one part of a longer document. Summarize this part{focus} in a few sentences.",
     max_tokens=200,
 )
 # Reduce step: partial summaries of consecutive parts, in order.
 COMBINE = Recipe(
     name="summarize-combine",
-    system="You write accurate, concise summaries. Use only facts stated in the text. Reply with the summary only.",
+    system=SUMMARY_SYSTEM,
     user="{text}\n\nThe notes above summarize consecutive parts of one document, in order. Write one summary of the whole document{focus}. {shape}",
     max_tokens=200,
 )
