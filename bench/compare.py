@@ -44,7 +44,7 @@ class LlamaWorker:
         from llama_cli import load
 
         self.llm = load(path, threads=threads)
-        self.label = "int4 fast path" if self.llm.fast else str(self.llm.dtype)
+        self.label = self.llm.path_label
 
     def tokens(self, n: int) -> list[int]:
         from llama_cli.benchmark import prompt_ids

@@ -35,8 +35,7 @@ def main() -> None:
     load_seconds = time.perf_counter() - started
     results = bench(llm.model, llm.tokenizer, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, repeats=args.repeats)
 
-    path = "int4 fast path" if llm.fast else str(llm.dtype).removeprefix("torch.")
-    print(f"model: {llm.checkpoint.source.name}  path: {path}  threads: {torch.get_num_threads()}  load: {load_seconds:.2f} s")
+    print(f"model: {llm.checkpoint.source.name}  path: {llm.path_label}  threads: {torch.get_num_threads()}  load: {load_seconds:.2f} s")
     print("| test | tokens | tok/s (median) | spread |")
     print("|---|---|---|---|")
     for m in results:

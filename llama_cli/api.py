@@ -96,6 +96,11 @@ class LLM:
     fast: bool = False  # the CPU fast path (fastpath.py): int4 weights, bfloat16 matmuls
 
     @property
+    def path_label(self) -> str:
+        """How the model runs, for tables and stats: "int4 fast path" or the reference model's dtype."""
+        return "int4 fast path" if self.fast else str(self.dtype).removeprefix("torch.")
+
+    @property
     def context_length(self) -> int:
         return self.model.config.context_length
 

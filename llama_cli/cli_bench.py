@@ -16,11 +16,6 @@ from .cli_common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCacheOpt, Thre
 from .errors import UsageError
 
 
-def _path_label(llm) -> str:  # type: ignore[no-untyped-def]
-    """How the model runs, for tables: "int4 fast path" or the dtype of the reference model."""
-    return "int4 fast path" if llm.fast else str(llm.dtype).removeprefix("torch.")
-
-
 @app.command()
 @handles_errors
 def bench(
@@ -66,7 +61,7 @@ def bench(
     config = llm.model.config
     info = {
         "model": llm.checkpoint.source.name, "quantization": llm.checkpoint.quantization, "params": config.n_params,
-        "path": _path_label(llm), "threads": torch.get_num_threads(), "repeats": repeats,
+        "path": llm.path_label, "threads": torch.get_num_threads(), "repeats": repeats,
     }  # fmt: skip
     if json_output:
         write_out(json.dumps({**info, "results": [m.as_dict() for m in results]}) + "\n")
@@ -124,7 +119,7 @@ def perplexity(
 
     result = score(llm.model, ids, window, progress=progress)
     if json_output:
-        write_out(json.dumps({"model": llm.checkpoint.source.name, "path": _path_label(llm), **result.as_dict()}) + "\n")
+        write_out(json.dumps({"model": llm.checkpoint.source.name, "path": llm.path_label, **result.as_dict()}) + "\n")
         return
-    print(f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s ({_path_label(llm)})", file=sys.stderr)
+    print(f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s ({llm.path_label})", file=sys.stderr)
     write_out(f"perplexity: {result.perplexity:.4f}\n")
