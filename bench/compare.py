@@ -30,10 +30,6 @@ import time
 from pathlib import Path
 
 ENGINES = ("llama", "llama.cpp", "transformers")
-FILLER = (
-    "The history of the city begins with a small settlement by the river, where farmers traded grain and wool. "
-    "Over the centuries it grew into a market town, then a port, and finally the capital of the region. "
-)
 
 
 # ---------------------------------------------------------------- workers (one process per engine)
