@@ -31,8 +31,24 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv_heads, T, head_dim) at start_pos; return keys/values for 0..start_pos+T."""
+    def update(
+        self, start_pos: int, k: torch.Tensor, v: torch.Tensor, *, rows: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv_heads, T, head_dim) at start_pos; return keys/values for 0..start_pos+T.
+
+        `rows` (B,) picks the cache row of each sequence (default 0..B-1); `positions` (B,) puts
+        row b's single token (T == 1) at positions[b]. Keys then run to the furthest position
+        written; the caller masks each row's keys beyond its own position.
+        """
+        if rows is not None or positions is not None:
+            rows = torch.arange(k.shape[0], device=k.device) if rows is None else rows
+            if positions is None:
+                end = start_pos + k.shape[2]
+                self.k[rows, :, start_pos:end], self.v[rows, :, start_pos:end] = k, v
+            else:
+                end = int(positions.max()) + 1
+                self.k[rows, :, positions], self.v[rows, :, positions] = k[:, :, 0], v[:, :, 0]  # (B, n_kv_heads, head_dim)
+            return self.k[rows, :, :end], self.v[rows, :, :end]  # (B, n_kv_heads, end, head_dim), gathered
         end = start_pos + k.shape[2]
         self.k[: k.shape[0], :, start_pos:end] = k
         self.v[: v.shape[0], :, start_pos:end] = v
@@ -77,7 +93,7 @@ def rope_tables(config: ModelConfig, max_seq_len: int, device: torch.device) -> 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, heads, T, head_dim) by position; cos/sin are (T, head_dim)."""
+    """Rotate x (B, heads, T, head_dim) by position; cos/sin are (T, head_dim), or (B, 1, 1, head_dim) per row."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -93,14 +109,14 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None, **where: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos+T, head_dim)
+            k, v = self.kv_cache.update(start_pos, k, v, **where)  # (B, n_kv_heads, start_pos+T, head_dim)
         elif start_pos:
             raise ValueError("start_pos > 0 needs a KV cache (call setup_cache first)")
         causal = self.kv_cache is None and T > 1  # no cache: the sequence is the whole context
@@ -130,8 +146,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, mask)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None, **where: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, mask, **where)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -158,33 +174,46 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def copy_cache_row(self, source: int, rows: int, length: int) -> None:
-        """Copy cache row `source` (positions 0..length) into rows 0..rows-1: one prefill, many samples."""
+    def copy_cache_row(self, source: int, rows: int | list[int], length: int) -> None:
+        """Copy cache row `source` (positions 0..length) into rows 0..rows-1 (or the rows listed): one prefill, many samples."""
+        targets = slice(0, rows) if isinstance(rows, int) else rows
         for layer in self.layers:
             cache = layer.attention.kv_cache
             assert cache is not None
-            cache.k[:rows, :, :length] = cache.k[source, :, :length]
-            cache.v[:rows, :, :length] = cache.v[source, :, :length]
+            cache.k[targets, :, :length] = cache.k[source, :, :length]
+            cache.v[targets, :, :length] = cache.v[source, :, :length]
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0, *, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int = 0, *, last_only: bool = False, rows: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (B, T, vocab) in float32 for tokens (B, T) placed at positions start_pos..start_pos+T-1.
 
         With `last_only`, only the final position's logits are computed (B, 1, vocab).
         After `setup_cache`, keys and values are written into the cache and nothing before
         start_pos is recomputed. Without a cache (training, scoring), `tokens` are whole
         sequences from position 0 under plain causal attention; nothing is stored.
+
+        Continuous batching (serve/scheduler.py): `rows` (B,) names each sequence's cache row
+        (default 0..B-1), and `positions` (B,) places each row's single token (T == 1) at its own
+        position instead of start_pos, each row attending to its own keys 0..positions[b].
         """
         B, T = tokens.shape
         end = start_pos + T
         mask = None
         if self.max_seq_len == 0:
-            if start_pos:
-                raise ValueError("start_pos > 0 needs a KV cache (call setup_cache first)")
+            if start_pos or rows is not None or positions is not None:
+                raise ValueError("start_pos > 0, rows and positions need a KV cache (call setup_cache first)")
             if T > self.config.context_length:
                 raise ValueError(f"{T} positions exceed the model's context length {self.config.context_length}")
             cos, sin = rope_tables(self.config, T, tokens.device)
+        elif positions is not None:
+            end = int(positions.max()) + 1
+            if T != 1 or end > self.max_seq_len:
+                raise ValueError(f"positions take one token per row (got {T}) below the cache's {self.max_seq_len} positions (got {end})")
+            cos, sin = self.rope_cos[positions][:, None, None], self.rope_sin[positions][:, None, None]  # (B, 1, 1, head_dim)
+            mask = (torch.arange(end, device=tokens.device)[None, :] <= positions[:, None])[:, None, None]  # (B, 1, 1, end)
         else:
-            if end > self.max_seq_len or B > self.max_batch:
+            if end > self.max_seq_len or (B > self.max_batch and rows is None):
                 raise ValueError(f"positions up to {end} with batch {B} exceed the cache ({self.max_seq_len} positions, batch {self.max_batch})")
             cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
             if T > 1:  # query i (at start_pos+i) sees keys 0..start_pos+i; one query sees the whole prefix
@@ -192,7 +221,7 @@ class Transformer(nn.Module):
                 mask = key_pos[None, :] <= (start_pos + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
         x = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            x = layer(x, cos, sin, start_pos, mask)
+            x = layer(x, cos, sin, start_pos, mask, rows=rows, positions=positions)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
