@@ -1,0 +1,178 @@
+"""CPU matmul kernels over GGUF's quantized block formats, in C, built at first use.
+
+`linear(x, weight, qtype, out_features, in_features)` computes x @ W.T where W is a GGUF tensor's
+raw bytes, without ever materialising W as floats: the activations are quantized to int8 per row
+and each weight block is unpacked in registers and dotted with up to 8 activation rows at once
+(llama.cpp's design, ggml/src/ggml-cpu/arch/x86/quants.c, with our own register/cache tiling).
+`dequantize` gives exact float32 rows (bit-identical to `gguf.quants.dequantize`), for embedding
+lookups and for callers without the compiled library.
+
+The library is compiled with the system C compiler the first time `available()` is asked and is
+cached per source, compiler and CPU (see _build.py). Where that is impossible, `available()` is
+False, `describe()` says why, and `linear`/`dequantize` raise RuntimeError: the caller falls back
+to torch. Set LLAMA_NO_KERNELS=1 to act as if no compiler existed.
+
+What this does not do: F32 weights (use torch), CUDA tensors, or any type outside SUPPORTED.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+# ggml type ids (the numbers of gguf.GGMLQuantizationType) and (elements, bytes) per block.
+_TYPES: dict[str, tuple[int, int, int]] = {
+    "F16": (1, 1, 2),
+    "BF16": (30, 1, 2),
+    "Q4_0": (2, 32, 18),
+    "Q4_1": (3, 32, 20),
+    "Q5_0": (6, 32, 22),
+    "Q5_1": (7, 32, 24),
+    "Q8_0": (8, 32, 34),
+    "IQ4_NL": (20, 32, 18),
+    "Q2_K": (10, 256, 84),
+    "Q3_K": (11, 256, 110),
+    "Q4_K": (12, 256, 144),
+    "Q5_K": (13, 256, 176),
+    "Q6_K": (14, 256, 210),
+    "IQ4_XS": (23, 256, 136),
+}
+SUPPORTED: frozenset[str] = frozenset(_TYPES)
+
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+
+
+def block_shape(qtype: str) -> tuple[int, int]:
+    """(elements per block, bytes per block) of a ggml type, e.g. Q4_K -> (256, 144)."""
+    try:
+        _, elements, nbytes = _TYPES[qtype]
+    except KeyError:
+        raise ValueError(f"unsupported tensor type {qtype!r}; supported: {', '.join(sorted(SUPPORTED))}") from None
+    return elements, nbytes
+
+
+def available() -> bool:
+    """Whether the compiled kernels can run here; builds (first call) or loads the library."""
+    global _lib, _error
+    if _lib is not None:
+        return True
+    if _error is not None:
+        return False
+    if os.environ.get("LLAMA_NO_KERNELS"):
+        _error = "LLAMA_NO_KERNELS is set"
+        return False
+    from ._build import KernelBuildError, load
+
+    try:
+        _lib = load()
+    except KernelBuildError as exc:
+        _error = str(exc)
+        return False
+    return True
+
+
+def describe() -> str:
+    """One line for `llama show`/`bench`: which kernels run, e.g. "C kernels, AVX512-VNNI, 2 threads"."""
+    import torch
+
+    if not available():
+        return f"pure torch ({_error})"
+    isa = _library().llk_isa().decode()
+    isa = "portable C, no SIMD" if isa == "scalar" else isa
+    return f"C kernels, {isa}, {torch.get_num_threads()} threads"
+
+
+def simd_types() -> frozenset[str]:
+    """The SUPPORTED types that have a SIMD kernel on this CPU (the rest run portable C)."""
+    lib = _library()
+    return frozenset(name for name, (tid, _, _) in _TYPES.items() if lib.llk_has_simd(tid))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int) -> torch.Tensor:
+    """x @ W.T for x float32 (M, K) and W the raw GGUF bytes, uint8 (N, row_bytes); float32 (M, N).
+
+    The activations are rounded to int8 per block of 32 (per 256 for the K-quants), as llama.cpp
+    does, so results differ from float32 by ~1e-2 relative; F16/BF16 use the float activations.
+    Runs on torch.get_num_threads() threads, without holding the GIL.
+    """
+    return _linear(x, weight, qtype, out_features, in_features, simd=True)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int,
+            *, simd: bool) -> torch.Tensor:
+    import torch
+
+    lib = _library()
+    type_id = _type_id(qtype)
+    N, K = out_features, in_features
+    _check_weight(weight, qtype, N, K)
+    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != K or x.device.type != "cpu":
+        raise ValueError(f"x must be a float32 CPU tensor of shape (M, {K}), got {x.dtype} {tuple(x.shape)} on {x.device}")
+    x = x.contiguous()
+    out = torch.empty((x.shape[0], N), dtype=torch.float32)
+    if x.shape[0] == 0 or N == 0:
+        return out
+    rc = lib.llk_linear(type_id, x.data_ptr(), x.shape[0], K, weight.data_ptr(), N, weight.shape[1],
+                        out.data_ptr(), torch.get_num_threads(), int(simd))
+    if rc != 0:
+        raise RuntimeError(f"llk_linear failed ({rc}) for {qtype} {N}x{K}")
+    return out
+
+
+def dequantize(weight: torch.Tensor, qtype: str, in_features: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 (n_rows, K) rows of W, bit-identical to gguf.quants.dequantize.
+
+    `rows` (int64, any shape; flattened) selects rows, e.g. the token ids of an embedding lookup;
+    None means every row.
+    """
+    import torch
+
+    lib = _library()
+    type_id = _type_id(qtype)
+    K = in_features
+    _check_weight(weight, qtype, weight.shape[0], K)
+    rows_ptr = None
+    n_rows = weight.shape[0]
+    if rows is not None:
+        rows = rows.reshape(-1).to(torch.int64).contiguous()
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= weight.shape[0]):
+            raise IndexError(f"row index out of range for a tensor of {weight.shape[0]} rows")
+        rows_ptr, n_rows = rows.data_ptr(), rows.numel()
+    out = torch.empty((n_rows, K), dtype=torch.float32)
+    if n_rows == 0:
+        return out
+    rc = lib.llk_dequant(type_id, weight.data_ptr(), weight.shape[1], K, rows_ptr, n_rows, out.data_ptr(),
+                         torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"llk_dequant failed ({rc}) for {qtype} with {K} columns")
+    return out
+
+
+def _library() -> ctypes.CDLL:
+    if not available():
+        raise RuntimeError(f"the C kernels are not available: {_error}")
+    assert _lib is not None
+    return _lib
+
+
+def _type_id(qtype: str) -> int:
+    block_shape(qtype)  # raises ValueError for an unsupported type
+    return _TYPES[qtype][0]
+
+
+def _check_weight(weight: torch.Tensor, qtype: str, n_rows: int, K: int) -> None:
+    import torch
+
+    elements, nbytes = block_shape(qtype)
+    if K % elements:
+        raise ValueError(f"{qtype} rows hold whole blocks of {elements} elements; {K} columns do not")
+    row_bytes = K // elements * nbytes
+    if weight.dtype != torch.uint8 or weight.dim() != 2 or tuple(weight.shape) != (n_rows, row_bytes):
+        raise ValueError(f"{qtype} weight must be uint8 of shape ({n_rows}, {row_bytes}), got {weight.dtype} {tuple(weight.shape)}")
+    if not weight.is_contiguous() or weight.device.type != "cpu":
+        raise ValueError("the weight must be a contiguous CPU tensor")

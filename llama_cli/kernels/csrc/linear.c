@@ -1,0 +1,128 @@
+/* linear.c: the exported entry points: y = x @ W.T over GGUF-quantized W, and dequantization.
+ *
+ * Work split, as llama.cpp's ggml_compute_forward_mul_mat does it: the activations are quantized
+ * once per call (int8 rows, act32_t or act256_t blocks), then the threads share out chunks of
+ * weight rows. Inside a chunk the loop runs over tiles of up to LLK_RT activation rows, and for
+ * each tile over the chunk's weight rows: a kernel unpacks a weight block once and dots it with
+ * every row of the tile (register tiling), while the chunk (~64 KB of weights) stays in L2 for
+ * the next tile (cache tiling). For M = 1 this is a plain matrix-vector product.
+ *
+ * Threads come from OpenMP; once torch is imported its libgomp is the process's OpenMP runtime,
+ * so these threads are torch's threads. The Python side passes the count.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "llk.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static size_t act_row_bytes(int fmt, int64_t K) {
+    if (fmt == ACT_32) return (size_t)(K / 32) * sizeof(act32_t);
+    if (fmt == ACT_256) return (size_t)(K / 256) * sizeof(act256_t);
+    return (size_t)K * sizeof(float);
+}
+
+static void quantize_row_32(const float *x, int64_t K, act32_t *a) {
+    for (int64_t ib = 0; ib < K / 32; ib++, x += 32) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+        const float d = amax / 127, id = d ? 1 / d : 0;
+        int sum = 0;
+        for (int i = 0; i < 32; i++) {
+            const int q = (int)nearbyintf(x[i] * id);
+            a[ib].qs[i] = (int8_t)q;
+            sum += q;
+        }
+        a[ib].d = d;
+        a[ib].s = d * (float)sum;
+    }
+}
+
+static void quantize_row_256(const float *x, int64_t K, act256_t *a) {
+    for (int64_t ib = 0; ib < K / 256; ib++, x += 256) {
+        float amax = 0;
+        for (int i = 0; i < 256; i++) amax = fmaxf(amax, fabsf(x[i]));
+        const float d = amax / 127, id = d ? 1 / d : 0;
+        for (int i = 0; i < 256; i++) a[ib].qs[i] = (int8_t)(int)nearbyintf(x[i] * id);
+        for (int k = 0; k < 16; k++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++) sum += a[ib].qs[16 * k + i];
+            a[ib].bsf[k] = d * (float)sum;
+        }
+        a[ib].d = d;
+        memset(a[ib].pad, 0, sizeof a[ib].pad);
+    }
+}
+
+static int clamp_threads(int n) { return n < 1 ? 1 : n; }
+
+/* Returns 0 on success, -1 for an unknown type or a K that is not a whole number of blocks,
+ * -2 when memory for the activations cannot be allocated. `simd` = 0 forces the scalar path. */
+int llk_linear(int type, const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
+               int64_t row_bytes, float *out, int nthreads, int simd) {
+    const int qk = llk_block_size(type), fmt = llk_act_format(type);
+    if (!qk || K % (fmt == ACT_256 ? 256 : fmt == ACT_32 ? 32 : 1)) return -1;
+    if (row_bytes != K / qk * llk_block_bytes(type)) return -1;
+    llk_kernel_t kern = simd ? llk_simd_kernel(type) : 0;
+    if (!kern) kern = llk_scalar_kernel(type);
+    nthreads = clamp_threads(nthreads);
+
+    const size_t astride = act_row_bytes(fmt, K);
+    void *act = (void *)x;
+    if (fmt != ACT_F32) {
+        act = aligned_alloc(64, ((astride * M) + 63) / 64 * 64);
+        if (!act) return -2;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (M * K >= 65536)
+        for (int64_t m = 0; m < M; m++) {
+            if (fmt == ACT_32)
+                quantize_row_32(x + m * K, K, (act32_t *)((char *)act + m * astride));
+            else
+                quantize_row_256(x + m * K, K, (act256_t *)((char *)act + m * astride));
+        }
+    }
+
+    /* Chunks of ~64 KB of weights, but at least ~4 chunks per thread for balance on a busy host. */
+    int64_t chunk = (64 * 1024) / (row_bytes > 0 ? row_bytes : 1);
+    const int64_t fair = (N + 4 * nthreads - 1) / (4 * nthreads);
+    if (chunk > fair) chunk = fair;
+    if (chunk < 1) chunk = 1;
+    const int64_t nchunks = (N + chunk - 1) / chunk;
+
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1 && nchunks > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t n0 = c * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
+        float tmp[LLK_RT];
+        for (int64_t m0 = 0; m0 < M; m0 += LLK_RT) {
+            const int R = M - m0 < LLK_RT ? (int)(M - m0) : LLK_RT;
+            const void *a = (const char *)act + m0 * astride;
+            for (int64_t n = n0; n < n1; n++) {
+                kern(K, w + n * row_bytes, a, astride, R, tmp);
+                for (int r = 0; r < R; r++) out[(m0 + r) * N + n] = tmp[r];
+            }
+        }
+    }
+    if (act != (void *)x) free(act);
+    return 0;
+}
+
+/* Rows `rows[i]` (all rows 0..n_rows-1 when rows is NULL) of W as float32, (n_rows, K). */
+int llk_dequant(int type, const uint8_t *w, int64_t row_bytes, int64_t K, const int64_t *rows,
+                int64_t n_rows, float *out, int nthreads) {
+    const int qk = llk_block_size(type);
+    if (!qk || K % qk || row_bytes != K / qk * llk_block_bytes(type)) return -1;
+    nthreads = clamp_threads(nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (n_rows * K >= 65536)
+    for (int64_t i = 0; i < n_rows; i++) {
+        const int64_t r = rows ? rows[i] : i;
+        llk_dequant_row(type, w + r * row_bytes, K, out + i * K);
+    }
+    return 0;
+}
+
+/* The instruction set of the SIMD kernels, as compiled, or "scalar". */
+const char *llk_isa(void) { return llk_simd_name(); }
+
+int llk_has_simd(int type) { return llk_simd_kernel(type) != 0; }

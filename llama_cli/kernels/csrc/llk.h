@@ -1,0 +1,124 @@
+/* llk.h: shared definitions of the quantized matmul kernels (llama_cli/kernels).
+ *
+ * Weights are GGUF tensors exactly as stored: each output row is K/QK consecutive blocks.
+ * The block layouts are ggml's (llama.cpp, ggml/src/ggml-common.h; MIT licensed), in bytes:
+ *
+ *   type    QK   bytes  layout
+ *   Q4_0    32    18    f16 d | u8 qs[16]                    w = d*(q-8), q 4-bit
+ *   Q4_1    32    20    f16 d | f16 m | u8 qs[16]            w = d*q + m
+ *   Q5_0    32    22    f16 d | u32 qh | u8 qs[16]           w = d*(q-16), q 5-bit (bit 4 in qh)
+ *   Q5_1    32    24    f16 d | f16 m | u32 qh | u8 qs[16]   w = d*q + m
+ *   Q8_0    32    34    f16 d | i8 qs[32]                    w = d*q
+ *   IQ4_NL  32    18    f16 d | u8 qs[16]                    w = d*kvalues[q]
+ *   Q2_K   256    84    u8 scales[16] | u8 qs[64] | f16 d | f16 dmin
+ *   Q3_K   256   110    u8 hmask[32] | u8 qs[64] | u8 scales[12] | f16 d
+ *   Q4_K   256   144    f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
+ *   Q5_K   256   176    f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128]
+ *   Q6_K   256   210    u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
+ *   IQ4_XS 256   136    f16 d | u16 scales_h | u8 scales_l[4] | u8 qs[128]
+ *   F16, BF16: one 2-byte value per element.
+ *
+ * Activations are quantized per row to int8 as llama.cpp does (its block_q8_0 / block_q8_K),
+ * in our own layouts below, so that products are integer dot products per block.
+ */
+#ifndef LLK_H
+#define LLK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ggml type ids (ggml.h's enum ggml_type; the same numbers as gguf's GGMLQuantizationType). */
+enum {
+    T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14,
+    T_IQ4_NL = 20, T_IQ4_XS = 23, T_BF16 = 30,
+};
+
+/* Activation row formats. ACT_F32: the float row itself (F16/BF16 weights). */
+enum { ACT_F32 = 0, ACT_32 = 1, ACT_256 = 2 };
+
+/* One 32-element activation block (like block_q8_0): x ~= d*qs; s = d*sum(qs), which carries the
+ * offset/min term of the weight formats (w = dw*u + cw  =>  dot = dw*d*sum(u*qs) + cw*s). */
+typedef struct {
+    int8_t qs[32];
+    float d;
+    float s;
+} act32_t;
+
+/* One 256-element activation block (like block_q8_K): bsf[k] = d*sum(qs[16k..16k+15]) carries the
+ * per-16 min/offset terms of the K-quants. 384 bytes, so consecutive blocks stay 64-byte aligned. */
+typedef struct {
+    int8_t qs[256];
+    float bsf[16];
+    float d;
+    float pad[15];
+} act256_t;
+
+static const int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                         1,    13,   25,  38,  53,  69,  89,  113};
+
+/* IEEE half to float, exact for every value (subnormals included); no F16C needed. */
+static inline float llk_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float llk_bf16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* Q4_K/Q5_K: eight 6-bit scales and mins packed in 12 bytes (llama.cpp's get_scale_min_k4). */
+static inline void llk_scale_min_k4(const uint8_t *q, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & 63;
+        mn[j] = q[j + 4] & 63;
+        sc[j + 4] = (q[j + 8] & 0xF) | ((q[j] >> 6) << 4);
+        mn[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
+    }
+}
+
+/* Q3_K: sixteen 6-bit signed scales packed in 12 bytes (low 4 bits in 0..7, high 2 in 8..11). */
+static inline void llk_scales_q3k(const uint8_t *s, int8_t *out) {
+    for (int k = 0; k < 16; k++) {
+        int lo = (k < 8 ? s[k] : s[k - 8] >> 4) & 0xF;
+        int hi = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
+        out[k] = (int8_t)((lo | (hi << 4)) - 32);
+    }
+}
+
+/* A kernel: one weight row (nb blocks) dotted with R (1..LLK_RT) activation rows that lie
+ * `astride` bytes apart; writes R floats. */
+#define LLK_RT 8
+typedef void (*llk_kernel_t)(int64_t K, const uint8_t *w, const void *act, size_t astride, int R,
+                             float *out);
+
+int llk_block_size(int type);
+int llk_block_bytes(int type);
+int llk_act_format(int type);
+void llk_dequant_row(int type, const uint8_t *w, int64_t K, float *y);
+llk_kernel_t llk_scalar_kernel(int type);
+llk_kernel_t llk_simd_kernel(int type); /* NULL where no SIMD path exists for this type/CPU */
+const char *llk_simd_name(void);
+
+#endif
