@@ -11,14 +11,18 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from .errors import ContextOverflowError, UsageError
 from .model import Transformer
 from .sampling import SamplingSettings, sample
+from .schema import Spec
 from .tokenizer import StreamDecoder, Tokenizer
+
+if TYPE_CHECKING:
+    from .constraints import RowMatcher
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass during prefill
 StopReason = Literal["eos", "stop", "length", "interrupted"]
@@ -34,6 +38,7 @@ class GenerationSettings:
     samples: int = 1
     logprobs: int = 0  # how many top alternatives to report per token
     lookup: int = 0  # prompt-lookup decoding: draft up to this many tokens per step (0 = off); see lookup.py
+    constraint: Spec | None = None  # structured output: every sample must match it (schema.py, constraints.py)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -48,6 +53,8 @@ class GenerationSettings:
             raise UsageError(f"--lookup must be >= 0 (0 = off), got {self.lookup}")
         if self.lookup and self.samples > 1:
             raise UsageError("--lookup works with one sample; drop --samples or --lookup")
+        if self.constraint is not None and self.ignore_eos:
+            raise UsageError("--ignore-eos cannot be combined with a constraint: the output ends where the value does")
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,18 @@ class SampleResult:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     stop_reason: StopReason | None = None
+    complete: bool | None = None  # with a constraint: whether the text is a whole value (False: cut short)
+
+
+@dataclass
+class SampleState:
+    """What one sample carries from step to step: its random stream, text decoder, stop matcher, token counts."""
+
+    generator: torch.Generator
+    decoder: StreamDecoder
+    matcher: StopMatcher
+    counts: torch.Tensor  # (vocab,) occurrences in the prompt and the sample so far, for the penalties
+    rule: RowMatcher | None = None  # the constraint's parse state, when there is one
 
 
 class StopMatcher:
@@ -138,6 +157,12 @@ class Generation:
         self.decode_seconds = 0.0
         self.drafted_tokens = 0  # prompt lookup: tokens drafted and verified, and how many were kept
         self.accepted_tokens = 0
+        self.constraint = None
+        if settings.constraint is not None:
+            from .constraints import Constraint
+
+            self.constraint = Constraint(settings.constraint, tokenizer, model.config.vocab_size)
+        self.constraint_seconds = 0.0  # spent computing masks and advancing the constraint's matchers
 
     @property
     def prompt_tokens(self) -> int:
@@ -174,7 +199,7 @@ class Generation:
         Long prompts go in chunks: the attention scores of one pass grow with the square of its
         length, and Ctrl-C is honoured between chunks.
         """
-        device = self.model.tok_embeddings.weight.device
+        device = self.model.device
         start, end = self.cached_prefix, len(self.prompt_ids)
         chunk = getattr(self.model, "prefill_chunk", PREFILL_CHUNK)  # the fast path takes longer chunks (fastpath.py)
         logits = torch.empty(0)
@@ -191,18 +216,10 @@ class Generation:
 
             yield from decode_with_lookup(self)
             return
-        settings, n = self.settings, self.settings.samples
+        n = self.settings.samples
         self._ensure_cache()
-        device = self.model.tok_embeddings.weight.device
-        generators = [torch.Generator().manual_seed(self.seed + i) for i in range(n)]
-        decoders = [StreamDecoder(self.tokenizer, self.prompt_ids) for _ in range(n)]
-        matchers = [StopMatcher(settings.stop) for _ in range(n)]
-        vocab = self.model.config.vocab_size
-        counts = [torch.zeros(vocab, dtype=torch.int32) for _ in range(n)]
-        for c in counts:
-            ids = torch.tensor([i for i in self.prompt_ids if 0 <= i < vocab], dtype=torch.int64)
-            c.index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
-        banned = sorted(i for i in self.tokenizer.special.stop_ids if i < vocab) if settings.ignore_eos else []
+        device = self.model.device
+        states = self.sample_states()
 
         started = time.perf_counter()
         with torch.inference_mode():
@@ -220,13 +237,9 @@ class Generation:
                         if result.stop_reason is not None:
                             next_ids.append(0)
                             continue
-                        row = logits[i]
-                        if banned:
-                            row = row.clone()
-                            row[banned] = float("-inf")
-                        token = sample(row, settings.sampling, generators[i], counts[i])
+                        token, events = self.advance(i, logits[i], states[i])
                         next_ids.append(token)
-                        yield from self._emit(i, token, row, decoders[i], matchers[i], counts[i])
+                        yield from events
                     if all(r.stop_reason is not None for r in self.results):
                         break
                     step = torch.tensor(next_ids, device=device).view(n, 1)
@@ -235,7 +248,45 @@ class Generation:
             finally:
                 self.decode_seconds = time.perf_counter() - decode_started
 
-    def _emit(self, i: int, token: int, logits: torch.Tensor, decoder: StreamDecoder, matcher: StopMatcher, counts: torch.Tensor) -> Iterator[TokenEvent]:
+    def sample_states(self) -> list[SampleState]:
+        """Fresh per-sample state; sample i draws from a generator seeded with seed + i."""
+        vocab = self.model.config.vocab_size
+        prompt = torch.tensor([i for i in self.prompt_ids if 0 <= i < vocab], dtype=torch.int64)
+        states = []
+        for i in range(self.settings.samples):
+            counts = torch.zeros(vocab, dtype=torch.int32)
+            counts.index_add_(0, prompt, torch.ones_like(prompt, dtype=torch.int32))
+            generator = torch.Generator().manual_seed(self.seed + i)
+            rule = self.constraint.matcher() if self.constraint is not None else None
+            states.append(SampleState(generator, StreamDecoder(self.tokenizer, self.prompt_ids), StopMatcher(self.settings.stop), counts, rule))
+        return states
+
+    def constrain(self, rule: RowMatcher | None, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the sampler sees: the constraint's forbidden tokens at -inf."""
+        if rule is None:
+            return logits
+        started = time.perf_counter()
+        masked = rule.mask(logits)
+        self.constraint_seconds += time.perf_counter() - started
+        return masked
+
+    def advance(self, i: int, logits: torch.Tensor, state: SampleState) -> tuple[int, list[TokenEvent]]:
+        """Sample i's next token from its logits (vocab,) and the event it releases (none or one).
+
+        The token is what to feed back; `results[i].stop_reason` says whether the sample ended.
+        The decode loop here and the server's batch scheduler (serve/scheduler.py) both step through this.
+        """
+        if self.settings.ignore_eos:
+            banned = [t for t in self.tokenizer.special.stop_ids if t < logits.shape[-1]]
+            logits = logits.clone()
+            logits[banned] = float("-inf")
+        token = sample(self.constrain(state.rule, logits), self.settings.sampling, state.generator, state.counts)
+        return token, list(self._emit(i, token, logits, state.decoder, state.matcher, state.counts, state.rule))
+
+    def _emit(
+        self, i: int, token: int, logits: torch.Tensor, decoder: StreamDecoder, matcher: StopMatcher, counts: torch.Tensor, rule: RowMatcher | None = None
+    ) -> Iterator[TokenEvent]:
+        """Record sample i's chosen token. `logits` are from before the constraint: logprobs are the model's."""
         result, settings = self.results[i], self.settings
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         top: tuple[tuple[int, float], ...] = ()
@@ -244,6 +295,7 @@ class Generation:
             top = tuple(zip(indices.tolist(), values.tolist()))
         if token in self.tokenizer.special.stop_ids and not settings.ignore_eos:
             result.stop_reason = "eos"
+            result.complete = rule.complete if rule is not None else None
             tail, _ = matcher.feed(decoder.flush())
             tail += matcher.flush()
             if tail:
@@ -252,15 +304,22 @@ class Generation:
             return
         result.token_ids.append(token)
         counts[token] += 1
+        if rule is not None:
+            started = time.perf_counter()
+            rule.advance(token)
+            self.constraint_seconds += time.perf_counter() - started
         text, stopped = matcher.feed(decoder.push(token))
+        done = rule is not None and rule.finished  # the value is whole and only end-of-sequence may follow: end here
         out_of_room = len(result.token_ids) >= settings.max_tokens or len(self.prompt_ids) + len(result.token_ids) >= self.context
-        if not stopped and out_of_room:
+        if not stopped and (out_of_room or done):
             more, stopped = matcher.feed(decoder.flush())
             text += more
             if not stopped:
                 text += matcher.flush()
-            result.stop_reason = "stop" if stopped else "length"
+            result.stop_reason = "stop" if stopped else "eos" if done else "length"
         elif stopped:
             result.stop_reason = "stop"
+        if rule is not None and result.stop_reason is not None:
+            result.complete = rule.complete and result.stop_reason != "stop"  # a stop string cuts the value
         result.text += text
         yield TokenEvent(id=token, text=text, logprob=float(logprobs[token]), sample=i, top_logprobs=top)

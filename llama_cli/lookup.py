@@ -30,9 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .generation import StopMatcher, TokenEvent
-from .sampling import sample
-from .tokenizer import StreamDecoder
+from .generation import TokenEvent
 
 if TYPE_CHECKING:
     from .generation import Generation
@@ -84,17 +82,11 @@ def decode_with_lookup(generation: Generation) -> Iterator[TokenEvent]:
     `accepted_tokens` on the generation.
     """
     gen, settings = generation, generation.settings
-    model, tokenizer, prompt = gen.model, gen.tokenizer, gen.prompt_ids
+    model, prompt = gen.model, gen.prompt_ids
     result = gen.results[0]
     gen._ensure_cache()
-    device = model.tok_embeddings.weight.device
-    rng = torch.Generator().manual_seed(gen.seed)
-    decoder, matcher = StreamDecoder(tokenizer, prompt), StopMatcher(settings.stop)
-    vocab = model.config.vocab_size
-    counts = torch.zeros(vocab, dtype=torch.int32)
-    known = torch.tensor([i for i in prompt if 0 <= i < vocab], dtype=torch.int64)
-    counts.index_add_(0, known, torch.ones_like(known, dtype=torch.int32))
-    banned = sorted(i for i in tokenizer.special.stop_ids if i < vocab) if settings.ignore_eos else []
+    device = model.device
+    state = gen.sample_states()[0]  # the same generator, counts and constraint state as plain decoding
     index = NgramIndex(prompt)
     limit = min(model.max_seq_len, gen.context)  # no position may reach this
 
@@ -110,11 +102,8 @@ def decode_with_lookup(generation: Generation) -> Iterator[TokenEvent]:
             while True:
                 emitted: list[int] = []
                 for j, row in enumerate(rows):  # row j: logits after the fed token and draft[:j]
-                    if banned:
-                        row = row.clone()
-                        row[banned] = float("-inf")
-                    token = sample(row, settings.sampling, rng, counts)
-                    yield from gen._emit(0, token, row, decoder, matcher, counts)
+                    token, events = gen.advance(0, row, state)
+                    yield from events
                     if result.stop_reason is not None:
                         return
                     emitted.append(token)
@@ -128,6 +117,9 @@ def decode_with_lookup(generation: Generation) -> Iterator[TokenEvent]:
                     size = min(settings.lookup, size + 2) if accepted == len(draft) else max(1, size - 1)
                 room = min(settings.max_tokens - len(result.token_ids), limit - position) - 1
                 draft = index.draft(min(size, room))
+                if state.rule is not None:  # tokens the constraint forces are the best draft; others must fit it
+                    draft = state.rule.forced()[: max(0, min(settings.lookup, room))] or draft
+                    draft = draft[: state.rule.valid_prefix(draft)]
                 gen.drafted_tokens += len(draft)
                 fed = torch.tensor([[emitted[-1], *draft]], device=device)  # (1, 1 + len(draft))
                 rows = model(fed, position, last_only=not draft)[0].cpu()  # (1 + len(draft), vocab)

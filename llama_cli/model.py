@@ -162,11 +162,18 @@ class Transformer(nn.Module):
         self.max_seq_len = 0
         self.max_batch = 0
 
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        """Allocate the KV cache and rotary tables for incremental decoding (see `forward`)."""
+        """Allocate the KV cache and rotary tables for incremental decoding (see `forward`).
+
+        The cache takes the dtype of the norms: the activations' dtype (float32 when the linear
+        layers are quantized, quantized.py)."""
         if max_seq_len > self.config.context_length:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context length {self.config.context_length}")
-        weight = self.tok_embeddings.weight
+        weight = self.norm.weight
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(max_batch, self.config.n_kv_heads, max_seq_len, self.config.head_dim, dtype=weight.dtype, device=weight.device)
@@ -219,11 +226,11 @@ class Transformer(nn.Module):
             if T > 1:  # query i (at start_pos+i) sees keys 0..start_pos+i; one query sees the whole prefix
                 key_pos = torch.arange(end, device=tokens.device)
                 mask = key_pos[None, :] <= (start_pos + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
-        x = self.tok_embeddings(tokens)  # (B, T, dim)
+        x = self.tok_embeddings(tokens).to(self.norm.weight.dtype)  # (B, T, dim); a quantized table gives float32
         for layer in self.layers:
             x = layer(x, cos, sin, start_pos, mask, rows=rows, positions=positions)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        head = self.tok_embeddings.weight if self.output is None else self.output.weight
-        return F.linear(x, head).float()
+        logits = F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
+        return logits.float()
