@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,17 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import sentencepiece
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as Backend
+from tokenizers import decoders
 
 from .detokenize import StreamDecoder as StreamDecoder  # noqa: PLC0414 (re-exported: generation streams through it)
 from .detokenize import byte_level_text
 from .errors import TokenizerError
+from .gguf_vocab import CONTROL, PRE_TOKENIZERS, USER_DEFINED, bpe_backend, piece_types, sentencepiece_processor
 
 SPECIAL_FILE = "tokenizer_special.json"
 # Control tokens that end a turn or a document, by their text (llama.cpp's end-of-generation list).
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "<|end|>", "</s>", "<EOT>")
-CONTROL, USER_DEFINED = 3, 4  # GGUF token_type values (the same numbers as sentencepiece's piece types)
 
 
 @dataclass(frozen=True)
@@ -131,17 +130,18 @@ class BPETokenizer(Tokenizer):
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """`sentencepiece` on a model proto. Control pieces in text are split out here when asked,
-    and each stretch of text between them is encoded on its own, with its own leading space (as
-    llama.cpp does)."""
+    """`sentencepiece` on a model proto. As llama.cpp does, user-defined pieces in the text (always)
+    and control pieces (when asked) are split out first, and each stretch of text between them is
+    encoded on its own, with its own leading space."""
 
     def __init__(self, processor: sentencepiece.SentencePieceProcessor, special: SpecialTokens) -> None:
         self._sp, self.special = processor, special
         pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
         self._control = frozenset(i for i in range(len(pieces)) if processor.is_control(i))
-        names = {pieces[i] for i in range(len(pieces)) if i in self._control or processor.is_unknown(i)} - {""}
-        names = sorted(names, key=len, reverse=True)  # longest first, so "<s>" does not cut "<s_x>"
-        self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        marked = {i for i in range(len(pieces)) if i in self._control or processor.is_unknown(i)}
+        user = {p for p, kind in zip(pieces, piece_types(processor.serialized_model_proto())) if kind == USER_DEFINED}
+        self._split_special = _alternation(user | {pieces[i] for i in marked})
+        self._split_plain = _alternation(user)
         spaced = next((i for i, p in enumerate(pieces) if p.startswith("\u2581") and len(p) > 1), None)
         # Whether decode drops the leading space of the first piece (add_dummy_prefix).
         self._strips_first_space = spaced is not None and not processor.decode([spaced]).startswith(" ")
@@ -151,10 +151,11 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.get_piece_size()
 
     def encode(self, text: str, *, bos: bool | None = None, parse_special: bool = False) -> list[int]:
-        if not parse_special or self._split is None:
+        split = self._split_special if parse_special else self._split_plain
+        if split is None:
             return self._bos(self._sp.encode(text), bos)
         ids: list[int] = []
-        for k, part in enumerate(self._split.split(text)):  # text, control, text, control, ..., text
+        for k, part in enumerate(split.split(text)):  # text, piece, text, piece, ..., text
             if k % 2:
                 ids.append(self._sp.piece_to_id(part))
             elif part:
@@ -189,85 +190,13 @@ class SentencePieceTokenizer(Tokenizer):
         self._save_special(folder)
 
 
+def _alternation(names: set[str]) -> re.Pattern[str] | None:
+    """A regex matching any of `names`, longest first (so "<s>" does not cut "<s_x>"), captured for re.split."""
+    names = names - {""}
+    return re.compile("(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + ")") if names else None
+
+
 # ---------------------------------------------------------------- from GGUF metadata
-
-# Split regexes per `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp has them.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_PRE_GPT2 = {"default", "gpt2", "mpt", "olmo", "jais"}  # GPT-2's regex (ByteLevel's built-in one)
-_PRE_DIGITS = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}  # each digit alone, then GPT-2's
-_PRE_LLAMA3 = {"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"}
-_PRE_QWEN2 = {"qwen2", "stablelm2", "deepseek-r1-qwen", "megrez"}
-
-
-def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
-    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _PRE_GPT2:
-        return gpt2
-    if pre in _PRE_DIGITS:  # the original SmolLM/StarCoder tokenizer.json: Digits(individual) + ByteLevel
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2])
-    split = _LLAMA3_SPLIT if pre in _PRE_LLAMA3 else _QWEN2_SPLIT if pre in _PRE_QWEN2 else None
-    if split is None:
-        known = ", ".join(sorted(_PRE_GPT2 | _PRE_DIGITS | _PRE_LLAMA3 | _PRE_QWEN2))
-        raise TokenizerError(f"unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre); supported: {known}")
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
-
-
-def _bpe_from_gguf(tokens: list[str], types: list[int], merges: list[str], pre: str) -> Backend:
-    vocab: dict[str, int] = {}
-    for i, token in enumerate(tokens):
-        vocab[token if token not in vocab else f"<duplicate token {i}>"] = i
-    pairs = [(a, b) for a, _, b in (m.partition(" ") for m in merges) if a in vocab and b in vocab and a + b in vocab]
-    backend = Backend(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in _PRE_LLAMA3))
-    backend.pre_tokenizer = _pre_tokenizer(pre)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL and t])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED and t])
-    return backend
-
-
-def _proto(fields: list[tuple[int, Any]]) -> bytes:
-    """Protocol-buffer encoding of (field number, value) pairs: int -> varint, float -> fixed32, bytes/str -> length-delimited."""
-
-    def varint(n: int) -> bytes:
-        n &= (1 << 64) - 1
-        out = bytearray()
-        while n > 0x7F:
-            out.append(n & 0x7F | 0x80)
-            n >>= 7
-        return bytes([*out, n])
-
-    out = bytearray()
-    for number, value in fields:
-        if isinstance(value, float):
-            out += varint(number << 3 | 5) + struct.pack("<f", value)
-        elif isinstance(value, (bool, int)):
-            out += varint(number << 3) + varint(int(value))
-        else:
-            data = value.encode("utf-8") if isinstance(value, str) else value
-            out += varint(number << 3 | 2) + varint(len(data)) + data
-    return bytes(out)
-
-
-def _sentencepiece_from_gguf(metadata: Mapping[str, Any], tokens: list[str], types: list[int]) -> sentencepiece.SentencePieceProcessor:
-    """A sentencepiece BPE model proto (sentencepiece_model.proto) holding the GGUF's pieces and scores."""
-    scores = metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-    if len(scores) != len(tokens):
-        raise TokenizerError("GGUF tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length: the file is corrupt")
-    pieces = [_proto([(1, t), (2, float(s)), (3, k)]) for t, s, k in zip(tokens, scores, types)]
-    byte_fallback = {f"<0x{b:02X}>" for b in range(256)} <= {t for t, k in zip(tokens, types) if k == 6}  # 6 = BYTE
-    trainer = _proto([(3, 2), (4, len(tokens)), (35, byte_fallback)])  # model_type BPE, vocab_size, byte_fallback
-    normalizer = [(1, "identity"), (3, bool(metadata.get("tokenizer.ggml.add_space_prefix", True))), (4, False), (5, True)]
-    if charsmap := metadata.get("tokenizer.ggml.precompiled_charsmap"):
-        normalizer.append((2, bytes(b & 0xFF for b in charsmap)))
-    model = _proto([*((1, p) for p in pieces), (2, trainer), (3, _proto(normalizer))])
-    try:
-        return sentencepiece.SentencePieceProcessor(model_proto=model)
-    except RuntimeError as exc:
-        raise TokenizerError(f"cannot build a sentencepiece model from the GGUF vocabulary: {exc}") from exc
 
 
 def _stop_ids(eos_ids: Sequence[int | None], lookup: Callable[[str], int | None], is_control: Callable[[int], bool]) -> frozenset[int]:
@@ -299,11 +228,12 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
         if not merges:
             raise TokenizerError("the GGUF's byte-level BPE vocabulary has no tokenizer.ggml.merges: the file is corrupt")
         pre = metadata.get("tokenizer.ggml.pre") or "default"
-        special = SpecialTokens(ids["bos"], ids["eos"], stops, bool(add_bos) if add_bos is not None else pre in _PRE_LLAMA3)
-        return BPETokenizer(_bpe_from_gguf(tokens, types, merges, pre), special)
+        backend = bpe_backend(tokens, types, merges, pre)
+        special = SpecialTokens(ids["bos"], ids["eos"], stops, bool(add_bos) if add_bos is not None else PRE_TOKENIZERS[pre].add_bos)
+        return BPETokenizer(backend, special)
     if kind == "llama":
         special = SpecialTokens(ids["bos"], ids["eos"], stops, True if add_bos is None else bool(add_bos))
-        return SentencePieceTokenizer(_sentencepiece_from_gguf(metadata, tokens, types), special)
+        return SentencePieceTokenizer(sentencepiece_processor(metadata, tokens, types), special)
     raise TokenizerError(f"unsupported GGUF tokenizer model {kind!r} (tokenizer.ggml.model); supported: gpt2, llama")
 
 
