@@ -3,6 +3,7 @@
     pip install -e '.[bench]'      # llama-cpp-python, built from source: see bench/RESULTS.md for the flags
     python bench/compare.py                      # the default model, 2 threads, pp1000 / tg128, 5 rounds
     python bench/compare.py -p 512 -n 64 -r 3 --engines llama,llama.cpp
+    python bench/compare.py --llama32-1b -p 512 -n 64 -r 3     # a Llama-3.2-1B-shaped Q4_K_M (made once, ~5 min)
 
 Each engine runs in its own worker process (so neither OpenMP runtime spins while the other
 works), loads the model once, and answers one measurement at a time; the parent alternates the
@@ -15,6 +16,12 @@ llama-cpp-python equivalent, `Llama.generate`; a warm-up run first, so `llama`'s
 exist): time to the first token, decode and prefill tokens/s from differences of wall times
 (see `process_figures`), and peak RSS. Medians of the rounds are printed with their spread,
 with ratios against llama.cpp and the machine's load.
+
+`--llama32-1b` runs a file in Llama-3.2-1B's shapes (dim 2048, 16 layers, 32/8 heads, ffn 8192,
+vocab 128256, Llama 3 tokenizer; random weights) quantized to Q4_K_M by llama.cpp's own
+quantizer: what most people's files look like. It is made with llama_cli/testing_models.py (as
+`python bench/make_models.py --1b` does) into --models-dir the first time, and runs llama and
+llama.cpp only unless --engines says otherwise (transformers would need ~5 GB as float32).
 """
 
 from __future__ import annotations
@@ -186,7 +193,9 @@ for i, token in enumerate(llm.generate(ids, top_k=1, temp=0)):
 """
 
 
-def process_figures(path: str, threads: int, prompt: str, long_prompt: str, extra_tokens: int, gen_tokens: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+def process_figures(
+    path: str, threads: int, prompt: str, long_prompt: str, extra_tokens: int, gen_tokens: int, rounds: int
+) -> dict[str, dict[str, list[float]]]:
     """Whole commands, as a user runs them: per engine and round, three fresh processes.
 
     A: `-n 1` on a short prompt (time to first token), B: `-n 1+N` on the same prompt (ignoring
@@ -205,7 +214,7 @@ def process_figures(path: str, threads: int, prompt: str, long_prompt: str, extr
     timed_process(commands["llama.cpp"](1, prompt), env)
     figures: dict[str, dict[str, list[float]]] = {e: {"ttft": [], "tg": [], "pp": [], "rss": []} for e in commands}
     for round_ in range(rounds):
-        for engine in (list(commands) if round_ % 2 == 0 else list(commands)[::-1]):
+        for engine in list(commands) if round_ % 2 == 0 else list(commands)[::-1]:
             command = commands[engine]
             first, _, code_a = timed_process(command(1, prompt), env)
             long_run, _, code_b = timed_process(command(1 + gen_tokens, prompt), env)
@@ -237,14 +246,30 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", default=None, help="GGUF file (default: the default model)")
+    parser.add_argument("--llama32-1b", action="store_true", help="the Llama-3.2-1B-shaped Q4_K_M (made in --models-dir unless there)")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path(os.environ.get("LLAMA_BENCH_MODELS") or Path.home() / ".cache" / "llama-cli" / "bench-models"),
+        help="where --llama32-1b keeps its files (default: $LLAMA_BENCH_MODELS or ~/.cache/llama-cli/bench-models)",
+    )
     parser.add_argument("-p", "--prompt-tokens", type=int, default=1000)
     parser.add_argument("-n", "--gen-tokens", type=int, default=128)
     parser.add_argument("-r", "--rounds", type=int, default=5, help="rounds of llama / llama.cpp (transformers: at most 2)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument(
+        "--engines", default=None, help=f"comma-separated from {','.join(ENGINES)} (default: all; llama,llama.cpp with --llama32-1b)"
+    )
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process figures (first token, RSS)")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.llama32_1b and not args.worker:
+        if args.model is not None:
+            parser.error("give -m/--model or --llama32-1b, not both")
+        from llama_cli.testing_models import model_file
+
+        args.model = str(model_file(args.models_dir, "llama32-1b", "Q4_K_M", engine="llama.cpp"))
+        print(f"model: {args.model}", file=sys.stderr)
     if args.model is None:
         from llama_cli.registry import resolve_model
 
@@ -253,14 +278,15 @@ def main() -> None:
         worker_main(args.worker, args.model, args.threads)
         return
 
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    engines = [e.strip() for e in (args.engines or ("llama,llama.cpp" if args.llama32_1b else ",".join(ENGINES))).split(",") if e.strip()]
     load_before = os.getloadavg()
     started = time.time()
     workers = {engine: Worker(engine, args.model, args.threads) for engine in engines}
     from llama_cli.benchmark import prompt_ids
-    from llama_cli.weights import load_checkpoint
+    from llama_cli.gguf_metadata import read_gguf_metadata
+    from llama_cli.tokenizer import tokenizer_from_gguf
 
-    tokenizer = load_checkpoint(Path(args.model)).tokenizer
+    tokenizer = tokenizer_from_gguf(read_gguf_metadata(args.model))  # the key/values only: no weights loaded here
     ids = prompt_ids(tokenizer, args.prompt_tokens)
     first = ids[0]
     for worker in workers.values():  # warm-up: allocators, thread pools, oneDNN kernels

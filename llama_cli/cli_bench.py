@@ -83,6 +83,13 @@ def perplexity(
     ctx: Annotated[
         int, typer.Option("--ctx", help="Window length in tokens: the text is scored in non-overlapping windows of this size.")
     ] = 512,
+    kl_divergence: Annotated[
+        bool,
+        typer.Option(
+            "--kl-divergence",
+            help="Also run the float32 reference of the same file on the same windows; report KL(reference || this path) and top-1 agreement.",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -96,6 +103,11 @@ def perplexity(
     `--dtype float32` runs the exact reference model (the default fast path rounds activations to
     bfloat16).
 
+    `--kl-divergence` loads the file twice, the path --dtype picks (the fast path by default) and
+    the float32 reference, scores the same windows with both, and prints both perplexities, the
+    mean, 99th-percentile and maximum KL divergence of the reference's next-token distribution
+    from this path's, and top-1 agreement: the figures llama.cpp users compare quantizations by.
+
     [b]Examples[/b]
 
       llama perplexity wiki.test.raw
@@ -103,6 +115,8 @@ def perplexity(
       llama perplexity --ctx 1024 --dtype float32 book.txt
 
       cat notes.txt | llama perplexity --json
+
+      llama perplexity -m model.Q4_K_M.gguf --kl-divergence wiki.test.raw
     """
 
     from .perplexity import perplexity as score
@@ -117,9 +131,45 @@ def perplexity(
         line = f"[{done}/{total}] windows of {window} tokens, perplexity so far {running:.4f}"
         print(("\r" + line) if interactive else line, end="" if interactive and done < total else "\n", file=sys.stderr, flush=True)
 
+    if kl_divergence:
+        _kl_divergence(
+            llm, _load(model, "float32", device, threads, no_cache), ids, window, json_output=json_output, interactive=interactive
+        )
+        return
     result = score(llm.model, ids, window, progress=progress)
     if json_output:
         write_out(json.dumps({"model": llm.checkpoint.source.name, "path": llm.path_label, **result.as_dict()}) + "\n")
         return
-    print(f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s ({llm.path_label})", file=sys.stderr)
+    print(
+        f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s ({llm.path_label})",
+        file=sys.stderr,
+    )
     write_out(f"perplexity: {result.perplexity:.4f}\n")
+
+
+def _kl_divergence(llm, reference, ids: list[int], window: int, *, json_output: bool, interactive: bool) -> None:  # type: ignore[no-untyped-def]
+    from .perplexity import kl_compare, kl_summary
+
+    def progress(done: int, total: int, running: float, kl: float) -> None:
+        line = f"[{done}/{total}] windows of {window} tokens, perplexity so far {running:.4f}, mean KL so far {kl:.6f}"
+        print(("\r" + line) if interactive else line, end="" if interactive and done < total else "\n", file=sys.stderr, flush=True)
+
+    compared = kl_compare(llm.model, reference.model, ids, window, progress=progress)
+    if json_output:
+        record = {"model": llm.checkpoint.source.name, "path": llm.path_label, "reference_path": reference.path_label, **compared.as_dict()}
+        write_out(json.dumps(record) + "\n")
+        return
+    result, summary = compared.result, kl_summary(compared.kl)
+    print(
+        f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s "
+        f"({llm.path_label} against {reference.path_label})",
+        file=sys.stderr,
+    )
+    write_out(
+        f"perplexity: {result.perplexity:.4f} ({llm.path_label})\n"
+        f"reference perplexity: {compared.reference.perplexity:.4f} ({reference.path_label})\n"
+        f"mean KL: {summary['mean']:.6f}\n"
+        f"p99 KL: {summary['p99']:.6f}\n"
+        f"max KL: {summary['max']:.6f}\n"
+        f"top-1 agreement: {100 * compared.top1_agreement:.2f}% ({compared.top1} of {compared.positions} positions)\n"
+    )

@@ -139,7 +139,7 @@ class KLResult:
         summary = kl_summary(self.kl)
         return {
             **self.result.as_dict(), "reference_perplexity": round(self.reference.perplexity, 6),
-            "kl_mean": summary["mean"], "kl_p99": summary["p99"], "kl_max": summary["max"],
+            "kl_mean": round(summary["mean"], 9), "kl_p99": round(summary["p99"], 9), "kl_max": round(summary["max"], 9),
             "top1_agreement": round(self.top1_agreement, 6), "positions": self.positions,
         }  # fmt: skip
 

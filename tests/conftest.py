@@ -52,6 +52,25 @@ def llm(default_model_path: Path):  # type: ignore[no-untyped-def]
     return load(default_model_path, dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """`make(model, preset, engine="auto") -> Path`: GGUF files made as users get them
+    (llama_cli/testing_models.py: an F16 GGUF, then quantized), each made once per session; skips
+    the test where the preset needs llama.cpp's quantizer and llama-cpp-python is absent.
+    $LLAMA_TEST_MODELS names a folder to keep them in between sessions."""
+    from llama_cli.testing_models import QuantizerMissing, model_file
+
+    folder = Path(os.environ["LLAMA_TEST_MODELS"]) if os.environ.get("LLAMA_TEST_MODELS") else tmp_path_factory.mktemp("gguf-files")
+
+    def make(model: str, preset: str, engine: str = "auto") -> Path:
+        try:
+            return model_file(folder, model, preset, engine=engine)  # type: ignore[arg-type]
+        except QuantizerMissing as exc:
+            pytest.skip(str(exc))
+
+    return make
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
     """Print how many cases of the bad-input matrix ran, and how they ended."""
     outcomes = {key: sum(1 for r in terminalreporter.stats.get(key, []) if "test_bad_input.py" in getattr(r, "nodeid", "")) for key in ("passed", "failed", "skipped")}

