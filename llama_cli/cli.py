@@ -17,28 +17,37 @@ import typer
 from . import __version__
 from .cli_common import (
     AdapterOpt,
+    ChoiceOpt,
     CtxOpt,
     DeviceOpt,
     DtypeOpt,
     FrequencyPenaltyOpt,
+    GrammarOpt,
+    JsonObjectOpt,
     JsonOpt,
     MaxTokensOpt,
     MinPOpt,
     ModelOpt,
     NoCacheOpt,
+    NoSchemaPromptOpt,
     PresencePenaltyOpt,
+    RegexOpt,
     RepeatPenaltyOpt,
+    SchemaMultiOpt,
+    SchemaOpt,
     SeedOpt,
     StatsOpt,
     TemperatureOpt,
     ThreadsOpt,
     TopKOpt,
     TopPOpt,
+    TruncateOkOpt,
     click_errors,
     ensure_utf8_stdout,
     handles_errors,
     print_warnings_as_lines,
     prompt_from,
+    with_schema_note,
     write_out,
 )
 from .errors import LlamaError
@@ -90,8 +99,16 @@ def generate(
     template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3 or llama2.", rich_help_panel="Prompt")] = "auto",
     truncate: Annotated[bool, typer.Option("--truncate", help="If the prompt does not fit the context, keep its end (and say so) instead of refusing.", rich_help_panel="Prompt")] = False,
     json_output: JsonOpt = False,
-    logprobs: Annotated[int, typer.Option("--logprobs", help="With --json, the top-K alternatives of every token.", rich_help_panel="Output")] = 0,
+    logprobs: Annotated[int, typer.Option("--logprobs", help="With --json, the top-K alternatives of every token (the model's own, before temperature, filters and any constraint).", rich_help_panel="Output")] = 0,
     stats: StatsOpt = False,
+    schema: SchemaOpt = None,
+    schema_multi: SchemaMultiOpt = None,
+    regex: RegexOpt = None,
+    choice: ChoiceOpt = None,
+    grammar: GrammarOpt = None,
+    json_object: JsonObjectOpt = False,
+    no_schema_prompt: NoSchemaPromptOpt = False,
+    truncate_ok: TruncateOkOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     ctx: CtxOpt = None,
@@ -100,6 +117,9 @@ def generate(
     adapter: AdapterOpt = None,
 ) -> None:
     """Continue a prompt (raw text completion), streaming the text to stdout.
+
+    With --schema, --regex, --choice, --grammar or --json-output the output always matches
+    (masked token by token); with --chat the model is also shown what to write.
 
     [b]Examples[/b]
 
@@ -110,14 +130,21 @@ def generate(
       echo "Write a haiku about tea" | llama generate --chat --stats
 
       llama generate --json --seed 7 "Once upon a time" | jq -r .text
+
+      llama generate --chat -t 0 --schema 'name, age int, bio: one sentence' "Invent a person"
     """
+    from .schema import spec_from_options
+
+    spec = spec_from_options(schema=schema, schema_multi=schema_multi, regex=regex, choice=choice, grammar=grammar, json_object=json_object)
     from .api import make_settings
 
     settings = make_settings(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-        seed=seed, stop=stop, ignore_eos=ignore_eos, samples=samples, logprobs=logprobs, lookup=lookup,
+        seed=seed, stop=stop, ignore_eos=ignore_eos, samples=samples, logprobs=logprobs, lookup=lookup, constraint=spec,
     )  # fmt: skip
+    if spec is not None and (chat or system is not None) and not no_schema_prompt:
+        system = with_schema_note(system, spec.prompt_note())
     from .chat_template import template_text
 
     template_text(None, template)  # an unknown --template is a usage error before anything loads
@@ -133,7 +160,7 @@ def generate(
     from .output import print_generation
 
     generation = Generation(llm.model, llm.tokenizer, ids, settings, context=context)
-    print_generation(generation, llm.tokenizer, as_json=json_output, stats=stats)
+    print_generation(generation, llm.tokenizer, as_json=json_output, stats=stats, truncate_ok=truncate_ok)
 
 
 def _fit_context(ids: list[int], max_tokens: int, context: int, *, truncate: bool) -> list[int]:

@@ -53,6 +53,21 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for reproducib
 StatsOpt = Annotated[bool, typer.Option("--stats", help="Print token counts, speeds and the stop reason on stderr.", rich_help_panel=OUTPUT_PANEL)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout: one event per token, then a summary.", rich_help_panel=OUTPUT_PANEL)]
 
+STRUCTURED_PANEL = "Structured output"
+SchemaOpt = Annotated[str | None, typer.Option("--schema", help="Output JSON matching this schema: inline JSON, a .json file, or fields like 'name, age int, bio: one sentence'.", rich_help_panel=STRUCTURED_PANEL, show_default=False)]
+SchemaMultiOpt = Annotated[str | None, typer.Option("--schema-multi", help="Output a JSON array of objects matching this schema (forms as --schema).", rich_help_panel=STRUCTURED_PANEL, show_default=False)]
+RegexOpt = Annotated[str | None, typer.Option("--regex", help="Output text matching this regular expression (whole).", rich_help_panel=STRUCTURED_PANEL, show_default=False)]
+ChoiceOpt = Annotated[str | None, typer.Option("--choice", help="Output exactly one of these comma-separated items, e.g. yes,no,maybe.", rich_help_panel=STRUCTURED_PANEL, show_default=False)]
+GrammarOpt = Annotated[str | None, typer.Option("--grammar", help="Output text in this grammar: a Lark (or llama.cpp GBNF) file.", rich_help_panel=STRUCTURED_PANEL, show_default=False)]
+JsonObjectOpt = Annotated[bool, typer.Option("--json-output", help="Output any JSON object (shorthand for --schema '{\"type\": \"object\"}').", rich_help_panel=STRUCTURED_PANEL)]
+NoSchemaPromptOpt = Annotated[bool, typer.Option("--no-schema-prompt", help="Do not describe the constraint to the model in the system message (chat prompts show it by default).", rich_help_panel=STRUCTURED_PANEL)]
+TruncateOkOpt = Annotated[bool, typer.Option("--truncate-ok", help="Exit 0 even when -n cuts the constrained value short (it is then not valid).", rich_help_panel=STRUCTURED_PANEL)]
+
+
+def with_schema_note(system: str | None, note: str) -> str:
+    """The system message with the constraint's description appended (the whole message if there was none)."""
+    return f"{system.rstrip()}\n\n{note}" if system and system.strip() else note
+
 
 def debug_enabled() -> bool:
     return os.environ.get("LLAMA_DEBUG", "") not in ("", "0")

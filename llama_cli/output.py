@@ -2,6 +2,9 @@
 
 Shared by `generate`, the presets and anything else that prints a completion. Ctrl-C stops the
 generation, keeps what was printed, still prints the stats or the final JSON event, and exits 130.
+With a constraint (--schema, --regex, ...) the plain output is the value alone on its line, the
+`done` event carries the parsed value as "data", and a value cut short (by -n) is an error (exit 1)
+unless the caller allows it (--truncate-ok).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import typer
 
 from .cli_common import write_out
-from .generation import Generation, TokenEvent
+from .generation import Generation, SampleResult, TokenEvent
 from .tokenizer import Tokenizer
 
 
@@ -23,6 +26,26 @@ def token_json(event: TokenEvent, tokenizer: Tokenizer) -> str:
     if event.top_logprobs:
         record["top_logprobs"] = [{"id": i, "token": tokenizer.piece(i), "logprob": round(lp, 6)} for i, lp in event.top_logprobs]
     return json.dumps(record, ensure_ascii=False)
+
+
+def structured_value(generation: Generation, result: SampleResult) -> object:
+    """The parsed value of a constrained sample (None when it is not complete, or unconstrained)."""
+    spec = generation.settings.constraint
+    if spec is None or not result.complete:
+        return None
+    return spec.parse(result.text)
+
+
+def cut_short(generation: Generation) -> str | None:
+    """Why a constrained generation is not a whole value (one line), or None when every sample is."""
+    spec = generation.settings.constraint
+    bad = [r for r in generation.results if spec is not None and r.complete is False]
+    if not bad:
+        return None
+    reason = bad[0].stop_reason
+    why = f"stopped at -n {generation.settings.max_tokens} tokens" if reason == "length" else "was cut by a --stop string" if reason == "stop" else "ended early"
+    which = "the output" if len(generation.results) == 1 else f"{len(bad)} of {len(generation.results)} samples"
+    return f"{which} {why} inside the {spec.option} value, so it is not valid"  # type: ignore[union-attr]
 
 
 def summary(generation: Generation) -> dict[str, object]:
@@ -44,8 +67,14 @@ def summary(generation: Generation) -> dict[str, object]:
     }
     if generation.settings.lookup:
         record["drafted_tokens"], record["accepted_tokens"] = generation.drafted_tokens, generation.accepted_tokens
+    if generation.settings.constraint is not None:
+        record["data"] = structured_value(generation, generation.results[0])
+        record["complete"] = bool(generation.results[0].complete)
     if len(generation.results) > 1:
         record["samples"] = [{"text": r.text, "stop_reason": r.stop_reason, "tokens": len(r.token_ids)} for r in generation.results]
+        if generation.settings.constraint is not None:
+            for entry, r in zip(record["samples"], generation.results):  # type: ignore[call-overload]
+                entry["data"], entry["complete"] = structured_value(generation, r), bool(r.complete)
     return record
 
 
@@ -63,8 +92,9 @@ def sample_header(index: int, total: int) -> str:
     return f"--- sample {index + 1} of {total} ---\n"
 
 
-def print_generation(generation: Generation, tokenizer: Tokenizer, *, as_json: bool, stats: bool) -> None:
-    """Stream the generation to stdout. Raises typer.Exit(130) after an interrupt."""
+def print_generation(generation: Generation, tokenizer: Tokenizer, *, as_json: bool, stats: bool, truncate_ok: bool = False) -> None:
+    """Stream the generation to stdout. Raises typer.Exit(130) after an interrupt, and typer.Exit(1)
+    when a constrained value was cut short (unless `truncate_ok`: then a warning)."""
     samples = len(generation.results)
     interrupted = False
     try:
@@ -80,6 +110,8 @@ def print_generation(generation: Generation, tokenizer: Tokenizer, *, as_json: b
         write_out(json.dumps(summary(generation), ensure_ascii=False) + "\n")
     elif samples > 1:  # samples decode as one batch, so each is printed whole once all are done
         write_out("\n\n".join(sample_header(i, samples) + r.text for i, r in enumerate(generation.results)) + "\n")
+    elif generation.settings.constraint is not None:
+        write_out("\n")  # the value alone on its line, for the program reading it
     elif generation.text and not generation.text.endswith("\n") and sys.stdout.isatty():
         write_out("\n")  # leave the shell prompt on its own line; pipes get the text exactly
     if stats:
@@ -87,3 +119,9 @@ def print_generation(generation: Generation, tokenizer: Tokenizer, *, as_json: b
     if interrupted:
         print("llama: interrupted", file=sys.stderr, flush=True)
         raise typer.Exit(130)
+    problem = cut_short(generation)
+    if problem and truncate_ok:
+        print(f"llama: warning: {problem} (kept: --truncate-ok)", file=sys.stderr, flush=True)
+    elif problem:
+        print(f"llama: error: {problem}; raise -n (or pass --truncate-ok to keep it)", file=sys.stderr, flush=True)
+        raise typer.Exit(1)
