@@ -2,32 +2,68 @@
 
 Templates come from model files, so they are untrusted: they render in jinja2's immutable sandbox
 (as transformers does), where reaching for Python internals raises a SecurityError that we turn
-into a one-line error. Models without a template get a built-in one chosen with `--template`.
+into a one-line error naming the template and its line. Models without a template get a built-in
+one chosen with `--template`.
+
+A template sees what transformers' `apply_chat_template` gives it (transformers
+`utils/chat_template_utils.py`): `messages`, `tools` (JSON schemas, or none), `documents` (none),
+`add_generation_prompt`, `bos_token`, `eos_token`; the globals `raise_exception`, `strftime_now`,
+`dict` and `namespace`; a `tojson` that does not escape HTML; the `{% generation %}` tag. So the
+real templates render exactly as there (tests/test_chat_templates.py compares them).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import jinja2
+import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from .errors import LlamaError, UsageError
 from .tokenizer import Tokenizer
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+Tool = dict[str, Any]  # a JSON schema: {"type": "function", "function": {"name", "description", "parameters"}}
 
 
-class Message(TypedDict):
+class ToolCall(TypedDict):
+    type: Literal["function"]
+    function: dict[str, Any]  # {"name": ..., "arguments": {...}}
+
+
+class _MessageFields(TypedDict):
     role: Role
     content: str
 
 
+class Message(_MessageFields, total=False):
+    tool_calls: list[ToolCall]  # an assistant message that calls tools (its content may be "")
+    tool_call_id: str  # a tool message: the call it answers
+    name: str  # a tool message: the tool that answered
+
+
+MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name")  # what templates see of a message
+
+
 class ChatTemplateError(LlamaError):
     """A template that fails to render, or that the sandbox refused."""
+
+
+class TemplateText(str):
+    """A template's source, carrying where it came from for error messages ("the model's chat template")."""
+
+    origin: str
+
+    def __new__(cls, source: str, origin: str) -> TemplateText:  # noqa: PYI034 (Self is Python 3.11+)
+        text = super().__new__(cls, source)
+        text.origin = origin
+        return text
 
 
 # Built-in templates for models whose files carry none.
@@ -63,57 +99,136 @@ def _raise_exception(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def select_template(model_template: str | None, choice: str = "auto") -> str:
-    """The template text to use: the model's own for "auto" (ChatML if it has none), else a built-in."""
+def _dict(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return dict(*args, **kwargs)
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """jinja2's namespace, refusing underscore names (as transformers' does)."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # jinja2's own signature trick: `self` may be a keyword
+        self, rest = args[0], args[1:]
+        attrs = dict(*rest, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise SecurityError(f"a template may not store the underscore name {name!r} on a namespace")
+
+
+class _Generation(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`: transformers marks assistant text with it; renders its body."""
+
+    tags = {"generation"}  # noqa: RUF012 (jinja2.ext.Extension declares it so)
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return caller()
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(template: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _Generation])
+    env.filters["tojson"] = _tojson
+    env.globals.update(
+        raise_exception=_raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=_dict, namespace=_Namespace
+    )
+    return env.from_string(template)
+
+
+def _template_line(error: BaseException) -> int | None:
+    """The template line an error was raised at: jinja2 rewrites tracebacks to show template lines
+    in frames named "<template>"; a syntax error carries its line itself."""
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        return error.lineno
+    line, tb = None, error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def select_template(model_template: str | None, choice: str = "auto") -> TemplateText:
+    """The template to use: the model's own for "auto" (ChatML if it has none), else a built-in."""
     if choice == "auto":
-        return model_template or BUILTIN_TEMPLATES["chatml"]
+        if model_template:
+            return TemplateText(model_template, "the model's chat template")
+        return TemplateText(BUILTIN_TEMPLATES["chatml"], "the built-in chatml template (the model has none)")
     if choice not in BUILTIN_TEMPLATES:
         raise UsageError(f"unknown --template '{choice}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}")
-    return BUILTIN_TEMPLATES[choice]
+    return TemplateText(BUILTIN_TEMPLATES[choice], f"the built-in {choice} template")
 
 
 def render_chat(
     template: str,
-    messages: list[Message],
+    messages: Sequence[Message],
     *,
     add_generation_prompt: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    tools: Sequence[Tool] | None = None,
 ) -> str:
-    """The prompt text for `messages`; special tokens appear as text, to be encoded with parse_special."""
+    """The prompt text for `messages`; special tokens appear as text, to be encoded with parse_special.
+
+    `tools` (JSON schemas) reach templates that use them; others ignore them. Any failure, at
+    compile or render time, is a ChatTemplateError naming the template (`TemplateText.origin`) and line.
+    """
     try:
-        compiled = _environment().from_string(template)
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token)
-    except SecurityError as error:
-        raise ChatTemplateError(f"chat template refused by the sandbox (it reaches for Python internals): {error}") from None
-    except jinja2.TemplateError as error:
-        raise ChatTemplateError(f"chat template failed to render: {error}") from None
+        return _compile(template).render(
+            messages=list(messages), tools=None if tools is None else list(tools), documents=None,
+            add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token,
+        )  # fmt: skip
+    except Exception as error:  # noqa: BLE001 (a template can fail any way Python can: all become one error line)
+        origin = getattr(template, "origin", "the chat template")
+        line = _template_line(error)
+        where = f"{origin}, line {line}" if line is not None else origin
+        if isinstance(error, SecurityError):
+            raise ChatTemplateError(f"chat template refused by the sandbox ({where}; it reaches for Python internals): {error}") from None
+        detail = error if isinstance(error, jinja2.TemplateError) else f"{type(error).__name__}: {error}"
+        raise ChatTemplateError(f"chat template failed to render ({where}): {detail}") from None
 
 
-def template_text(model_template: str | None, choice: str) -> str:
+def template_text(model_template: str | None, choice: str) -> TemplateText:
     """`--template`: auto (the model's own), a built-in name, or a Jinja file."""
     if choice == "auto" or choice in BUILTIN_TEMPLATES:
         return select_template(model_template, choice)
     path = Path(choice).expanduser()
     if path.is_file():
         try:
-            return path.read_text(encoding="utf-8")
+            return TemplateText(path.read_text(encoding="utf-8"), f"template {choice}")
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(f"--template {choice}: cannot read it: {error}") from None
     raise UsageError(f"unknown --template '{choice}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}, or a Jinja template file")
 
 
-def render_prompt(tokenizer: Tokenizer, template: str, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-    """The conversation as prompt text; special tokens appear as text (encode with parse_special)."""
+def render_prompt(
+    tokenizer: Tokenizer,
+    template: str,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = True,
+    tools: Sequence[Tool] | None = None,
+) -> str:
+    """The conversation as prompt text; special tokens appear as text (encode with parse_special).
+    Only the message fields templates know (MESSAGE_FIELDS) are passed on."""
     special = tokenizer.special
     bos = tokenizer.piece(special.bos_id) if special.bos_id is not None else ""
     eos = tokenizer.piece(special.eos_id) if special.eos_id is not None else ""
-    plain: list[Message] = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return render_chat(template, plain, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
+    plain = [Message(**{k: m[k] for k in MESSAGE_FIELDS if k in m}) for m in messages]  # type: ignore[typeddict-item, misc]
+    return render_chat(template, plain, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos, tools=tools)
