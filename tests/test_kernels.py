@@ -64,20 +64,38 @@ def test_dequantize_is_exact(qtype: str) -> None:
 @pytest.mark.parametrize("qtype", sorted(kernels.SUPPORTED))
 def test_linear_matches_dequantized_matmul(qtype: str) -> None:
     k, n = column_count(qtype), 37  # odd N: a partial chunk for each thread
-    weight = make_weight(qtype, n, k, seed=1)
-    wref = torch.from_numpy(reference(weight, qtype))
+    weight = torch.from_numpy(make_weight(qtype, n, k, seed=1))
+    wref = torch.from_numpy(reference(weight.numpy(), qtype))
     generator = torch.Generator().manual_seed(0)
     tolerance = 1e-5 if qtype in ("F16", "BF16") else 1.5e-2  # int8 activations otherwise
     for m in (1, 3, 17, 64):  # partial and whole tiles of 8 activation rows
         x = torch.randn(m, k, generator=generator)
         expected = x @ wref.T
-        got = kernels.linear(x, torch.from_numpy(weight), qtype, n, k)
+        got = kernels._linear(x, weight, qtype, n, k, path="int8")
         assert got.shape == (m, n)
         error = (got - expected).norm() / expected.norm()
         assert error < tolerance, f"{qtype} M={m}: relative error {error:.2e}"
-        portable = kernels._linear(x, torch.from_numpy(weight), qtype, n, k, simd=False)
+        portable = kernels._linear(x, weight, qtype, n, k, path="int8", simd=False)
         drift = (got - portable).norm() / portable.norm()
         assert drift < 1e-5, f"{qtype} M={m}: SIMD and portable kernels differ by {drift:.2e}"
+        tiled = kernels._linear(x, weight, qtype, n, k, path="bf16")  # bfloat16 weights and activations
+        error = (tiled - expected).norm() / expected.norm()
+        assert error < 1e-2, f"{qtype} M={m}, bfloat16 tiles: relative error {error:.2e}"
+        assert kernels.linear(x, weight, qtype, n, k).shape == (m, n)
+
+
+def test_bf16_tiles_cover_every_row() -> None:
+    k, n = 256, 300  # several tiles, the last one partial
+    weight = torch.from_numpy(make_weight("Q4_K", n, k, seed=2))
+    x = torch.randn(20, k)
+    expected = x @ torch.from_numpy(reference(weight.numpy(), "Q4_K")).T
+    old = kernels.TILE_BYTES
+    kernels.TILE_BYTES = 64 * 2 * k
+    try:
+        got = kernels._linear(x, weight, "Q4_K", n, k, path="bf16")
+    finally:
+        kernels.TILE_BYTES = old
+    assert (got - expected).norm() / expected.norm() < 1e-2
 
 
 def test_read_only_memmap_weight(tmp_path) -> None:

@@ -1,9 +1,13 @@
 """CPU matmul kernels over GGUF's quantized block formats, in C, built at first use.
 
 `linear(x, weight, qtype, out_features, in_features)` computes x @ W.T where W is a GGUF tensor's
-raw bytes, without ever materialising W as floats: the activations are quantized to int8 per row
-and each weight block is unpacked in registers and dotted with up to 8 activation rows at once
-(llama.cpp's design, ggml/src/ggml-cpu/arch/x86/quants.c, with our own register/cache tiling).
+raw bytes, without materialising W as floats. Two paths:
+- few rows (decode, M < BF16_MIN_ROWS): the activations are quantized to int8 per row and each
+  weight block is unpacked in registers and dotted with up to 8 activation rows at once
+  (llama.cpp's design, ggml/src/ggml-cpu/arch/x86/quants.c, with our own register tiling);
+- many rows (prefill): tiles of ~2 MB of W are dequantized to bfloat16 in C and multiplied with
+  torch's bfloat16 matmul (oneDNN, which uses AMX or AVX512-BF16 where the CPU has them): several
+  times the int8 kernels' throughput here, and only one small tile exists at a time.
 `dequantize` gives exact float32 rows (bit-identical to `gguf.quants.dequantize`), for embedding
 lookups and for callers without the compiled library.
 
@@ -42,6 +46,11 @@ _TYPES: dict[str, tuple[int, int, int]] = {
     "IQ4_XS": (23, 256, 136),
 }
 SUPPORTED: frozenset[str] = frozenset(_TYPES)
+# From this many activation rows on, `linear` takes the bfloat16-tile path (where torch's bfloat16
+# matmul is fast); below it, the int8 kernels. Measured crossover here (one core, AMX): 16-32
+# rows, where dequantizing a tile costs as much as the int8 kernels' extra arithmetic.
+BF16_MIN_ROWS = 32
+TILE_BYTES = 2 << 20  # bfloat16 weight tile per matmul call
 
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
@@ -96,15 +105,18 @@ def simd_types() -> frozenset[str]:
 def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int) -> torch.Tensor:
     """x @ W.T for x float32 (M, K) and W the raw GGUF bytes, uint8 (N, row_bytes); float32 (M, N).
 
-    The activations are rounded to int8 per block of 32 (per 256 for the K-quants), as llama.cpp
-    does, so results differ from float32 by ~1e-2 relative; F16/BF16 use the float activations.
-    Runs on torch.get_num_threads() threads, without holding the GIL.
+    With fewer than BF16_MIN_ROWS rows the activations are rounded to int8 per block of 32 (per 256
+    for the K-quants), as llama.cpp does (F16/BF16 weights use the float activations); with more,
+    weights and activations are rounded to bfloat16. Either way results differ from float32 by
+    ~1e-2 relative at most. Runs on torch.get_num_threads() threads, without holding the GIL.
     """
-    return _linear(x, weight, qtype, out_features, in_features, simd=True)
+    path = "bf16" if x.shape[0] >= BF16_MIN_ROWS and _bf16_matmul_is_fast() else "int8"
+    return _linear(x, weight, qtype, out_features, in_features, path=path)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int,
-            *, simd: bool) -> torch.Tensor:
+            *, path: str = "int8", simd: bool = True) -> torch.Tensor:
+    """linear() through a chosen path: "int8" (SIMD or, with simd=False, portable C) or "bf16"."""
     import torch
 
     lib = _library()
@@ -117,11 +129,47 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int
     out = torch.empty((x.shape[0], N), dtype=torch.float32)
     if x.shape[0] == 0 or N == 0:
         return out
+    if path == "bf16":
+        return _linear_bf16(x, weight, type_id, N, K, out)
     rc = lib.llk_linear(type_id, x.data_ptr(), x.shape[0], K, weight.data_ptr(), N, weight.shape[1],
                         out.data_ptr(), torch.get_num_threads(), int(simd))
     if rc != 0:
         raise RuntimeError(f"llk_linear failed ({rc}) for {qtype} {N}x{K}")
     return out
+
+
+def _linear_bf16(x: torch.Tensor, weight: torch.Tensor, type_id: int, N: int, K: int, out: torch.Tensor) -> torch.Tensor:
+    """out = x @ W.T through bfloat16 tiles of W, one tile of ~TILE_BYTES at a time."""
+    import torch
+
+    lib, threads = _library(), torch.get_num_threads()
+    xb = x.to(torch.bfloat16)
+    rows = max(16, TILE_BYTES // (2 * K) // 16 * 16)
+    tile = torch.empty((min(rows, N), K), dtype=torch.bfloat16)
+    for n0 in range(0, N, rows):
+        n1 = min(N, n0 + rows)
+        part = tile[: n1 - n0]
+        rc = lib.llk_dequant_bf16(type_id, weight.data_ptr(), weight.shape[1], K, n0, n1, part.data_ptr(), threads)
+        if rc != 0:
+            raise RuntimeError(f"llk_dequant_bf16 failed ({rc})")
+        out[:, n0:n1] = torch.mm(xb, part.t())  # (M, n1 - n0), bfloat16 -> float32
+    return out
+
+
+_bf16_fast: bool | None = None
+
+
+def _bf16_matmul_is_fast() -> bool:
+    """Whether torch's bfloat16 matmul runs on native bfloat16 instructions (oneDNN: AMX or AVX512-BF16)."""
+    global _bf16_fast
+    if _bf16_fast is None:
+        import torch
+
+        try:
+            _bf16_fast = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            _bf16_fast = False
+    return _bf16_fast
 
 
 def dequantize(weight: torch.Tensor, qtype: str, in_features: int, rows: torch.Tensor | None = None) -> torch.Tensor:

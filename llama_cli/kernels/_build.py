@@ -128,6 +128,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.llk_linear.restype = cint
     lib.llk_dequant.argtypes = [cint, ptr, i64, i64, ptr, i64, ptr, cint]
     lib.llk_dequant.restype = cint
+    lib.llk_dequant_bf16.argtypes = [cint, ptr, i64, i64, i64, i64, ptr, cint]
+    lib.llk_dequant_bf16.restype = cint
     lib.llk_isa.argtypes = []
     lib.llk_isa.restype = ctypes.c_char_p
     lib.llk_has_simd.argtypes = [cint]

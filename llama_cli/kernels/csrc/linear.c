@@ -122,6 +122,41 @@ int llk_dequant(int type, const uint8_t *w, int64_t row_bytes, int64_t K, const 
     return 0;
 }
 
+/* Rows n0..n1-1 of W as bfloat16, (n1 - n0, K): the weight tiles of the prefill path, which
+ * multiplies them with torch's bfloat16 matmul (oneDNN: AMX or AVX512-BF16 where present). */
+int llk_dequant_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t n0, int64_t n1,
+                     uint16_t *out, int nthreads) {
+    const int qk = llk_block_size(type);
+    if (!qk || K % qk || row_bytes != K / qk * llk_block_bytes(type)) return -1;
+    nthreads = clamp_threads(nthreads);
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if ((n1 - n0) * K >= 65536)
+    {
+        float *tmp = 0;
+#pragma omp for schedule(static)
+        for (int64_t n = n0; n < n1; n++) {
+            uint16_t *y = out + (n - n0) * K;
+            const uint8_t *row = w + n * row_bytes;
+            if (type == T_BF16) {
+                memcpy(y, row, (size_t)K * 2);
+            } else if (!llk_simd_dequant_bf16(type, row, K, y)) {
+                if (!tmp && !(tmp = malloc((size_t)K * sizeof(float)))) {
+                    failed = 1;
+                    continue;
+                }
+                llk_dequant_row(type, row, K, tmp);
+                for (int64_t i = 0; i < K; i++) { /* round to nearest even */
+                    uint32_t b;
+                    memcpy(&b, tmp + i, 4);
+                    y[i] = (uint16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+                }
+            }
+        }
+        free(tmp);
+    }
+    return failed ? -2 : 0;
+}
+
 /* The instruction set of the SIMD kernels, as compiled, or "scalar". */
 const char *llk_isa(void) { return llk_simd_name(); }
 

@@ -58,7 +58,15 @@ typedef struct {
 static const int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                          1,    13,   25,  38,  53,  69,  89,  113};
 
-/* IEEE half to float, exact for every value (subnormals included); no F16C needed. */
+/* IEEE half to float, exact for every value (subnormals included). */
+#ifdef __F16C__
+#include <immintrin.h>
+static inline float llk_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+#else
 static inline float llk_f16(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
@@ -78,6 +86,7 @@ static inline float llk_f16(const uint8_t *p) {
     memcpy(&f, &bits, 4);
     return f;
 }
+#endif
 
 static inline float llk_bf16(const uint8_t *p) {
     uint16_t h;
@@ -88,14 +97,19 @@ static inline float llk_bf16(const uint8_t *p) {
     return f;
 }
 
-/* Q4_K/Q5_K: eight 6-bit scales and mins packed in 12 bytes (llama.cpp's get_scale_min_k4). */
+/* Q4_K/Q5_K: eight 6-bit scales and mins packed in 12 bytes q: sc[j] = q[j] & 63 and
+ * mn[j] = q[j+4] & 63 for j < 4; for j >= 4 the low 4 bits sit in q[j+4] (scale low nibble, min
+ * high nibble) and the top 2 bits in the top of q[j-4] / q[j]. Decoded 4 at a time in 32-bit
+ * words, as llama.cpp's vec_dot_q4_K does. */
 static inline void llk_scale_min_k4(const uint8_t *q, uint8_t *sc, uint8_t *mn) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-        sc[j + 4] = (q[j + 8] & 0xF) | ((q[j] >> 6) << 4);
-        mn[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-    }
+    uint32_t u[3], out[4];
+    memcpy(u, q, 12);
+    out[0] = u[0] & 0x3f3f3f3fu;
+    out[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    out[2] = u[1] & 0x3f3f3f3fu;
+    out[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    memcpy(sc, out, 8);
+    memcpy(mn, out + 2, 8);
 }
 
 /* Q3_K: sixteen 6-bit signed scales packed in 12 bytes (low 4 bits in 0..7, high 2 in 8..11). */
@@ -120,5 +134,6 @@ void llk_dequant_row(int type, const uint8_t *w, int64_t K, float *y);
 llk_kernel_t llk_scalar_kernel(int type);
 llk_kernel_t llk_simd_kernel(int type); /* NULL where no SIMD path exists for this type/CPU */
 const char *llk_simd_name(void);
+int llk_simd_dequant_bf16(int type, const uint8_t *w, int64_t K, uint16_t *out);
 
 #endif

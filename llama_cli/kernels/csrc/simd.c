@@ -115,7 +115,7 @@ INLINE kblock_t unpack_k(int type, const uint8_t *b) {
 
 INLINE void kquant_rows(int type, int64_t K, const uint8_t *w, const void *act, size_t astride, float *out,
                         const int R) {
-    const int bb = llk_block_bytes(type);
+    const int bb = type == T_Q2_K ? 84 : type == T_Q3_K ? 110 : type == T_Q4_K ? 144 : type == T_Q5_K ? 176 : 210;
     /* Scale index per chunk: int16 lane l of chunk c (elements 64c + 2l, +1) uses sub-block 4c + l/8. */
     __m512i sidx[4];
     for (int c = 0; c < 4; c++)
@@ -192,7 +192,9 @@ INLINE __m256i unpack_32(int type, const uint8_t *b, int sub, float *dw, float *
 }
 
 INLINE void q32_rows(int type, int64_t K, const uint8_t *w, const void *act, size_t astride, float *out, const int R) {
-    const int bb = llk_block_bytes(type), per = type == T_IQ4_XS ? 8 : 1;
+    const int per = type == T_IQ4_XS ? 8 : 1;
+    const int bb = type == T_Q4_0 || type == T_IQ4_NL ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22
+                 : type == T_Q5_1 ? 24 : type == T_Q8_0 ? 34 : 136;
     __m256 acc[LLK_RT];
     float cs[LLK_RT];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), cs[r] = 0;
@@ -237,6 +239,80 @@ INLINE void half_rows(int type, int64_t K, const uint8_t *w, const void *act, si
         const float *x = (const float *)((const char *)act + r * astride);
         for (int64_t j = i; j < K; j++) s += (type == T_F16 ? llk_f16(w + 2 * j) : llk_bf16(w + 2 * j)) * x[j];
         out[r] = s;
+    }
+}
+
+/* ---- dequantization to bfloat16 (the prefill path: rows of W for a bfloat16 matmul) ------------ */
+
+/* 32 floats (two vectors) to 32 bfloat16, round to nearest even. */
+INLINE void store_bf16x32(uint16_t *out, __m512 lo, __m512 hi) {
+#ifdef __AVX512BF16__
+    _mm512_storeu_si512((void *)out, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+#else
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
+    __m512i a = _mm512_castps_si512(lo), b = _mm512_castps_si512(hi);
+    a = _mm512_srli_epi32(_mm512_add_epi32(a, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(a, 16), one))), 16);
+    b = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(b, 16), one))), 16);
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi32_epi16(a));
+    _mm256_storeu_si256((__m256i *)(out + 16), _mm512_cvtepi32_epi16(b));
+#endif
+}
+
+INLINE void deq_bf16_k(int type, const uint8_t *w, int64_t K, uint16_t *out) {
+    const int bb = type == T_Q2_K ? 84 : type == T_Q3_K ? 110 : type == T_Q4_K ? 144 : type == T_Q5_K ? 176 : 210;
+    for (int64_t ib = 0; ib < K / 256; ib++, out += 256) {
+        const kblock_t k = unpack_k(type, w + ib * bb);
+        /* w = (d*sc) * u - mins, per 16 elements */
+        const __m512 dsc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(k.sc16)), _mm512_set1_ps(k.d));
+        for (int c = 0; c < 4; c++) {
+            __m512 v[4];
+            for (int q = 0; q < 4; q++) {
+                const int sub = 4 * c + q;
+                const __m512 uf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(k.u[c], q)));
+                const __m512i lane = _mm512_set1_epi32(sub);
+                v[q] = _mm512_fmsub_ps(_mm512_permutexvar_ps(lane, dsc), uf, _mm512_permutexvar_ps(lane, k.mins));
+            }
+            store_bf16x32(out + 64 * c, v[0], v[1]);
+            store_bf16x32(out + 64 * c + 32, v[2], v[3]);
+        }
+    }
+}
+
+#ifdef __AVX512VNNI__
+INLINE void deq_bf16_32(int type, const uint8_t *w, int64_t K, uint16_t *out) {
+    const int per = type == T_IQ4_XS ? 8 : 1;
+    const int bb = type == T_Q4_0 || type == T_IQ4_NL ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22
+                 : type == T_Q5_1 ? 24 : type == T_Q8_0 ? 34 : 136;
+    for (int64_t ib = 0; ib < K / 32; ib++, out += 32) {
+        float dw, cw;
+        const __m256i u = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw, &cw);
+        const __m512 d = _mm512_set1_ps(dw), c = _mm512_set1_ps(cw);
+        const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(u))), d, c);
+        const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(u, 1))), d, c);
+        store_bf16x32(out, lo, hi);
+    }
+}
+#endif
+
+/* Row of W (K elements) as bfloat16; returns 0 where no SIMD path exists (the caller then rounds
+ * the exact float32 dequantization). */
+int llk_simd_dequant_bf16(int type, const uint8_t *w, int64_t K, uint16_t *out) {
+    switch (type) {
+    case T_Q2_K: deq_bf16_k(T_Q2_K, w, K, out); return 1;
+    case T_Q3_K: deq_bf16_k(T_Q3_K, w, K, out); return 1;
+    case T_Q4_K: deq_bf16_k(T_Q4_K, w, K, out); return 1;
+    case T_Q5_K: deq_bf16_k(T_Q5_K, w, K, out); return 1;
+    case T_Q6_K: deq_bf16_k(T_Q6_K, w, K, out); return 1;
+#ifdef __AVX512VNNI__
+    case T_Q4_0: deq_bf16_32(T_Q4_0, w, K, out); return 1;
+    case T_Q4_1: deq_bf16_32(T_Q4_1, w, K, out); return 1;
+    case T_Q5_0: deq_bf16_32(T_Q5_0, w, K, out); return 1;
+    case T_Q5_1: deq_bf16_32(T_Q5_1, w, K, out); return 1;
+    case T_Q8_0: deq_bf16_32(T_Q8_0, w, K, out); return 1;
+    case T_IQ4_NL: deq_bf16_32(T_IQ4_NL, w, K, out); return 1;
+    case T_IQ4_XS: deq_bf16_32(T_IQ4_XS, w, K, out); return 1;
+#endif
+    default: return 0;
     }
 }
 
@@ -307,6 +383,11 @@ const char *llk_simd_name(void) {
 }
 
 #else /* no AVX-512: the portable kernels serve every type */
+
+int llk_simd_dequant_bf16(int type, const uint8_t *w, int64_t K, uint16_t *out) {
+    (void)type, (void)w, (void)K, (void)out;
+    return 0;
+}
 
 llk_kernel_t llk_simd_kernel(int type) {
     (void)type;
