@@ -208,6 +208,13 @@ def chat(
     history: Annotated[str | None, typer.Option("--history", help="Start from a conversation saved with /save (a JSON list of messages).", rich_help_panel="Prompt", show_default=False)] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Render replies as Markdown (on a terminal only).", rich_help_panel="Output")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="After each reply, print its token counts and speeds on stderr.", rich_help_panel="Output")] = False,
+    schema: SchemaOpt = None,
+    schema_multi: SchemaMultiOpt = None,
+    regex: RegexOpt = None,
+    choice: ChoiceOpt = None,
+    grammar: GrammarOpt = None,
+    json_object: JsonObjectOpt = False,
+    no_schema_prompt: NoSchemaPromptOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     ctx: CtxOpt = None,
@@ -226,7 +233,12 @@ def chat(
       printf 'Hi\\nAnd then?\\n' | llama chat -t 0 -n 60
 
       llama chat --history talk.json --markdown
+
+      echo "Paris" | llama chat -t 0 --schema 'city, country, population int'
     """
+    from .schema import spec_from_options
+
+    spec = spec_from_options(schema=schema, schema_multi=schema_multi, regex=regex, choice=choice, grammar=grammar, json_object=json_object)
     from .api import make_settings
     from .chat import ChatSession, read_messages
     from .repl import Repl, run_scripted
@@ -234,10 +246,13 @@ def chat(
     settings = make_settings(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
+        constraint=spec,
     )  # fmt: skip
     messages = read_messages(history) if history is not None else []
     llm = _load(model, dtype, device, threads, no_cache, adapter)
     session = ChatSession(llm, settings, system=system, template=template, context=ctx, messages=messages)
+    if spec is not None and not no_schema_prompt:
+        session.set_system(with_schema_note(session.system, spec.prompt_note()))
     if sys.stdin.isatty():
         Repl(session, markdown=markdown and sys.stdout.isatty(), stats=stats).run()
     else:

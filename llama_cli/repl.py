@@ -70,6 +70,11 @@ def start_notices(turn: Turn, session: ChatSession) -> None:
         notice(f"[only {turn.max_tokens} tokens of context left for this reply]")
 
 
+def end_notices(turn: Turn) -> None:
+    if turn.generation.results[0].complete is False and not turn.interrupted:  # a constrained reply cut short
+        notice(f"[the reply stopped at {turn.max_tokens} tokens inside the {turn.generation.settings.constraint.option} value: it is not valid; raise -n]")  # type: ignore[union-attr]
+
+
 def run_scripted(session: ChatSession, lines: Iterable[str] | None = None, *, stats: bool = False) -> None:
     """One user turn per non-empty input line; only the replies (each plus a newline) on stdout."""
     source = lines if lines is not None else _stdin_lines()
@@ -87,6 +92,7 @@ def run_scripted(session: ChatSession, lines: Iterable[str] | None = None, *, st
             write_out("\n")
             raise
         write_out("\n")
+        end_notices(turn)
         if stats and turn.stats is not None:
             notice(turn_line(len(session.stats), turn.stats))
 
@@ -210,6 +216,7 @@ class Repl:
         except LlamaError as exc:  # e.g. a template error: the session goes on
             turn.finish()
             error(str(exc))
+        end_notices(turn)
         if self.stats and turn.stats is not None:
             notice(turn_line(len(self.session.stats), turn.stats))
 

@@ -157,10 +157,16 @@ def test_schema_prompt_is_shown_unless_turned_off() -> None:
 
 
 def test_lookup_gives_the_same_text_and_drafts_forced_tokens(llm) -> None:  # type: ignore[no-untyped-def]
-    spec = spec_from_options(schema="city, country, population int")
-    options = {"chat": True, "system": spec.prompt_note(), "temperature": 0, "max_tokens": 40, "constraint": spec}  # type: ignore[union-attr]
+    spec = spec_from_options(schema="city, country")
+    options = {"chat": True, "system": spec.prompt_note(), "temperature": 0, "max_tokens": 24, "constraint": spec}  # type: ignore[union-attr]
     plain = llm.stream("Describe Paris.", **options)
     drafted = llm.stream("Describe Paris.", lookup=6, **options)
     assert "".join(e.text for e in plain) == "".join(e.text for e in drafted)
     assert plain.results[0].complete and json.loads(plain.text)["country"]
     assert drafted.drafted_tokens > 0 and drafted.accepted_tokens > 0
+
+
+def test_chat_replies_follow_the_constraint() -> None:
+    result = run("chat", "-t", "0", "-n", "24", "--choice", "yes,no", input="Is Paris in France?\nIs the sea dry?\n")
+    assert result.exit_code == 0, result.stderr
+    assert all(line in ("yes", "no") for line in result.stdout.splitlines()) and len(result.stdout.splitlines()) == 2
