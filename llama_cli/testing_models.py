@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -271,7 +272,7 @@ def write_llama32_1b_shape(out: Path, *, seed: int = 0, context: int = 131072) -
         writer.add_rope_dimension_count(head_dim)
         writer.add_vocab_size(128256)
         writer.add_file_type(FILE_TYPES["F16"])
-        copy_fields(vocab, writer, keep=lambda key: key.startswith("tokenizer."))
+        copy_fields(vocab, writer, keep=lambda key: key.startswith("tokenizer.") and key != "tokenizer.ggml.eos_token_id")
         writer.add_eos_token_id(128009)  # <|eot_id|>: the Instruct models end a turn with it (the vocab file has 128001)
         writer.add_add_bos_token(True)
         writer.add_chat_template(template)
@@ -291,8 +292,9 @@ def quantize(src: Path, dst: Path, preset: str, *, engine: Literal["auto", "llam
     `engine="llama.cpp"` is `llama-quantize` itself (its per-tensor type choices: a Q4_K_M file
     holds Q4_K, Q6_K and, for rows not a multiple of 256, Q5_0/Q5_1/Q8_0 fallbacks). `"gguf"`
     writes every 2-D tensor as the preset's type with `gguf.quants` (legacy types, F16 and BF16
-    only; the token embedding included, unlike llama.cpp, which keeps some tensors at higher
-    precision). `"auto"`: llama.cpp when installed, else gguf where it can.
+    only) except the output head (`output.weight`, or the token embedding when it is tied), which
+    4- and 5-bit presets keep as Q8_0: llama.cpp keeps it at Q6_K, or Q8_0 for rows that are not a
+    multiple of 256, and gguf cannot write Q6_K. `"auto"`: llama.cpp when installed, else gguf.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -311,7 +313,13 @@ def quantize(src: Path, dst: Path, preset: str, *, engine: Literal["auto", "llam
     params.ftype = PRESETS[preset]
     params.nthread = threads
     partial = dst.with_name(dst.name + ".partial")
-    code = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+    log = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log below this level
+    level = log.level
+    log.setLevel(logging.ERROR)  # llama.cpp's warnings (its level numbers are mapped one step up), not a line per tensor
+    try:
+        code = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+    finally:
+        log.setLevel(level)
     if code != 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"llama_model_quantize({src} -> {preset}) failed with code {code}")
@@ -322,7 +330,14 @@ def quantize(src: Path, dst: Path, preset: str, *, engine: Literal["auto", "llam
 def _quantize_with_gguf(src: Path, dst: Path, qtype: Q) -> Path:
     reader = gguf.GGUFReader(src)
     tensors = {t.name: t for t in reader.tensors}
-    specs = [TensorSpec(t.name, tuple(int(n) for n in reversed(t.shape)), qtype if len(t.shape) == 2 else Q.F32) for t in reader.tensors]
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+
+    def kind(name: str, dims: int) -> Q:
+        if dims < 2:
+            return Q.F32
+        return Q.Q8_0 if name == head and qtype in (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1) else qtype
+
+    specs = [TensorSpec(t.name, tuple(int(n) for n in reversed(t.shape)), kind(t.name, len(t.shape))) for t in reader.tensors]
 
     def metadata(writer: gguf.GGUFWriter) -> None:
         copy_fields(reader, writer, keep=lambda key: key not in ("general.file_type", "general.quantization_version"))
