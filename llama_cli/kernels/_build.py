@@ -26,7 +26,8 @@ SOURCE_DIR = Path(__file__).parent / "csrc"
 LIB_NAME = "libllk.so"
 # -ffp-contract=off: dequantization must round like numpy (see dequant.c); the SIMD kernels use
 # explicit fused multiply-adds where they want them.
-FLAGS = ["-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-ffp-contract=off"]
+FLAGS = ["-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-ffp-contract=off",
+         *os.environ.get("LLAMA_KERNELS_CFLAGS", "").split()]  # extra flags, for experiments
 OPENMP = ["-fopenmp"]
 
 

@@ -84,10 +84,14 @@ int llk_linear(int type, const float *x, int64_t M, int64_t K, const uint8_t *w,
         }
     }
 
-    /* Chunks of ~64 KB of weights, but at least ~4 chunks per thread for balance on a busy host. */
-    int64_t chunk = (64 * 1024) / (row_bytes > 0 ? row_bytes : 1);
+    /* Few activation rows (decode): the product streams W from memory, so each thread takes one
+     * contiguous range of rows, a single sequential stream for the prefetchers. More rows: chunks
+     * of ~64 KB of W handed out dynamically (balance on a busy host), each reused from L2 by every
+     * tile of activation rows. */
+    const int streaming = M <= LLK_RT;
+    int64_t chunk = streaming ? (N + nthreads - 1) / nthreads : (64 * 1024) / (row_bytes > 0 ? row_bytes : 1);
     const int64_t fair = (N + 4 * nthreads - 1) / (4 * nthreads);
-    if (chunk > fair) chunk = fair;
+    if (!streaming && chunk > fair) chunk = fair;
     if (chunk < 1) chunk = 1;
     const int64_t nchunks = (N + chunk - 1) / chunk;
 

@@ -26,6 +26,17 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* Software prefetch distance in bytes for the weight stream (0: none). Rows are consecutive in
+ * memory, so "ahead" runs on into the next rows. Measured on the 1B shapes, M = 1, 2 threads:
+ * none 62 ms/token, 1 KB 45, 2-4 KB 41, 8 KB 46. */
+#ifndef LLK_PF
+#define LLK_PF 4096
+#endif
+INLINE void prefetch_ahead(const uint8_t *p, int bytes) {
+    if (LLK_PF)
+        for (int i = 0; i < bytes; i += 64) _mm_prefetch((const char *)p + LLK_PF + i, _MM_HINT_T0);
+}
+
 #ifdef __AVX512VNNI__
 #define DPWSSD(acc, a, b) _mm512_dpwssd_epi32((acc), (a), (b))
 #else
@@ -128,6 +139,7 @@ INLINE void kquant_rows(int type, int64_t K, const uint8_t *w, const void *act, 
     __m512 acc[LLK_RT];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t ib = 0; ib < K / 256; ib++) {
+        prefetch_ahead(w + ib * bb, bb);
         const kblock_t k = unpack_k(type, w + ib * bb);
         const __m512i sc512 = _mm512_castsi256_si512(k.sc16);
         __m512i s[4];
@@ -135,9 +147,12 @@ INLINE void kquant_rows(int type, int64_t K, const uint8_t *w, const void *act, 
         const __m512 dv = _mm512_set1_ps(k.d);
         for (int r = 0; r < R; r++) {
             const act256_t *a = (const act256_t *)((const char *)act + r * astride) + ib;
-            __m512i is = _mm512_setzero_si512();
-            for (int c = 0; c < 4; c++)
-                is = DPWSSD(is, _mm512_maddubs_epi16(k.u[c], _mm512_loadu_si512((const void *)(a->qs + 64 * c))), s[c]);
+            __m512i is0 = _mm512_setzero_si512(), is1 = _mm512_setzero_si512(); /* two short chains */
+            is0 = DPWSSD(is0, _mm512_maddubs_epi16(k.u[0], _mm512_loadu_si512((const void *)(a->qs))), s[0]);
+            is1 = DPWSSD(is1, _mm512_maddubs_epi16(k.u[1], _mm512_loadu_si512((const void *)(a->qs + 64))), s[1]);
+            is0 = DPWSSD(is0, _mm512_maddubs_epi16(k.u[2], _mm512_loadu_si512((const void *)(a->qs + 128))), s[2]);
+            is1 = DPWSSD(is1, _mm512_maddubs_epi16(k.u[3], _mm512_loadu_si512((const void *)(a->qs + 192))), s[3]);
+            const __m512i is = _mm512_add_epi32(is0, is1);
             acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(a->d)), dv, acc[r]);
             acc[r] = _mm512_fnmadd_ps(k.mins, _mm512_loadu_ps(a->bsf), acc[r]);
         }
@@ -200,6 +215,7 @@ INLINE void q32_rows(int type, int64_t K, const uint8_t *w, const void *act, siz
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), cs[r] = 0;
     for (int64_t ib = 0; ib < K / 32; ib++) {
         float dw, cw;
+        if (ib % per == 0) prefetch_ahead(w + (ib / per) * bb, bb);
         const __m256i u = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw, &cw);
         for (int r = 0; r < R; r++) {
             const act32_t *a = (const act32_t *)((const char *)act + r * astride) + ib;
