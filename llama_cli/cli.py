@@ -333,6 +333,7 @@ from . import cli_presets  # noqa: F401  (summarize, translate, qa)
 from . import cli_models  # noqa: F401  (models, show, completions)
 from . import cli_train  # noqa: F401  (train, finetune, merge)
 from . import cli_bench  # noqa: F401  (bench, perplexity)
+from . import cli_serve  # noqa: F401  (serve)
 # isort: on
 
 
