@@ -1,0 +1,93 @@
+"""`llama serve`: the OpenAI-compatible server (llama_cli/serve/) on uvicorn.
+
+Options are checked before anything heavy is imported; the model loads after the socket is
+bound (GET /health says 503 until it is ready). Logs, one line per event, go to stderr.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from typing import Annotated
+
+import typer
+
+from .cli import app
+from .cli_common import CtxOpt, DeviceOpt, DtypeOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors
+from .errors import UsageError
+
+SERVER_PANEL = "Server"
+
+
+@app.command()
+@handles_errors
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default; anything else is reachable from the network).", rich_help_panel=SERVER_PANEL)] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.", rich_help_panel=SERVER_PANEL)] = 8080,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LLAMA_API_KEY", help="Require Authorization: Bearer KEY (default: $LLAMA_API_KEY).", rich_help_panel=SERVER_PANEL, show_default=False)] = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Completions decoded together in one batch (KV-cache rows); more wait in line.", rich_help_panel=SERVER_PANEL)] = 4,
+    queue: Annotated[int, typer.Option("--queue", help="Requests that may wait for a free row; beyond it: 503 with Retry-After.", rich_help_panel=SERVER_PANEL)] = 64,
+    cors_origin: Annotated[str | None, typer.Option("--cors-origin", help="Send CORS headers allowing this origin (none by default).", rich_help_panel=SERVER_PANEL, show_default=False)] = None,
+    template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", rich_help_panel=SERVER_PANEL)] = "auto",
+    ctx: CtxOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Serve the model over OpenAI's HTTP API: /v1/chat/completions, /v1/completions, /v1/models.
+
+    Concurrent requests decode in one batch (up to --parallel); a prompt that shares a prefix with
+    an earlier one reuses its KV cache; a prompt that does not fit is refused, never cut silently.
+    --ctx is the context of each row (default 2048, at most the model's).
+
+    [b]Examples[/b]
+
+      llama serve
+
+      llama serve --parallel 8 --port 9000 --api-key sekrit
+
+      curl -s localhost:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+    """
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {port}")
+    if parallel < 1:
+        raise UsageError(f"--parallel must be >= 1, got {parallel}")
+    if queue < 0:
+        raise UsageError(f"--queue must be >= 0, got {queue}")
+    if ctx is not None and ctx < 2:
+        raise UsageError(f"--ctx must be >= 2, got {ctx}")
+    from .chat_template import template_text
+
+    template_text(None, template)  # an unknown --template fails before the load
+    run_server(model=model, host=host, port=port, api_key=api_key or None, parallel=parallel, queue=queue, cors_origin=cors_origin,
+               template=template, ctx=ctx or 2048, dtype=dtype, device=device, threads=threads, cache=not no_cache)  # fmt: skip
+
+
+def run_server(*, host: str, port: int, **options: object) -> None:
+    """Bind, load, serve until SIGTERM or Ctrl-C (open requests finish first)."""
+    import logging
+
+    import uvicorn
+
+    from .serve.app import ServeConfig, create_app
+
+    logging.basicConfig(level=logging.INFO, format="llama serve: %(message)s", stream=sys.stderr)
+    if not _is_loopback(host):
+        print(f"llama: warning: listening on {host}: reachable from other machines{'' if options.get('api_key') else ' without an API key'}", file=sys.stderr)
+    config = ServeConfig(**options)  # type: ignore[arg-type]
+    server_app = create_app(config)
+    print(f"llama serve: listening on http://{host}:{port} (GET /health says when the model is ready)", file=sys.stderr, flush=True)
+    uvicorn.run(server_app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    print("llama serve: stopped", file=sys.stderr)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
