@@ -26,15 +26,16 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .chat_template import Message
 from .errors import LlamaError, UsageError
-from .presets import CANNOT_TELL, COMBINE, QA, SUMMARIZE, SUMMARIZE_PART, TRANSLATE, Recipe
+from .presets import CANNOT_TELL, COMBINE, QA, SUMMARIZE, SUMMARIZE_PART, TRANSLATE, Recipe, points, points_spec
 
 if TYPE_CHECKING:
     from .api import LLM
     from .generation import Generation, GenerationSettings
+    from .schema import Spec
 
 Stage = Literal["summarize", "map", "reduce", "translate", "answer"]
 Count = Callable[[str], int]
@@ -247,6 +248,8 @@ class Runner:
     notes: list[str] = field(default_factory=list)  # for stderr: what was left out and why
     output: str = ""
     quotes: list[str] = field(default_factory=list)
+    structured: bool = False  # --json: the answer as data too (summarize --bullets: {"points"}, qa: {"answer", "quotes"})
+    data: Any = None  # that data (None when the answer was cut short)
 
     def count(self, text: str) -> int:
         return len(self.llm.tokenizer.encode(text, bos=False)) if text else 0
@@ -258,12 +261,14 @@ class Runner:
         """Tokens of the rendered prompt around the text."""
         return len(self.encode(recipe, **{**fields, "text": ""}))
 
-    def step(self, stage: Stage, index: int, total: int, recipe: Recipe, fields: dict[str, str], max_tokens: int, *, final: bool, **extra: object) -> Step:
+    def step(
+        self, stage: Stage, index: int, total: int, recipe: Recipe, fields: dict[str, str], max_tokens: int, *, final: bool, constraint: Spec | None = None, **extra: object
+    ) -> Step:
         from .generation import Generation
 
         messages = recipe.messages(**fields)
         ids = self.llm.encode_chat(messages, template=self.template)
-        settings = dataclasses.replace(self.settings, max_tokens=max_tokens)
+        settings = dataclasses.replace(self.settings, max_tokens=max_tokens, constraint=constraint)
         generation = None if self.dry_run else Generation(self.llm.model, self.llm.tokenizer, ids, settings, context=self.context)
         step = Step(stage, index, total, final, messages, ids, generation=generation, **extra)  # type: ignore[arg-type]
         self.steps.append(step)
@@ -298,10 +303,11 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     _check_input(document)
     n, context = max_tokens, runner.context
     tokens = runner.whole(document)
+    spec = points_spec() if runner.structured else None  # the final summary only
     if tokens + runner.overhead(SUMMARIZE, **fields) + n <= context:
-        step = runner.step("summarize", 0, 1, SUMMARIZE, {**fields, "text": document.strip()}, n, final=True, chunks=(0,))
+        step = runner.step("summarize", 0, 1, SUMMARIZE, {**fields, "text": document.strip()}, n, final=True, chunks=(0,), constraint=spec)
         yield step
-        runner.output = finish(step)
+        _summary_output(runner, step)
         return
     map_budget = context - runner.overhead(SUMMARIZE_PART, focus=fields["focus"]) - n - MARGIN
     reduce_budget = context - runner.overhead(COMBINE, **fields) - n - MARGIN
@@ -319,9 +325,9 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     while True:
         joined = "\n\n".join(p for p in partials)
         if len(partials) == 1 or runner.count(joined) <= reduce_budget:
-            step = runner.step("reduce", 0, 1, COMBINE, {**fields, "text": joined}, n, final=True, level=level)
+            step = runner.step("reduce", 0, 1, COMBINE, {**fields, "text": joined}, n, final=True, level=level, constraint=spec)
             yield step
-            runner.output = finish(step)
+            _summary_output(runner, step)
             return
         groups = pack([runner.count(p) + MARGIN for p in partials], reduce_budget)
         merged: list[str] = []
@@ -331,6 +337,12 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
             yield step
             merged.append(finish(step))
         partials, level = merged, level + 1
+
+
+def _summary_output(runner: Runner, step: Step) -> None:
+    runner.output = finish(step)
+    if runner.structured and step.generation is not None and step.generation.results[0].complete:
+        runner.data = points(runner.output)
 
 
 def translate(runner: Runner, document: str, fields: dict[str, str], max_tokens: int | None) -> Iterator[Step]:
@@ -370,6 +382,7 @@ def answer(runner: Runner, document: str, question: str, max_tokens: int, *, quo
         # in the context, the context cannot hold the answer, so say so without asking the model.
         runner.notes.append(f"none of the question's words ({', '.join(sorted(asked))}) occur in the context")
         runner.output = CANNOT_TELL
+        runner.data = {"answer": CANNOT_TELL, "quotes": []} if runner.structured else None
         return
     budget = runner.context - runner.overhead(QA, **fields) - n - MARGIN
     used = [0]
@@ -389,5 +402,7 @@ def answer(runner: Runner, document: str, question: str, max_tokens: int, *, quo
     step = runner.step("answer", 0, 1, QA, {**fields, "text": context_text}, n, final=True, chunks=tuple(used))
     yield step
     runner.output = finish(step)
-    if quote and not runner.output.startswith(CANNOT_TELL.rstrip(".")):
+    if (quote or runner.structured) and not runner.output.startswith(CANNOT_TELL.rstrip(".")):
         runner.quotes = supporting_sentences(runner.output, question, context_text)
+    if runner.structured:  # the quotes are context sentences, verbatim (chosen by BM25 against the answer)
+        runner.data = {"answer": runner.output, "quotes": runner.quotes}

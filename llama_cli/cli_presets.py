@@ -145,6 +145,9 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
     if interrupted:
         print("llama: interrupted", file=sys.stderr, flush=True)
         raise typer.Exit(130)
+    if runner.structured and runner.data is None and not show_prompt:
+        print(f"llama: error: {preset}: the answer was cut short at -n tokens, so it has no \"data\"; raise -n", file=sys.stderr, flush=True)
+        raise typer.Exit(1)
 
 
 def _print_notes(preset: str, runner: Runner, seen: int) -> int:
@@ -226,6 +229,8 @@ def done_record(preset: str, runner: Runner) -> dict[str, Any]:
         **_totals(runner), "steps": len(runner.steps), "chunks": chunks,
         "seed": runner.steps[0].generation.seed if runner.steps and runner.steps[0].generation else None,
     }  # fmt: skip
+    if runner.structured:
+        record["data"] = runner.data
     if runner.quotes:
         record["quotes"] = runner.quotes
     if runner.notes:
@@ -298,6 +303,8 @@ def summarize(
       llama summarize --length short --bullets notes.md
 
       llama summarize --focus "costs and deadlines" --stats minutes-*.txt
+
+      llama summarize --bullets --json notes.md | tail -1 | jq -r '.data.points[]'
     """
     from . import chunking, presets
 
@@ -305,6 +312,7 @@ def summarize(
     n = _positive(max_tokens, "--max-tokens") or presets.summary_tokens(length=length, words=words)
     document = read_documents(files)
     runner = make_runner(presets.SUMMARIZE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
+    runner.structured = bullets and json_output  # the done event's "data": {"points": [...]}, each a string
     run_preset("summarize", runner, chunking.summarize(runner, document, fields, n), as_json=json_output, stats=stats, show_prompt=show_prompt)
 
 
@@ -378,6 +386,8 @@ def qa(
       llama qa "When was the tower completed?" --context eiffel.txt
 
       curl -s https://example.com/faq.txt | llama qa --quote "How do I reset my password?"
+
+      llama qa --json "Who built it?" -c eiffel.txt | tail -1 | jq .data
     """
     from . import chunking, presets
 
@@ -386,4 +396,5 @@ def qa(
     n = _positive(max_tokens, "--max-tokens") or presets.QA.max_tokens
     document = read_documents(context_files, option="--context FILE")
     runner = make_runner(presets.QA, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
+    runner.structured = json_output  # the done event's "data": {"answer": ..., "quotes": [context sentences, verbatim]}
     run_preset("qa", runner, chunking.answer(runner, document, question, n, quote=quote), as_json=json_output, stats=stats, show_prompt=show_prompt)

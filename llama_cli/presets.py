@@ -13,6 +13,7 @@ from typing import Literal
 
 from .chat_template import Message
 from .errors import UsageError
+from .schema import Spec, regex_spec
 
 Length = Literal["short", "medium", "long"]
 
@@ -103,3 +104,19 @@ def translate_fields(*, target: str, source: str | None = None) -> dict[str, str
     if not target.strip():
         raise UsageError("--to needs a language, e.g. --to French")
     return {"target": target.strip(), "source": f"from {source.strip()} " if source and source.strip() else ""}
+
+
+# --- structured answers (--json): the done event's "data" ------------------------------------
+
+BULLETS = r"- [^\n]{1,400}(\n- [^\n]{1,400}){0,11}"  # what --bullets asks for: 1 to 12 '- ' lines, no blank ones
+
+
+def points_spec() -> Spec:
+    """summarize --bullets --json: the summary held to '- ' lines (what the prompt already asks for), so
+    that it always splits into {"points": [...]}; a small model writes better lists than JSON strings."""
+    return regex_spec(BULLETS, "summarize --bullets")
+
+
+def points(text: str) -> dict[str, list[str]]:
+    """{"points": [...]} from a summary held to BULLETS."""
+    return {"points": [line[2:].strip() for line in text.splitlines() if line.startswith("- ")]}

@@ -46,9 +46,12 @@ class Spec:
     pattern: str = ""  # the regex, or the grammar's text
     choices: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)  # llguidance's warnings, for stderr
+    note: str = ""  # what to tell the model instead of the generated description (presets: a short example)
 
     def prompt_note(self) -> str:
         """The system-message addendum that shows the model what to write."""
+        if self.note:
+            return self.note
         if self.kind == "json":
             if self.schema == ANY_OBJECT:
                 return "Reply with a JSON object only, nothing else."
@@ -130,7 +133,7 @@ def read_schema(value: str) -> dict[str, Any]:
     return schema
 
 
-def json_spec(schema: dict[str, Any], option: str = "--schema") -> Spec:
+def json_spec(schema: dict[str, Any], option: str = "--schema", *, note: str = "") -> Spec:
     """A Spec for JSON matching `schema`; unsupported keywords and bad patterns are UsageErrors."""
     import llguidance
 
@@ -138,16 +141,16 @@ def json_spec(schema: dict[str, Any], option: str = "--schema") -> Spec:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)  # type: ignore[arg-type]
     except ValueError as error:
         raise UsageError(f"{option}: {one_line(str(error))}") from None
-    return Spec("json", grammar, option, schema=schema, notes=_check(grammar, option))
+    return Spec("json", grammar, option, schema=schema, notes=_check(grammar, option), note=note)
 
 
-def regex_spec(pattern: str) -> Spec:
+def regex_spec(pattern: str, option: str = "--regex") -> Spec:
     import llguidance
 
     if not pattern:
-        raise UsageError("--regex: empty pattern")
+        raise UsageError(f"{option}: empty pattern")
     grammar = llguidance.LLMatcher.grammar_from_regex(pattern)
-    return Spec("regex", grammar, "--regex", pattern=pattern, notes=_check(grammar, "--regex"))
+    return Spec("regex", grammar, option, pattern=pattern, notes=_check(grammar, option))
 
 
 def choice_spec(choices: list[str] | str) -> Spec:

@@ -170,3 +170,14 @@ def test_chat_replies_follow_the_constraint() -> None:
     result = run("chat", "-t", "0", "-n", "24", "--choice", "yes,no", input="Is Paris in France?\nIs the sea dry?\n")
     assert result.exit_code == 0, result.stderr
     assert all(line in ("yes", "no") for line in result.stdout.splitlines()) and len(result.stdout.splitlines()) == 2
+
+
+def test_presets_give_data_with_json() -> None:
+    docs = "tests/data/presets/"
+    no_answer = run("qa", "--json", "What is the population of Berlin?", "--context", docs + "eiffel.txt")
+    assert json.loads(no_answer.stdout.splitlines()[-1])["data"] == {"answer": "I cannot tell from the context.", "quotes": []}
+    summary = run("summarize", "--bullets", "--json", "--length", "short", "-n", "80", docs + "report.txt")
+    assert summary.exit_code == 0, summary.stderr
+    done = json.loads(summary.stdout.splitlines()[-1])
+    assert done["data"]["points"] and all(isinstance(p, str) and p for p in done["data"]["points"])
+    assert done["text"].splitlines() == [f"- {p}" for p in done["data"]["points"]]
