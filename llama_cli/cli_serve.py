@@ -6,15 +6,20 @@ bound (GET /health says 503 until it is ready). Logs, one line per event, go to 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
+import socket
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 
 from .cli import app
 from .cli_common import CtxOpt, DeviceOpt, DtypeOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors
-from .errors import UsageError
+from .errors import LlamaError, UsageError
 
 SERVER_PANEL = "Server"
 
@@ -73,14 +78,52 @@ def run_server(*, host: str, port: int, **options: object) -> None:
 
     from .serve.app import ServeConfig, create_app
 
-    logging.basicConfig(level=logging.INFO, format="llama serve: %(message)s", stream=sys.stderr)
+    _Server = _server_class()
+
+    log = logging.getLogger("llama.serve")  # only the server's own lines: one per event, on stderr
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llama serve: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     if not _is_loopback(host):
         print(f"llama: warning: listening on {host}: reachable from other machines{'' if options.get('api_key') else ' without an API key'}", file=sys.stderr)
     config = ServeConfig(**options)  # type: ignore[arg-type]
     server_app = create_app(config)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise LlamaError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     print(f"llama serve: listening on http://{host}:{port} (GET /health says when the model is ready)", file=sys.stderr, flush=True)
-    uvicorn.run(server_app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    server = _Server(uvicorn.Config(server_app, log_level="warning", access_log=False, lifespan="on"))
+    server.run(sockets=[sock])
     print("llama serve: stopped", file=sys.stderr)
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but SIGTERM and Ctrl-C end in exit 0 once the open requests are done
+        (uvicorn would re-raise the signal after draining, and the process would die of it)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,291 @@
+"""`llama serve`: the OpenAI-compatible server, driven as clients drive it (the `openai` client and httpx).
+
+The server runs in-process on 127.0.0.1 (uvicorn on a thread, its own float32 copy of the
+default model, so the session's `llm` stays a free-standing reference); readiness comes from
+/health. Replies are compared with `llm.generate` on the same ids and settings. Auth and CORS
+use starlette's TestClient, which needs no socket and no model. One test runs `llama serve` in
+a subprocess to check that SIGTERM lets an open stream finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from llama_cli.serve.app import ServeConfig, create_app
+
+PARALLEL = 3
+HI = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def wait_healthy(client: httpx.Client, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = client.get("/health")
+            if response.status_code == 200:
+                return response.json()  # type: ignore[no-any-return]
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError("the server never became healthy")
+
+
+def wait_idle(client: httpx.Client, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = client.get("/health").json()
+        if health["active"] == 0 and health["waiting"] == 0:
+            return health  # type: ignore[no-any-return]
+        time.sleep(0.02)
+    raise AssertionError(f"the server is still busy: {health}")
+
+
+@pytest.fixture(scope="module")
+def server(default_model_path: Path) -> Iterator[str]:
+    from llama_cli import load
+
+    own = load(default_model_path, dtype="float32")  # the server's: the session's `llm` stays the reference
+    app = create_app(ServeConfig(parallel=PARALLEL, ctx=256, queue=1, max_body=64 << 10), llm=own)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        wait_healthy(client)
+    yield base
+    uv.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+@pytest.fixture
+def http(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+# ---------------------------------------------------------------- replies equal local runs
+
+
+def test_health_and_models(http: httpx.Client, client: openai.OpenAI) -> None:
+    health = http.get("/health").json()
+    assert health["status"] == "ok" and health["context"] == 256 and health["free_rows"] == PARALLEL
+    assert [m.object for m in client.models.list().data] == ["model"]
+
+
+def test_chat_reply_equals_local_generation(client: openai.OpenAI, llm) -> None:  # type: ignore[no-untyped-def]
+    reply = client.chat.completions.create(model="x", messages=HI, temperature=0, max_tokens=12)  # type: ignore[arg-type]
+    ids = llm.encode_chat(HI)
+    local = llm.stream(ids, temperature=0, max_tokens=12)
+    list(local)
+    assert reply.choices[0].message.content == local.text
+    assert reply.choices[0].finish_reason == {"eos": "stop", "length": "length"}[local.results[0].stop_reason]
+    assert reply.usage is not None and reply.usage.prompt_tokens == len(ids)
+    assert reply.usage.completion_tokens == len(local.results[0].token_ids) + (local.results[0].stop_reason == "eos")
+
+
+def test_completion_stream_equals_whole_reply(client: openai.OpenAI, llm) -> None:  # type: ignore[no-untyped-def]
+    options: dict[str, Any] = {"model": "x", "prompt": "Once upon a time", "max_tokens": 10, "seed": 3, "temperature": 1.0}
+    whole = client.completions.create(**options)
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **options))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text == llm.generate("Once upon a time", max_tokens=10, seed=3, temperature=1.0)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_n_choices_equal_single_requests_with_seed_plus_i(client: openai.OpenAI) -> None:
+    options: dict[str, Any] = {"model": "x", "messages": HI, "max_tokens": 8, "temperature": 1.0}
+    many = client.chat.completions.create(n=3, seed=11, **options)
+    texts = [c.message.content for c in sorted(many.choices, key=lambda c: c.index)]
+    singles = [client.chat.completions.create(seed=11 + i, **options).choices[0].message.content for i in range(3)]
+    assert texts == singles
+    assert len(set(texts)) > 1
+    assert many.usage is not None and many.usage.completion_tokens > 8
+
+
+def test_seed_reproduces_and_stream_carries_n_choices(client: openai.OpenAI) -> None:
+    options: dict[str, Any] = {"model": "x", "messages": HI, "max_tokens": 6, "temperature": 1.0, "seed": 5, "n": 2}
+    first = [c.message.content for c in client.chat.completions.create(**options).choices]
+    streamed = ["", ""]
+    for chunk in client.chat.completions.create(stream=True, **options):
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    assert streamed == first
+
+
+def test_stop_string_cuts_the_text(client: openai.OpenAI) -> None:
+    full = client.completions.create(model="x", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0).choices[0]
+    assert " 6," in full.text
+    cut = client.completions.create(model="x", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[" 6,"]).choices[0]
+    assert cut.text == full.text[: full.text.index(" 6,")] and cut.finish_reason == "stop"
+
+
+def test_logprobs(client: openai.OpenAI, http: httpx.Client) -> None:
+    reply = client.chat.completions.create(model="x", messages=HI, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and len(content) <= 4
+    for item in content:
+        assert len(item.top_logprobs) == 3 and item.top_logprobs[0].logprob >= item.top_logprobs[-1].logprob
+        assert item.logprob == item.top_logprobs[0].logprob  # greedy takes the most likely token
+    text = http.post("/v1/completions", json={"prompt": "The sky is", "max_tokens": 3, "temperature": 0, "logprobs": 2}).json()["choices"][0]
+    assert len(text["logprobs"]["tokens"]) == 3 and all(len(top) == 2 for top in text["logprobs"]["top_logprobs"])
+    assert "".join(text["logprobs"]["tokens"]) == text["text"]
+
+
+def test_prefix_reuse_gives_the_fresh_reply(client: openai.OpenAI, llm) -> None:  # type: ignore[no-untyped-def]
+    first = client.chat.completions.create(model="x", messages=HI, temperature=0, max_tokens=10)
+    follow = [*HI, {"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "And of Italy?"}]
+    second = client.chat.completions.create(model="x", messages=follow, temperature=0, max_tokens=10)  # type: ignore[arg-type]
+    assert second.usage is not None and second.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens >= len(llm.encode_chat(HI))
+    assert second.choices[0].message.content == llm.generate(llm.encode_chat(follow), temperature=0, max_tokens=10)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_context_overflow_names_both_numbers_unless_truncate(client: openai.OpenAI, http: httpx.Client, llm) -> None:  # type: ignore[no-untyped-def]
+    prompt = "word " * 300
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="x", prompt=prompt, max_tokens=10)
+    message = caught.value.body["message"]  # type: ignore[index]
+    assert f"{len(llm.tokenizer.encode(prompt))} tokens" in message and "max_tokens is 10" in message and "256 tokens" in message
+    body = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 3, "truncate": True, "temperature": 0}).json()
+    assert body["usage"]["prompt_tokens"] == 253 and body["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", b"{not json", None),
+        ("/v1/chat/completions", b"[1, 2]", None),
+        ("/v1/chat/completions", {"messages": []}, "messages"),
+        ("/v1/chat/completions", {}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ("/v1/chat/completions", {"messages": HI, "temperature": "hot"}, "temperature"),
+        ("/v1/chat/completions", {"messages": HI, "max_tokens": 0}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": HI, "max_tokens": True}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": HI, "n": PARALLEL + 1}, "n"),
+        ("/v1/chat/completions", {"messages": HI, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ("/v1/chat/completions", {"messages": HI, "top_p": 0}, "top_p"),
+        ("/v1/chat/completions", {"messages": HI, "response_format": {"type": "yaml"}}, None),
+        ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/completions", {"prompt": ["a", "b"]}, "prompt"),
+        ("/v1/completions", {"prompt": [1, 10**9]}, "prompt"),
+        ("/detokenize", {"tokens": ["a"]}, "tokens"),
+        ("/tokenize", {"content": 3}, "content"),
+    ],
+)
+def test_client_errors_are_openai_shaped_400s(http: httpx.Client, path: str, body: Any, param: str | None) -> None:
+    response = http.post(path, content=body if isinstance(body, bytes) else json.dumps(body))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] and error["param"] == param
+
+
+def test_oversized_body_unknown_route_and_method(http: httpx.Client) -> None:
+    big = http.post("/v1/chat/completions", content=json.dumps({"messages": [{"role": "user", "content": "x" * (70 << 10)}]}))
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    assert http.get("/v1/nothing").status_code == 404 and "error" in http.get("/v1/nothing").json()
+    assert http.get("/v1/chat/completions").status_code == 405
+
+
+def test_full_queue_gets_503_and_disconnect_cancels(server: str, http: httpx.Client) -> None:
+    long = {"messages": HI, "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=server, timeout=60) as a, httpx.Client(base_url=server, timeout=60) as b:
+        with a.stream("POST", "/v1/chat/completions", json={**long, "n": PARALLEL}) as running:  # every row busy
+            lines = running.iter_lines()
+            assert next(lines).startswith("data: ")
+            with b.stream("POST", "/v1/chat/completions", json=long) as waiting:  # the one place in line
+                deadline = time.monotonic() + 30
+                while http.get("/health").json()["waiting"] < 1 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                refused = http.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2})
+                assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+                assert refused.json()["error"]["code"] == "server_busy"
+                waiting.close()
+            running.close()  # both clients leave mid-stream
+    health = wait_idle(http)
+    assert health["free_rows"] == PARALLEL
+
+
+# ---------------------------------------------------------------- small endpoints
+
+
+def test_tokenize_detokenize_apply_template(http: httpx.Client, llm) -> None:  # type: ignore[no-untyped-def]
+    ids = http.post("/tokenize", json={"content": "Hello, world"}).json()["tokens"]
+    assert ids == llm.tokenizer.encode("Hello, world")
+    assert http.post("/detokenize", json={"tokens": ids}).json()["content"] == llm.tokenizer.decode(ids)
+    assert http.post("/apply-template", json={"messages": HI}).json()["prompt"] == llm.chat_prompt(HI)
+    assert http.post("/tokenize", json={"messages": HI}).json()["tokens"] == llm.encode_chat(HI)
+
+
+def test_api_key_and_cors_without_a_model() -> None:
+    from starlette.testclient import TestClient
+
+    guarded = TestClient(create_app(ServeConfig(api_key="sekrit")))  # no lifespan: the model never loads
+    assert guarded.get("/v1/models").status_code == 401
+    assert guarded.get("/v1/models").json()["error"]["code"] == "invalid_api_key"
+    assert guarded.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert guarded.get("/v1/models", headers={"Authorization": "Bearer sekrit"}).status_code == 200
+    assert guarded.get("/health").status_code == 503  # /health needs no key; it says "loading"
+    loading = guarded.post("/v1/completions", headers={"Authorization": "Bearer sekrit"}, json={"prompt": "hi"})
+    assert loading.status_code == 503 and loading.headers["retry-after"] == "1"
+    plain = TestClient(create_app(ServeConfig()))
+    assert "access-control-allow-origin" not in plain.get("/v1/models", headers={"Origin": "http://example.test"}).headers
+    cors = TestClient(create_app(ServeConfig(cors_origin="http://example.test")))
+    assert cors.get("/v1/models", headers={"Origin": "http://example.test"}).headers["access-control-allow-origin"] == "http://example.test"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_sigterm_lets_an_open_stream_finish(tmp_path: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    command = [sys.executable, "-m", "llama_cli", "serve", "--dtype", "float32", "--port", str(port), "--ctx", "128", "--parallel", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "LLAMA_THREADS": "1"})
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            wait_healthy(http)
+            body = {"prompt": "Once upon a time", "max_tokens": 16, "ignore_eos": True, "stream": True}
+            with http.stream("POST", "/v1/completions", json=body) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("data: ")
+                process.send_signal(signal.SIGTERM)
+                rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        assert len([line for line in rest if '"text"' in line]) >= 10  # the stream ran to its end
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate()
+    assert "Traceback" not in err
