@@ -94,18 +94,24 @@ def dense_engine(dtype: torch.dtype, layers: int) -> Engine:
     return Engine(f"torch F.linear {str(dtype).removeprefix('torch.')}", layers, make, lambda n, k: n * k * size)
 
 
-def time_decode(layers: list[dict[str, Matmul]], head: Matmul) -> float:
-    """Seconds for one token's matmuls: every layer once, scaled to 16 layers, plus the head."""
+def time_decode(layers: list[dict[str, Matmul]], head: Matmul, per_call: dict[str, list[float]] | None = None) -> float:
+    """Seconds for one token's matmuls: every layer once, scaled to 16 layers, plus the head.
+    `per_call` collects each shape's mean seconds per call."""
     x = torch.randn(1, DIM)
     h = torch.randn(1, FFN)
-    start = time.perf_counter()
+    spent = dict.fromkeys([*LAYER_SHAPES, "head"], 0.0)
     for layer in layers:
         for key, fn in layer.items():
+            start = time.perf_counter()
             fn(h if key == "down" else x)
-    middle = time.perf_counter()
+            spent[key] += time.perf_counter() - start
+    start = time.perf_counter()
     head(x)
-    end = time.perf_counter()
-    return (middle - start) * LAYERS / len(layers) + (end - middle)
+    spent["head"] = time.perf_counter() - start
+    if per_call is not None:
+        for key, seconds in spent.items():
+            per_call.setdefault(key, []).append(seconds / (1 if key == "head" else len(layers)))
+    return sum(v for key, v in spent.items() if key != "head") * LAYERS / len(layers) + spent["head"]
 
 
 def time_prefill(layer: dict[str, Matmul], m: int) -> float:
@@ -136,6 +142,7 @@ def main() -> None:
     if not args.no_torch:
         engines += [int4pack_engine(rng), dense_engine(torch.float32, 4), dense_engine(torch.bfloat16, 8)]
     decode: dict[str, list[float]] = {e.name: [] for e in engines}
+    calls: dict[str, dict[str, list[float]]] = {e.name: {} for e in engines}
     prefill: dict[tuple[str, int], list[float]] = {(e.name, m): [] for e in engines for m in args.prefill}
     with torch.inference_mode():
         built = {e.name: e.build() for e in engines}  # ~8 GB for the default engines
@@ -144,7 +151,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for engine in engines:  # alternate engines within each round
                 layers, head = built[engine.name]
-                decode[engine.name].append(time_decode(layers, head))
+                decode[engine.name].append(time_decode(layers, head, calls[engine.name]))
                 for m in args.prefill:
                     prefill[(engine.name, m)].append(time_prefill(layers[0], m))
     load_after = os.getloadavg()[0]
@@ -157,6 +164,16 @@ def main() -> None:
         seconds = statistics.median(decode[engine.name])
         cells = [f"{seconds * 1e3:.1f}", f"{engine.token_bytes() / seconds / 1e9:.1f}", f"{1 / seconds:.1f}"]
         cells += [f"{m / statistics.median(prefill[(engine.name, m)]):.0f}" for m in args.prefill]
+        print(f"| {engine.name} | " + " | ".join(cells) + " |")
+    shapes = {**LAYER_SHAPES, "head": HEAD_SHAPE}
+    print("\nM = 1, per call: ms (GB/s)")
+    print("| engine | " + " | ".join(f"{key} {n}x{k}" for key, (n, k) in shapes.items()) + " |")
+    print("|" + "---|" * (1 + len(shapes)))
+    for engine in engines:
+        cells = []
+        for key, (n, k) in shapes.items():
+            seconds = statistics.median(calls[engine.name][key])
+            cells.append(f"{seconds * 1e3:.2f} ({engine.nbytes(n, k) / seconds / 1e9:.1f})")
         print(f"| {engine.name} | " + " | ".join(cells) + " |")
     print(f"load average after: {load_after:.2f}; targets: decode <= {1e3 / 41.7 * 0.85:.1f} ms/token, "
           f"prefill >= {2 * 141} tok/s (llama.cpp 1B Q4_K_M: 41.7 / 141 tok/s)")

@@ -69,6 +69,7 @@ int llk_linear(int type, const float *x, int64_t M, int64_t K, const uint8_t *w,
     llk_kernel_t kern = simd ? llk_simd_kernel(type) : 0;
     if (!kern) kern = llk_scalar_kernel(type);
     nthreads = clamp_threads(nthreads);
+    if (N * row_bytes * M < 64 * 1024) nthreads = 1; /* waking a thread costs more than it saves */
 
     const size_t astride = act_row_bytes(fmt, K);
     void *act = (void *)x;

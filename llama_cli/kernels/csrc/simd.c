@@ -32,9 +32,12 @@
 #ifndef LLK_PF
 #define LLK_PF 4096
 #endif
+#ifndef LLK_PF_HINT
+#define LLK_PF_HINT _MM_HINT_T0
+#endif
 INLINE void prefetch_ahead(const uint8_t *p, int bytes) {
     if (LLK_PF)
-        for (int i = 0; i < bytes; i += 64) _mm_prefetch((const char *)p + LLK_PF + i, _MM_HINT_T0);
+        for (int i = 0; i < bytes; i += 64) _mm_prefetch((const char *)p + LLK_PF + i, LLK_PF_HINT);
 }
 
 #ifdef __AVX512VNNI__
