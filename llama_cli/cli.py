@@ -50,7 +50,7 @@ from .cli_common import (
     with_schema_note,
     write_out,
 )
-from .errors import LlamaError
+from .errors import LlamaError, UsageError
 
 app = typer.Typer(
     name="llama",
@@ -60,6 +60,12 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+ToolsOpt = Annotated[
+    str | None,
+    typer.Option("--tools", help="A JSON file of tool schemas ({\"type\": \"function\", \"function\": {...}}) for chat templates that take tools.", rich_help_panel="Prompt", show_default=False),
+]
 
 
 def _version(value: bool) -> None:
@@ -97,6 +103,7 @@ def generate(
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt as a user turn in the model's chat template.", rich_help_panel="Prompt")] = False,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System message (implies --chat).", rich_help_panel="Prompt", show_default=False)] = None,
     template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3 or llama2.", rich_help_panel="Prompt")] = "auto",
+    tools: ToolsOpt = None,
     truncate: Annotated[bool, typer.Option("--truncate", help="If the prompt does not fit the context, keep its end (and say so) instead of refusing.", rich_help_panel="Prompt")] = False,
     json_output: JsonOpt = False,
     logprobs: Annotated[int, typer.Option("--logprobs", help="With --json, the top-K alternatives of every token (the model's own, before temperature, filters and any constraint).", rich_help_panel="Output")] = 0,
@@ -148,11 +155,19 @@ def generate(
     from .chat_template import template_text
 
     template_text(None, template)  # an unknown --template is a usage error before anything loads
+    tool_list = _read_tools(tools, chat=chat or system is not None)
     text = prompt_from(prompt)
     if not text:
         raise LlamaError("the prompt is empty: give some text to continue")
     llm = _load(model, dtype, device, threads, no_cache, adapter)
-    ids = llm.encode_prompt(text, chat=chat, system=system, template=template)
+    if tool_list is not None:
+        from .chat_template import encode_conversation
+
+        turn = [{"role": "system", "content": system}] if system is not None else []
+        messages = [*turn, {"role": "user", "content": text}]
+        ids = encode_conversation(llm.tokenizer, template_text(llm.checkpoint.chat_template, template), messages, tools=tool_list)  # type: ignore[arg-type]
+    else:
+        ids = llm.encode_prompt(text, chat=chat, system=system, template=template)
     context = min(ctx or llm.context_length, llm.context_length)
     ids = _fit_context(ids, settings.max_tokens, context, truncate=truncate)
 
@@ -161,6 +176,16 @@ def generate(
 
     generation = Generation(llm.model, llm.tokenizer, ids, settings, context=context)
     print_generation(generation, llm.tokenizer, as_json=json_output, stats=stats, truncate_ok=truncate_ok)
+
+
+def _read_tools(path: str | None, *, chat: bool):  # type: ignore[no-untyped-def]
+    if path is None:
+        return None
+    if not chat:
+        raise UsageError("--tools goes with --chat (tools reach the model through its chat template)")
+    from .conversation import read_tools
+
+    return read_tools(path)
 
 
 def _fit_context(ids: list[int], max_tokens: int, context: int, *, truncate: bool) -> list[int]:
@@ -206,6 +231,7 @@ def chat(
     seed: SeedOpt = None,
     template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", rich_help_panel="Prompt")] = "auto",
     history: Annotated[str | None, typer.Option("--history", help="Start from a conversation saved with /save (a JSON list of messages).", rich_help_panel="Prompt", show_default=False)] = None,
+    tools: ToolsOpt = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Render replies as Markdown (on a terminal only).", rich_help_panel="Output")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="After each reply, print its token counts and speeds on stderr.", rich_help_panel="Output")] = False,
     schema: SchemaOpt = None,
@@ -249,8 +275,9 @@ def chat(
         constraint=spec,
     )  # fmt: skip
     messages = read_messages(history) if history is not None else []
+    tool_list = _read_tools(tools, chat=True)
     llm = _load(model, dtype, device, threads, no_cache, adapter)
-    session = ChatSession(llm, settings, system=system, template=template, context=ctx, messages=messages)
+    session = ChatSession(llm, settings, system=system, template=template, context=ctx, messages=messages, tools=tool_list)
     if spec is not None and not no_schema_prompt:
         session.set_system(with_schema_note(session.system, spec.prompt_note()))
     if sys.stdin.isatty():
@@ -268,12 +295,14 @@ def tokenize(
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
     chat: Annotated[bool, typer.Option("--chat", help="TEXT is a JSON file of messages ('-' or absent: stdin): show the conversation rendered through the chat template, special tokens in [brackets].")] = False,
     template: Annotated[str, typer.Option("--template", help="With --chat: auto (the model's own), chatml, llama3, llama2, or a Jinja file.")] = "auto",
-    no_cache: NoCacheOpt = False,
+    tools: Annotated[str | None, typer.Option("--tools", help="With --chat: a JSON file of tool schemas for templates that take tools.", show_default=False)] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Accepted for symmetry with the other commands; tokenize reads no weights.", hidden=True)] = False,
 ) -> None:
     """Show the token ids the model sees for TEXT as a raw prompt (BOS included when the model adds one).
 
     With --chat, show how a conversation renders through the chat template, up to the header of
-    the next assistant reply, as the model sees it in `llama chat`.
+    the next assistant reply, as the model sees it in `llama chat`. Only the tokenizer is read: -m
+    may be a vocab-only GGUF (llama.cpp's ggml-vocab-*.gguf) or a folder with just tokenizer files.
 
     [b]Examples[/b]
 
@@ -282,21 +311,23 @@ def tokenize(
       cat report.txt | llama tokenize --count
 
       echo '[{"role": "user", "content": "Hi"}]' | llama tokenize --chat
-    """
-    from .chat import mark_special, read_messages
-    from .chat_template import render_prompt, template_text
-    from .registry import resolve_model
-    from .weights import load_checkpoint
 
-    if chat:  # read the input before the (slower) model load, so bad input fails fast
+      llama tokenize --chat --tools tools.json -m ggml-vocab-llama-bpe.gguf --template llama31.jinja talk.json
+    """
+    from .chat_template import encode_conversation, template_text
+    from .conversation import read_messages
+    from .detokenize import mark_special
+    from .registry import resolve_model
+    from .tokenizer import load_vocabulary
+
+    tool_list = _read_tools(tools, chat=chat)
+    if chat:  # read the input before the tokenizer, so bad input fails fast
         messages = read_messages("-" if text is None else text, conversation=False)
     else:
         source = prompt_from(text, what="text")
-    checkpoint = load_checkpoint(resolve_model(model), cache=not no_cache)
-    tokenizer = checkpoint.tokenizer
+    tokenizer, model_template = load_vocabulary(resolve_model(model))
     if chat:
-        rendered = render_prompt(tokenizer, template_text(checkpoint.chat_template, template), messages)
-        ids = tokenizer.encode(rendered, bos=False, parse_special=True)
+        ids = encode_conversation(tokenizer, template_text(model_template, template), messages, tools=tool_list)
     else:
         ids = tokenizer.encode(source)
     if count:
