@@ -27,6 +27,7 @@ from .registry import resolve_model
 from .sampling import SamplingSettings
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
+from .weights.quantized import QuantizedTensor, dense
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,8 +67,12 @@ class _SkipInit(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def build_model(checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device) -> Transformer:
-    """Instantiate the model on the meta device and assign the checkpoint's tensors (no copy when possible)."""
+def build_model(checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device, *, quantized: bool = False) -> Transformer:
+    """Instantiate the model on the meta device and assign the checkpoint's tensors (no copy when possible).
+
+    With `quantized`, GGUF blocks the C kernels support stay as they are (quantized.py) and the
+    rest of the model runs in float32; otherwise every weight is dense, in `dtype`.
+    """
     with torch.device("meta"), _SkipInit():
         model = Transformer(checkpoint.config)
     expected = set(model.state_dict())
@@ -75,12 +80,17 @@ def build_model(checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device
     if expected != got:
         missing, extra = sorted(expected - got), sorted(got - expected)
         raise ModelFormatError(f"{checkpoint.source}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
-    weights = {name: tensor.to(device=device, dtype=dtype) for name, tensor in checkpoint.weights.items()}
-    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}  # once: state_dict() walks every module
-    for name, tensor in weights.items():
-        if tensor.shape != shapes[name]:
-            raise ModelFormatError(f"{checkpoint.source}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(shapes[name])}")
-    model.load_state_dict(weights, assign=True)
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}  # once: state_dict() walks every module
+    for name, tensor in checkpoint.weights.items():
+        if tuple(tensor.shape) != shapes[name]:
+            raise ModelFormatError(f"{checkpoint.source}: tensor {name} has shape {tuple(tensor.shape)}, config expects {shapes[name]}")
+    remaining = checkpoint.weights
+    if quantized:
+        from .quantized import quantize_model
+
+        remaining = quantize_model(model, checkpoint.weights)
+    weights = {name: dense(tensor).to(device=device, dtype=dtype) for name, tensor in remaining.items()}
+    model.load_state_dict(weights, assign=True, strict=not quantized)
     return model.eval()
 
 
@@ -93,12 +103,12 @@ class LLM:
     checkpoint: Checkpoint
     device: torch.device
     dtype: torch.dtype
-    fast: bool = False  # the CPU fast path (fastpath.py): int4 weights, bfloat16 matmuls
+    fast: bool = False  # weights kept quantized, multiplied by the C kernels (quantized.py)
 
     @property
     def path_label(self) -> str:
-        """How the model runs, for tables and stats: "int4 fast path" or the reference model's dtype."""
-        return "int4 fast path" if self.fast else str(self.dtype).removeprefix("torch.")
+        """How the model runs, for tables and stats: "quantized (Q4_K, C kernels)" or the reference model's dtype."""
+        return f"quantized ({self.checkpoint.quantization}, C kernels)" if self.fast else str(self.dtype).removeprefix("torch.")
 
     @property
     def context_length(self) -> int:
@@ -144,6 +154,10 @@ class LLM:
         return generation.text
 
 
+def _has_quantized(checkpoint: Checkpoint) -> bool:
+    return any(isinstance(t, QuantizedTensor) for t in checkpoint.weights.values())
+
+
 def make_settings(**options: Any) -> GenerationSettings:
     """GenerationSettings from flat keyword options (`temperature=0`, `max_tokens=50`, `stop=[...]`)."""
     sampling_fields = set(SamplingSettings.__dataclass_fields__)
@@ -174,17 +188,25 @@ def load(
 ) -> LLM:
     """Load a model by path or known name (None: $LLAMA_MODEL or the default model).
 
-    With `dtype="auto"` on the CPU, a GGUF of Q4_0/Q4_1/Q8_0 tensors runs on the fast path
-    (fastpath.py: its 4-bit codes through torch's int4 kernel, bfloat16 matmuls, float32
-    elsewhere): close to float32 but not bit-identical. `dtype="float32"` is the exact reference.
+    With `dtype="auto"` on the CPU, a GGUF's quantized weights stay quantized in memory and run
+    through the C kernels (quantized.py; activations float32, int8 inside each matmul as in
+    llama.cpp): close to the float32 reference, not bit-identical. `dtype="float32"` is the exact
+    reference (every weight dequantized). Without a C compiler the kernels cannot be built and
+    the reference runs instead (`kernels.describe()` says why).
     `adapter` is a LoRA adapter folder (`llama finetune`), merged into the weights as they load;
-    the model then runs the reference path (the fast path's packed weights are the base model's).
+    the model then runs the reference path (the adapter changes the dense weights).
     """
     set_threads(threads)
     path: Path = resolve_model(model)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     checkpoint = load_checkpoint(path, cache=cache)
+    if adapter is None and dtype == "auto" and torch_device.type == "cpu" and _has_quantized(checkpoint):
+        from . import kernels
+
+        if kernels.available():
+            built = build_model(checkpoint, torch.float32, torch_device, quantized=True)
+            return LLM(built, checkpoint.tokenizer, checkpoint, torch_device, torch.float32, fast=True)
     built = build_model(checkpoint, torch_dtype, torch_device)
     if adapter is not None:
         from .lora import apply_adapter, load_adapter
@@ -192,10 +214,4 @@ def load(
         loaded = load_adapter(adapter)
         loaded.check_base(checkpoint.config, path)
         apply_adapter(built, loaded)
-    elif dtype == "auto" and torch_device.type == "cpu":
-        from .fastpath import make_fast
-
-        fast = make_fast(built, checkpoint, cache=cache)
-        if fast is not None:
-            return LLM(fast, checkpoint.tokenizer, checkpoint, torch_device, torch.bfloat16, fast=True)
     return LLM(built, checkpoint.tokenizer, checkpoint, torch_device, torch_dtype)

@@ -212,6 +212,7 @@ def merge(
     from .lora import load_adapter
     from .registry import resolve_model
     from .weights import load_checkpoint, save_native
+    from .weights.quantized import dense
 
     loaded = load_adapter(adapter)
     if (out / "llama.json").exists():
@@ -219,6 +220,6 @@ def merge(
     base = resolve_model(model or loaded.base_model)
     checkpoint = load_checkpoint(base, cache=not no_cache)
     loaded.check_base(checkpoint.config, base)
-    weights = loaded.merged({name: t.float() for name, t in checkpoint.weights.items()})
+    weights = loaded.merged({name: dense(t).float() for name, t in checkpoint.weights.items()})
     save_native(out, checkpoint.config, weights, checkpoint.tokenizer, checkpoint.chat_template, origin={"base_model": str(base), "adapter": str(adapter)})
     print(f"llama: merged {adapter} into {base}: {out}", file=sys.stderr)

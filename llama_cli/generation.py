@@ -201,7 +201,7 @@ class Generation:
         """
         device = self.model.device
         start, end = self.cached_prefix, len(self.prompt_ids)
-        chunk = getattr(self.model, "prefill_chunk", PREFILL_CHUNK)  # the fast path takes longer chunks (fastpath.py)
+        chunk = PREFILL_CHUNK
         logits = torch.empty(0)
         while start < end:
             stop = min(start + chunk, end)

@@ -1,39 +1,43 @@
-"""A cache of converted GGUFs, so only the first run pays for parsing and dequantizing.
+"""A cache of what is slow to read from a GGUF besides its weights: config, tokenizer, chat template.
 
-Converting a GGUF takes seconds (the reader parses every vocabulary string; dequantizing every
-tensor). The result is written once as a native folder (huggingface.py) under
-`cache_root()/gguf/<stem>-<key>`, where the key hashes the GGUF's resolved path, size, mtime_ns and
-CONVERTER_VERSION; later runs memory-map its model.safetensors and never open the GGUF.
+Reading a GGUF's metadata takes seconds (`gguf.GGUFReader` parses every vocabulary string). The
+result is written once, a few megabytes, as a folder under `cache_root()/gguf/<stem>-<key>`,
+where the key hashes the GGUF's resolved path, size, mtime_ns and CONVERTER_VERSION. The weights
+are never cached: they are memory-mapped from the GGUF itself on every run (gguf.py), still
+quantized. An entry holds llama.json (the config), the tokenizer files, chat_template.jinja and
+origin.json (key, source path, quantization label).
 
 An entry is written into a temporary folder beside it and renamed into place, so a crash leaves
-at worst a `.tmp-*` folder, which lookups never use (and later writes sweep away). When the cache
-cannot be written (unwritable root, full disk) a CacheWarning is issued and the model runs uncached.
-Old entries of a GGUF that has since changed are not removed.
+at worst a `.tmp-*` folder, which lookups never use and later writes sweep away. Writing an
+entry removes the older entries of the same source file (it changed since), so they do not pile
+up; `llama cache prune` removes entries whose file is gone or changed, and old-format entries.
+When the cache cannot be written (unwritable root, full disk) a CacheWarning is issued and the
+model loads uncached.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError
-
+from ..config import ModelConfig
 from ..errors import LlamaError, ModelFormatError
 from .common import Checkpoint
-from .huggingface import ORIGIN, load_native, load_safetensors, read_json, save_native
+from .huggingface import NATIVE_CONFIG, ORIGIN, read_json
 
-CONVERTER_VERSION = 1  # bump when conversion output changes: old entries are then ignored
+CONVERTER_VERSION = 2  # bump when an entry's contents change: old entries are then ignored (and pruned)
 STALE_TEMP_SECONDS = 3600
 
 
 class CacheWarning(UserWarning):
-    """The converted-weights cache could not be used; the model still loads."""
+    """The metadata cache could not be used; the model still loads."""
 
 
 def cache_root() -> Path:
@@ -56,64 +60,131 @@ def entry_path(key: str, gguf_path: Path) -> Path:
     return cache_root() / "gguf" / f"{gguf_path.stem}-{digest}"
 
 
-def load_gguf(path: Path) -> Checkpoint:
-    """gguf.py's conversion, imported when first needed: the gguf package takes ~0.1 s to import,
-    and runs served from the cache never need it."""
-    from .gguf import load_gguf as convert
-
-    return convert(path)
-
-
 def load_gguf_cached(path: Path, *, cache: bool = True) -> Checkpoint:
-    """`load_gguf(path)`, through the cache unless `cache` is False (then nothing is read or written)."""
+    """The GGUF at `path` with its weights memory-mapped; metadata through the cache unless `cache` is False.
+
+    gguf.py is imported when first needed: the gguf package takes ~0.1 s to import."""
+    from .gguf import checkpoint_from, read_model_info
+    from .gguf_header import scan_header
+
+    header = scan_header(path)
     if not cache:
-        return load_gguf(path)
-    key = cache_key(path)  # taken before converting: a file replaced meanwhile gets a new entry next time
+        return checkpoint_from(path, header, read_model_info(path, header))
+    key = cache_key(path)  # taken before reading: a file replaced meanwhile gets a new entry next time
     entry = entry_path(key, path)
-    cached = _read_entry(entry, key, path)
-    if cached is not None:
-        return cached
-    checkpoint = load_gguf(path)
-    try:
-        _write_entry(entry, key, checkpoint)
-        # Run from the memory-mapped entry, as later runs will; the dequantized copies are freed.
-        return dataclasses.replace(checkpoint, weights=load_safetensors(entry))
-    except (OSError, SafetensorError, LlamaError) as exc:
-        message = f"cannot cache the converted model under {cache_root()} ({exc}); running uncached, set LLAMA_CACHE to a writable folder"
-        warnings.warn(CacheWarning(message), stacklevel=2)
-    return checkpoint
+    info = _read_entry(entry, key)
+    if info is None:
+        info = read_model_info(path, header)
+        try:
+            _write_entry(entry, key, path, info)
+        except (OSError, LlamaError) as exc:
+            message = f"cannot cache the model's metadata under {cache_root()} ({exc}); set LLAMA_CACHE to a writable folder"
+            warnings.warn(CacheWarning(message), stacklevel=2)
+    return checkpoint_from(path, header, info)
 
 
-def _read_entry(entry: Path, key: str, gguf_path: Path) -> Checkpoint | None:
-    """The cached checkpoint, or None when there is no usable entry (a damaged one is removed)."""
+def _read_entry(entry: Path, key: str):  # type: ignore[no-untyped-def]  (GGUFModelInfo: gguf.py is imported lazily)
+    """The cached metadata, or None when there is no usable entry (a damaged one is removed, with a warning)."""
+    from ..tokenizer import chat_template_from_folder, load_tokenizer
+    from .gguf import GGUFModelInfo
+
     if not entry.exists():
         return None
     try:
-        if read_json(entry / ORIGIN).get("key") != key:
+        origin = read_json(entry / ORIGIN)
+        if origin.get("key") != key:
             raise ModelFormatError(f"{entry / ORIGIN} belongs to another file")
-        checkpoint = load_native(entry)
-    except LlamaError as exc:
-        warnings.warn(CacheWarning(f"removing damaged cache entry {entry} ({exc}); converting again"), stacklevel=3)
+        config = ModelConfig.from_dict(read_json(entry / NATIVE_CONFIG))
+        return GGUFModelInfo(config, load_tokenizer(entry), chat_template_from_folder(entry), str(origin.get("quantization", "?")))
+    except (LlamaError, OSError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        warnings.warn(CacheWarning(f"removing damaged cache entry {entry} ({exc}); reading the GGUF again"), stacklevel=3)
         _remove(entry)
         return None
-    return dataclasses.replace(checkpoint, source=gguf_path, format="gguf")
 
 
-def _write_entry(entry: Path, key: str, checkpoint: Checkpoint) -> None:
+def _write_entry(entry: Path, key: str, source: Path, info) -> None:  # type: ignore[no-untyped-def]
     root = entry.parent
     root.mkdir(parents=True, exist_ok=True)
     _sweep_stale_temps(root)
     temp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
     try:
-        origin = {"key": key, "format": checkpoint.format, "quantization": checkpoint.quantization}
-        save_native(temp, checkpoint.config, checkpoint.weights, checkpoint.tokenizer, checkpoint.chat_template, origin=origin)
+        (temp / NATIVE_CONFIG).write_text(info.config.to_json() + "\n", encoding="utf-8")
+        info.tokenizer.save(temp)
+        if info.chat_template is not None:
+            (temp / "chat_template.jinja").write_text(info.chat_template, encoding="utf-8")
+        origin = {"key": key, "source": str(source.resolve()), "format": "gguf", "quantization": info.quantization}
+        (temp / ORIGIN).write_text(json.dumps(origin, indent=1) + "\n", encoding="utf-8")
         try:
             os.rename(temp, entry)
         except OSError:
-            if not (entry / ORIGIN).is_file():  # else another process won the race with the same conversion
+            if not (entry / ORIGIN).is_file():  # else another process won the race with the same file
                 raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+    for other in list_entries():  # older entries of the same file: it changed since they were written
+        if other.path != entry and other.source == str(source.resolve()):
+            _remove(other.path)
+
+
+# ---------------------------------------------------------------- `llama cache`: list, prune, clear
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    size: int  # bytes on disk
+    source: str | None  # the GGUF it describes (None: unreadable or a temporary folder)
+    state: str  # "current", "stale" (file changed, gone, or an older format), "temporary", "kernels"
+
+
+def list_entries() -> list[CacheEntry]:
+    """Every entry under the cache root: GGUF metadata entries, temporary folders, built kernels."""
+    root = cache_root()
+    entries: list[CacheEntry] = []
+    gguf_root = root / "gguf"
+    for path in sorted(gguf_root.iterdir()) if gguf_root.is_dir() else []:
+        if path.name.startswith(".tmp-"):
+            entries.append(CacheEntry(path, _size(path), None, "temporary"))
+            continue
+        source, state = None, "stale"
+        try:
+            origin = read_json(path / ORIGIN)
+            key = str(origin.get("key", ""))
+            source = origin.get("source") or key.split("|")[0] or None
+            if source and Path(source).is_file() and cache_key(Path(source)) == key:
+                state = "current"
+        except (LlamaError, OSError):
+            pass
+        entries.append(CacheEntry(path, _size(path), source, state))
+    kernels = root / "kernels"
+    for path in sorted(kernels.iterdir()) if kernels.is_dir() else []:
+        entries.append(CacheEntry(path, _size(path), None, "kernels"))
+    return entries
+
+
+def prune() -> list[CacheEntry]:
+    """Remove stale and temporary entries (not ones in use: temporaries younger than an hour stay); return them."""
+    removed = []
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for entry in list_entries():
+        if entry.state == "stale" or (entry.state == "temporary" and entry.path.stat().st_mtime < cutoff):
+            _remove(entry.path) if entry.state == "stale" else shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def clear() -> list[CacheEntry]:
+    """Remove every entry (built kernels included: they are rebuilt on the next run)."""
+    entries = list_entries()
+    for entry in entries:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    return entries
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _remove(entry: Path) -> None:

@@ -21,6 +21,7 @@ import torch
 from ..config import ModelConfig, RopeScaling
 from ..errors import ModelFormatError
 from ..tokenizer import Tokenizer
+from .quantized import QuantizedTensor
 
 FLOAT_LABELS = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 _LAYER_NUMBER = re.compile(r"\.(\d+)\.")
@@ -31,7 +32,8 @@ class Checkpoint:
     """A model as loaded from disk: config, tensors under internal names, tokenizer, chat template."""
 
     config: ModelConfig
-    weights: dict[str, torch.Tensor]  # float32, float16 or bfloat16 on the CPU, memory-mapped where the format allows
+    # float32, float16 or bfloat16 on the CPU, or GGUF blocks as stored (QuantizedTensor); memory-mapped where the format allows
+    weights: dict[str, torch.Tensor | QuantizedTensor]
     tokenizer: Tokenizer
     chat_template: str | None
     source: Path  # the file or folder the user named (a GGUF, not its cache entry)
@@ -92,8 +94,8 @@ def check_layer_count(config: ModelConfig, n_tensors: int, source: Path) -> None
         )
 
 
-def check_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor], source: Path) -> None:
-    """Raise ModelFormatError unless `weights` are exactly the config's tensors, in float dtypes."""
+def check_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor | QuantizedTensor], source: Path) -> None:
+    """Raise ModelFormatError unless `weights` are exactly the config's tensors, in float dtypes or GGUF blocks."""
     check_layer_count(config, len(weights), source)
     shapes = expected_shapes(config)
     missing = [name for name in shapes if name not in weights]
@@ -110,7 +112,7 @@ def check_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor], sour
             raise ModelFormatError(
                 f"{source}: tensor {name} has shape {tuple(tensor.shape)} but the config implies {shape}: config and weights disagree"
             )
-        if tensor.dtype not in FLOAT_LABELS:
+        if not isinstance(tensor, QuantizedTensor) and tensor.dtype not in FLOAT_LABELS:
             raise ModelFormatError(f"{source}: tensor {name} is {tensor.dtype}; only float32, float16 and bfloat16 weights are supported")
 
 
@@ -139,15 +141,20 @@ def unpermute_qk(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.transpose(1, 2).reshape(rows, dim)  # (heads, 2, pairs, dim) -> rotate-half rows
 
 
-def to_rotate_half(weights: dict[str, torch.Tensor], config: ModelConfig) -> None:
+def to_rotate_half(weights: dict[str, Any], config: ModelConfig) -> None:
     """In place: every wq (n_heads) and wk (n_kv_heads) from interleaved to rotate-half rows.
 
-    Tensors of the wrong shape are left for `check_weights` to report."""
+    Quantized tensors move whole rows of blocks. Tensors of the wrong shape are left for
+    `check_weights` to report."""
     if config.head_dim % 2:
         raise ModelFormatError(f"head_dim {config.head_dim} is odd: rotary embeddings need pairs")
     for name, tensor in weights.items():
         heads = config.n_heads if name.endswith("attention.wq.weight") else config.n_kv_heads if name.endswith("attention.wk.weight") else 0
-        if heads and tensor.dim() == 2 and tensor.shape[0] == heads * config.head_dim:
+        if not heads or len(tensor.shape) != 2 or tensor.shape[0] != heads * config.head_dim:
+            continue
+        if isinstance(tensor, QuantizedTensor):
+            weights[name] = tensor.rows(unpermute_qk(torch.arange(tensor.shape[0])[:, None], heads)[:, 0])
+        else:
             weights[name] = unpermute_qk(tensor, heads)
 
 

@@ -1,9 +1,11 @@
-"""GGUF files of architecture `llama`: metadata -> ModelConfig, tensors -> dequantized internal weights.
+"""GGUF files of architecture `llama`: metadata -> ModelConfig, tensors -> internal weights, still quantized.
 
 The header is checked first (gguf_header.py) so that a truncated or hostile file fails with one
 line before `gguf.GGUFReader` sees it; unsupported architectures and tensor types are refused at
 that point too, before the slow part (the reader parses every vocabulary string, ~2.5 s for a
-49k-token vocabulary). Dequantization is gguf's own (`gguf.quants.dequantize`).
+49k-token vocabulary; cache.py keeps its result). Tensors are never expanded here: the file is
+memory-mapped and each 2-D tensor that is not float32 becomes a `QuantizedTensor` of its raw
+blocks (quantized.py). Whoever needs floats dequantizes (`QuantizedTensor.dequantize`).
 
 Gotchas (see also torchchat's GGUF loader, llama.cpp's convert_hf_to_gguf.py):
 - GGUF lists dimensions fastest-varying first; the reader's numpy arrays are already in row-major
@@ -31,7 +33,7 @@ from ..config import ModelConfig, RopeScaling
 from ..errors import ModelFormatError
 from ..gguf_metadata import metadata_from_reader
 from ..model import rope_frequencies
-from ..tokenizer import tokenizer_from_gguf
+from ..tokenizer import Tokenizer, tokenizer_from_gguf
 from .common import (
     Checkpoint,
     check_layer_count,
@@ -43,8 +45,13 @@ from .common import (
     to_rotate_half,
 )
 from .gguf_header import GGUFHeader, TensorInfo, scan_header
+from .quantized import QuantizedTensor, dense
 
-SUPPORTED_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+# Every type llama.cpp's quantize presets write for llama models (IQ4_NL/IQ4_XS need no importance matrix).
+SUPPORTED_TYPES = (
+    Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
+    Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS,
+)
 ROPE_FREQS = "rope_freqs.weight"
 
 # GGUF tensor name -> internal name ({i} is the layer number).
@@ -64,28 +71,76 @@ TENSOR_NAMES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class GGUFModelInfo:
+    """Everything of a GGUF but its weights: what the cache keeps (cache.py)."""
+
+    config: ModelConfig
+    tokenizer: Tokenizer
+    chat_template: str | None
+    quantization: str
+
+
 def load_gguf(path: Path) -> Checkpoint:
-    """Read and convert a GGUF (slow: seconds for a 100 MB file; cache.py keeps the result)."""
+    """Read the metadata (slow: the reader parses every vocabulary string) and map the weights."""
     header = scan_header(path)
-    _check_supported(header, path)
+    info = read_model_info(path, header)
+    return checkpoint_from(path, header, info)
+
+
+def checkpoint_from(path: Path, header: GGUFHeader, info: GGUFModelInfo) -> Checkpoint:
+    """The Checkpoint of a GGUF whose metadata is already known: its tensors memory-mapped, not copied."""
+    weights = map_tensors(path, header, info.config)
+    return Checkpoint(info.config, weights, info.tokenizer, info.chat_template, path, "gguf", info.quantization)
+
+
+def read_model_info(path: Path, header: GGUFHeader) -> GGUFModelInfo:
+    """Config, tokenizer and chat template from the metadata; refuses unsupported files first."""
+    check_supported(header, path)
     names = rename(header.tensors, TENSOR_NAMES, ignore=(ROPE_FREQS,), source=path)
     reader = _open_reader(path)
     metadata = metadata_from_reader(reader)
     config = config_from_metadata(metadata, header, path)
-    data = {t.name: t.data for t in reader.tensors}
-    if ROPE_FREQS in data:
+    if ROPE_FREQS in header.tensors:
         if config.rope_scaling is not None:
             raise ModelFormatError(f"{path}: both {ROPE_FREQS} and rope.scaling metadata are present; which applies is ambiguous")
-        factors = to_torch(data[ROPE_FREQS], header.tensors[ROPE_FREQS]).double().flatten()
+        factors = dense(_tensor(_file_bytes(path), header.tensors[ROPE_FREQS])).double().flatten()
         config = dataclasses.replace(config, rope_scaling=_rope_from_factors(factors, config, path))
     check_layer_count(config, len(names), path)
     tokenizer = tokenizer_from_gguf(metadata)
     check_tokenizer(config, tokenizer, path)
-    weights = {internal: to_torch(data[name], header.tensors[name]) for internal, name in names.items()}
+    template = metadata.get("tokenizer.chat_template")
+    return GGUFModelInfo(config, tokenizer, template if isinstance(template, str) else None, quantization_label(header))
+
+
+def map_tensors(path: Path, header: GGUFHeader, config: ModelConfig) -> dict[str, torch.Tensor | QuantizedTensor]:
+    """Every weight under its internal name, as stored: F32 as float32 views of the file, all else as
+    QuantizedTensor (F16/BF16 included); wq/wk rows reordered to rotate-half (copies of those two)."""
+    check_supported(header, path)
+    names = rename(header.tensors, TENSOR_NAMES, ignore=(ROPE_FREQS,), source=path)
+    data = _file_bytes(path)
+    weights = {internal: _tensor(data, header.tensors[name]) for internal, name in names.items()}
     to_rotate_half(weights, config)  # llama.cpp's converter interleaved q/k rows for its rotary kernel
     check_weights(config, weights, path)
-    template = metadata.get("tokenizer.chat_template")
-    return Checkpoint(config, weights, tokenizer, template if isinstance(template, str) else None, path, "gguf", quantization_label(header))
+    return weights
+
+
+def _file_bytes(path: Path) -> np.ndarray:
+    """The whole file, mapped copy-on-write: writable views (torch wants them), the file never written."""
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="c")
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"cannot map {path}: {exc}") from exc
+
+
+def _tensor(data: np.ndarray, info: TensorInfo) -> torch.Tensor | QuantizedTensor:
+    raw = data[info.offset : info.offset + info.n_bytes]
+    if info.type == Q.F32:
+        return torch.from_numpy(raw.view(np.float32)).view(info.shape)
+    if len(info.shape) != 2:  # norms and rope factors stored in a smaller type
+        return QuantizedTensor(torch.from_numpy(raw).view(1, -1), info.type.name, (1, math.prod(info.shape))).dequantize().view(info.shape)
+    rows = info.shape[0]
+    return QuantizedTensor(torch.from_numpy(raw).view(rows, -1), info.type.name, (rows, info.shape[1]))
 
 
 def quantization_label(header: GGUFHeader) -> str:
@@ -94,7 +149,7 @@ def quantization_label(header: GGUFHeader) -> str:
     return counts.most_common(1)[0][0] if counts else "F32"
 
 
-def _check_supported(header: GGUFHeader, path: Path) -> None:
+def check_supported(header: GGUFHeader, path: Path) -> None:
     arch = header.architecture
     if arch != "llama":
         raise ModelFormatError(
@@ -119,20 +174,6 @@ def _open_reader(path: Path) -> gguf.GGUFReader:
         return gguf.GGUFReader(path)
     except Exception as exc:  # the header was checked; anything left is a corrupt file, whatever the reader raises
         raise ModelFormatError(f"{path}: unreadable GGUF ({type(exc).__name__}: {exc})") from exc
-
-
-def to_torch(data: np.ndarray, info: TensorInfo) -> torch.Tensor:
-    """A tensor of `info.shape`: float16/bfloat16 kept as stored, everything else dequantized to float32."""
-    if info.type == Q.F16:
-        tensor = torch.from_numpy(np.array(data, dtype=np.float16))
-    elif info.type == Q.BF16:
-        tensor = torch.from_numpy(np.array(data, dtype=np.uint8)).view(torch.bfloat16)  # numpy has no bfloat16
-    else:
-        values = gguf.quants.dequantize(data, info.type)
-        if values.dtype != np.float32 or not values.flags.writeable:  # F32 comes back as a view of the read-only file
-            values = np.array(values, dtype=np.float32)
-        tensor = torch.from_numpy(values)
-    return tensor.reshape(info.shape)
 
 
 # ---------------------------------------------------------------- metadata -> ModelConfig

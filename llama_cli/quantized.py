@@ -1,0 +1,90 @@
+"""Quantized linear and embedding layers, swapped into the one `Transformer` (model.py).
+
+A GGUF's weights stay as the file stores them (Q4_K, Q6_K, Q8_0, F16, ...): `QuantizedLinear`
+multiplies by them with the C kernels (kernels/: int8 activations times the blocks, as llama.cpp
+does), and `QuantizedEmbedding` dequantizes only the rows it looks up. Everything else (norms,
+rotary embeddings, attention, the KV cache) is the reference model's own code in float32. This is
+gpt-fast's and torchchat's pattern: one module tree, faster parts swapped in.
+
+`quantize_model(model, weights)` does the swapping for every tensor the kernels support; the
+rest load as float32 into the model's ordinary layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from . import kernels
+from .model import Transformer
+from .weights.quantized import QuantizedTensor
+
+
+class QuantizedLinear(nn.Module):
+    """y = x W^T with W (out_features, in_features) kept in GGUF blocks; float32 in and out."""
+
+    def __init__(self, weight: QuantizedTensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.qtype = weight.qtype
+        # A buffer (moves with the module) that state_dict leaves out: it is the file's bytes, not a parameter.
+        self.register_buffer("blocks", weight.data, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)  # (B*T, in)
+        if rows.dtype != torch.float32 or not rows.is_contiguous():
+            rows = rows.float().contiguous()
+        y = kernels.linear(rows, self.blocks, self.qtype, self.out_features, self.in_features)  # (B*T, out)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype}"
+
+
+class QuantizedEmbedding(nn.Module):
+    """Rows of a quantized table, dequantized to float32 as they are looked up."""
+
+    def __init__(self, weight: QuantizedTensor) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.qtype = weight.qtype
+        self.register_buffer("blocks", weight.data, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        flat = tokens.reshape(-1)
+        rows = kernels.dequantize(self.blocks, self.qtype, self.embedding_dim, rows=flat)  # (B*T, dim)
+        return rows.view(*tokens.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, qtype={self.qtype}"
+
+
+def runs_quantized(weight: object) -> bool:
+    """Whether the kernels multiply by this stored tensor directly."""
+    return isinstance(weight, QuantizedTensor) and weight.qtype in kernels.SUPPORTED and kernels.available()
+
+
+def quantize_model(model: Transformer, weights: Mapping[str, torch.Tensor | QuantizedTensor]) -> dict[str, torch.Tensor | QuantizedTensor]:
+    """Swap a quantized module in for every weight the kernels support; return the weights left to load.
+
+    `model` may be on the meta device (its remaining parameters are then assigned by the caller).
+    A tied head shares the embedding's blocks: the head is a QuantizedLinear over the same bytes.
+    """
+    rest: dict[str, torch.Tensor | QuantizedTensor] = {}
+    for name, weight in weights.items():
+        if not runs_quantized(weight):
+            rest[name] = weight
+            continue
+        assert isinstance(weight, QuantizedTensor)
+        path = name.removesuffix(".weight")
+        parent_name, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if name == "tok_embeddings.weight":
+            setattr(parent, child, QuantizedEmbedding(weight))
+            if model.output is None:  # tied: the head reads the same blocks
+                model.output = QuantizedLinear(weight)
+        else:
+            setattr(parent, child, QuantizedLinear(weight))
+    return rest
