@@ -8,7 +8,7 @@ that were generated, and a template may rewrite earlier turns.
 
 When the conversation no longer fits the context (prompt plus `max_tokens`), the oldest turns are
 dropped, never the system message; the Turn says how many messages went. No printing here: the
-REPL (repl.py) shows replies, notices and stats.
+REPL (repl.py) shows replies, notices and stats. Conversation and tool files: conversation.py.
 
 A session assumes it is the only user of the model's cache between its turns; if something else
 reallocates or overwrites the cache, the session notices and prefills the conversation again.
@@ -17,32 +17,25 @@ reallocates or overwrites the cache, the session notices and prefills the conver
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .chat_template import Message, render_prompt, template_text
-from .errors import ContextOverflowError, LlamaError, UsageError
+from .chat_template import Tool, encode_conversation, template_text
+from .conversation import ChatMessage, HistoryError, ToolsError, parse_messages, read_messages, read_tools, write_messages
+from .errors import ContextOverflowError, UsageError
 from .generation import Generation, GenerationSettings, StopReason, TokenEvent
+
+# Re-exported: the CLI and tests reach conversation files through chat.
+__all__ = ["ChatMessage", "ChatSession", "HistoryError", "ToolsError", "parse_messages", "read_messages", "read_tools", "write_messages"]
 
 if TYPE_CHECKING:
     import torch
 
     from .api import LLM
-    from .tokenizer import Tokenizer
 
-ROLES = ("system", "user", "assistant")
 FIRST_CACHE_POSITIONS = 1024  # the cache grows (doubling, up to the context) as the conversation does
-
-
-class ChatMessage(Message, total=False):
-    interrupted: bool  # a reply cut short by Ctrl-C: kept in the history, marked
-
-
-class HistoryError(LlamaError):
-    """A conversation file that cannot be read or is not a list of messages."""
 
 
 @dataclass(frozen=True)
@@ -66,82 +59,7 @@ class TurnStats:
         return decoded / self.decode_seconds if self.decode_seconds else 0.0
 
 
-# ---------------------------------------------------------------- conversation files
-
-
-def parse_messages(data: Any, source: str, *, conversation: bool = True) -> list[ChatMessage]:
-    """Validate a JSON list of {"role", "content"} objects.
-
-    With `conversation`, also require what a chat can continue: an optional system message first,
-    then user and assistant messages taking turns, ending with an assistant reply.
-    """
-    if not isinstance(data, list):
-        raise HistoryError(f"{source}: expected a JSON list of messages, got {type(data).__name__}")
-    messages: list[ChatMessage] = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict) or not isinstance(item.get("content"), str) or item.get("role") not in ROLES:
-            raise HistoryError(f'{source}: message {i} is not {{"role": "system"|"user"|"assistant", "content": "..."}}')
-        message: ChatMessage = {"role": item["role"], "content": item["content"]}
-        if item.get("interrupted") is True:
-            message["interrupted"] = True
-        messages.append(message)
-    if not conversation:
-        return messages
-    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    for i, message in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            index = i + len(messages) - len(body)
-            raise HistoryError(
-                f"{source}: message {index} should be a {expected} message (user and assistant take turns after any system message)"
-            )
-    if body and body[-1]["role"] != "assistant":
-        raise HistoryError(f"{source}: the conversation ends with a user message; it must end with an assistant reply")
-    return messages
-
-
-def read_messages(path: str | Path, *, conversation: bool = True) -> list[ChatMessage]:
-    """Messages from a JSON file ('-' reads stdin)."""
-    import sys
-
-    source = str(path)
-    try:
-        text = sys.stdin.buffer.read().decode("utf-8") if source == "-" else Path(path).expanduser().read_text(encoding="utf-8")
-    except OSError as error:
-        raise HistoryError(f"cannot read {source}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise HistoryError(f"{source}: not UTF-8 text") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise HistoryError(f"{source}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
-    return parse_messages(data, source, conversation=conversation)
-
-
-def write_messages(path: str | Path, messages: Sequence[ChatMessage]) -> None:
-    try:
-        Path(path).expanduser().write_text(json.dumps(list(messages), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    except OSError as error:
-        raise HistoryError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-# ---------------------------------------------------------------- templates and tokens
-
-
-def mark_special(tokenizer: Tokenizer, ids: Sequence[int], *, mark: str = "[{}]") -> str:
-    """Decoded text with every special token written out as `mark` (so template problems show)."""
-    out: list[str] = []
-    run: list[int] = []
-    for token in [*ids, None]:
-        if token is not None and not tokenizer.is_special(token):
-            run.append(token)
-            continue
-        if run:
-            out.append(tokenizer.decode(run))
-            run = []
-        if token is not None:
-            out.append(mark.format(tokenizer.piece(token)))
-    return "".join(out)
+# ---------------------------------------------------------------- token prefixes
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -167,6 +85,7 @@ class ChatSession:
         template: str = "auto",
         context: int | None = None,
         messages: Sequence[ChatMessage] = (),
+        tools: Sequence[Tool] | None = None,
     ) -> None:
         if settings.samples != 1 or settings.lookup:
             raise UsageError("chat generates one sample at a time, without --lookup")
@@ -175,6 +94,7 @@ class ChatSession:
         self.llm, self.settings = llm, settings
         self.context = min(context or llm.context_length, llm.context_length)
         self.template = template_text(llm.checkpoint.chat_template, template)
+        self.tools = None if tools is None else list(tools)  # JSON schemas for templates that take them (--tools)
         self.messages: list[ChatMessage] = []
         self.stats: list[TurnStats] = []
         self.cached_ids: list[int] = []  # tokens whose keys/values fill cache row 0, positions 0..len-1
@@ -204,7 +124,8 @@ class ChatSession:
     def load(self, messages: Sequence[ChatMessage]) -> None:
         """Continue from these messages (validated as a conversation and rendered once to check the template)."""
         checked = parse_messages([dict(m) for m in messages], "the conversation")
-        self._encode(checked)
+        if checked:  # some templates cannot render no messages at all (Llama 3.1 with tools reads messages[0])
+            self._encode(checked)
         self.messages = checked
 
     def load_file(self, path: str | Path) -> int:
@@ -222,8 +143,7 @@ class ChatSession:
         return self._encode(self.messages)
 
     def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
-        text = render_prompt(self.llm.tokenizer, self.template, messages)
-        return self.llm.tokenizer.encode(text, bos=False, parse_special=True)
+        return encode_conversation(self.llm.tokenizer, self.template, messages, tools=self.tools)
 
     # -- a turn
 

@@ -232,3 +232,18 @@ def render_prompt(
     eos = tokenizer.piece(special.eos_id) if special.eos_id is not None else ""
     plain = [Message(**{k: m[k] for k in MESSAGE_FIELDS if k in m}) for m in messages]  # type: ignore[typeddict-item, misc]
     return render_chat(template, plain, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos, tools=tools)
+
+
+def encode_conversation(
+    tokenizer: Tokenizer,
+    template: str,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = True,
+    tools: Sequence[Tool] | None = None,
+) -> list[int]:
+    """The ids the model sees for a conversation: rendered, then encoded with special tokens
+    parsed and no BOS added (the template writes its own)."""
+    text = render_prompt(tokenizer, template, messages, add_generation_prompt=add_generation_prompt, tools=tools)
+    return tokenizer.encode(text, bos=False, parse_special=True)
+

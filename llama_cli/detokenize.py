@@ -65,6 +65,22 @@ class StreamDecoder:
         return new
 
 
+def mark_special(tokenizer: Tokenizer, ids: Sequence[int], *, mark: str = "[{}]") -> str:
+    """Decoded text with every special token written out as `mark` (so template problems show)."""
+    out: list[str] = []
+    run: list[int] = []
+    for token in [*ids, None]:
+        if token is not None and not tokenizer.is_special(token):
+            run.append(token)
+            continue
+        if run:
+            out.append(tokenizer.decode(run))
+            run = []
+        if token is not None:
+            out.append(mark.format(tokenizer.piece(token)))
+    return "".join(out)
+
+
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: each byte as a printable character ("Ġ" is the space)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]

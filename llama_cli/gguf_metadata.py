@@ -52,7 +52,8 @@ def metadata_from_reader(reader: gguf.GGUFReader) -> dict[str, Any]:
 
 
 def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
-    """The key/values of the GGUF at `path` (the same dict as `metadata_from_reader`).
+    """The key/values of the GGUF at `path` (the same dict as `metadata_from_reader`, except that
+    an array of arrays stays nested, where the gguf package flattens it; no real file has one).
 
     Raises ModelFormatError for a file that is not a GGUF, is truncated, or claims more than it
     holds. Tensors are neither read nor checked.

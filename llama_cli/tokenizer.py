@@ -29,6 +29,7 @@ from tokenizers import decoders
 from .detokenize import StreamDecoder as StreamDecoder  # noqa: PLC0414 (re-exported: generation streams through it)
 from .detokenize import byte_level_text
 from .errors import TokenizerError
+from .gguf_metadata import read_gguf_metadata
 from .gguf_vocab import CONTROL, PRE_TOKENIZERS, USER_DEFINED, bpe_backend, piece_types, sentencepiece_processor
 
 SPECIAL_FILE = "tokenizer_special.json"
@@ -328,3 +329,41 @@ def chat_template_from_folder(folder: Path) -> str | None:
     if isinstance(template, list):
         template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
     return template if isinstance(template, str) else None
+
+
+def load_vocabulary(path: Path) -> tuple[Tokenizer, str | None]:
+    """The tokenizer and chat template of the model at `path`, without reading its weights (no torch).
+
+    `path` as `weights.load_checkpoint` takes it: a GGUF file (a vocab-only one too: only its
+    key/values are read), a model folder (its tokenizer files, else its one GGUF), or a file in one.
+    """
+    path = Path(path).expanduser()
+    if path.is_file() and (path.suffix.lower() == ".gguf" or _starts_with_gguf_magic(path)):
+        return _vocabulary_from_gguf(path)
+    folder = path if path.is_dir() else path.parent
+    if not folder.is_dir():
+        raise TokenizerError(f"no model at {path}: the path does not exist")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        ggufs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
+        if len(ggufs) == 1:
+            return _vocabulary_from_gguf(ggufs[0])
+        if ggufs:
+            raise TokenizerError(f"{folder} holds several GGUF files ({', '.join(p.name for p in ggufs[:5])}); name the one to use")
+    return load_tokenizer(folder), chat_template_from_folder(folder)
+
+
+def _vocabulary_from_gguf(path: Path) -> tuple[Tokenizer, str | None]:
+    metadata = read_gguf_metadata(path)
+    template = metadata.get("tokenizer.chat_template")
+    try:
+        return tokenizer_from_gguf(metadata), template if isinstance(template, str) else None
+    except TokenizerError as exc:
+        raise TokenizerError(f"{path}: {exc}") from None
+
+
+def _starts_with_gguf_magic(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(4) == b"GGUF"
+    except OSError:
+        return False

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sentencepiece
 from tokenizers import Tokenizer as Backend
 from tokenizers import pre_tokenizers
 
 from llama_cli.errors import ModelFormatError, TokenizerError
-from llama_cli.gguf_metadata import read_gguf_metadata
+from llama_cli.gguf_metadata import metadata_from_reader, read_gguf_metadata
 from llama_cli.tokenizer import (
     BPETokenizer,
     SentencePieceTokenizer,
@@ -27,7 +28,7 @@ from llama_cli.tokenizer import (
 
 PROSE = (
     "The quick brown fox jumps over the lazy dog. It's a well-known pangram; don't you think?\n"
-    'She said, "We\'ll see." They\'re here -- and I\'m not. Café, naïve, résumé.'
+    "She said, \"We'll see.\" They're here -- and I'm not. Café, naïve, résumé."
 )
 CODE = 'def fib(n: int) -> int:\n    """Return the n-th number."""\n    if n < 2:\n\treturn n\n    return fib(n - 1) + fib(n - 2)\n'
 CJK = "日本語のテキストです。東京は首都。中文句子，还有标点！한국어 문장입니다."
@@ -68,6 +69,37 @@ def test_unreadable_gguf(default_model_path: Path, tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ModelFormatError, match="cannot read GGUF"):
             read_gguf_metadata(tmp_path / name)
+
+
+def test_gguf_metadata_reader_matches_gguf_package(tmp_path: Path) -> None:
+    import gguf
+
+    path = tmp_path / "kinds.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    values = {
+        "uint8": 200, "int8": -5, "uint16": 60000, "int16": -300, "uint32": 4_000_000_000, "int32": -7, "float32": 0.1,
+        "bool": True, "uint64": 2**63, "int64": -(2**40), "float64": 0.1, "string": "héllo",
+    }  # fmt: skip
+    for kind, value in values.items():
+        getattr(writer, f"add_{kind}")(f"k.{kind}", value)
+    arrays = {"strings": ["x", "ÿ", ""], "ints": [1, -2, 3], "floats": [0.5, 1.5], "bools": [True, False], "nested": [[1, 2], [3]]}
+    for name, items in arrays.items():
+        writer.add_array(f"k.{name}", items)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    ours, theirs = read_gguf_metadata(path), metadata_from_reader(gguf.GGUFReader(path))
+    assert ours.pop("k.nested") == [[1, 2], [3]]  # the gguf package flattens arrays of arrays (none occur in real files)
+    assert ours == {k: v for k, v in theirs.items() if k != "k.nested"}
+    assert ours["k.float32"] == float(np.float32(0.1)) and ours["k.uint64"] == 2**63 and ours["k.string"] == "héllo"
+    data = path.read_bytes()
+    for cut in (30, len(data) - 3):  # inside a key, inside the last array
+        (tmp_path / "cut.gguf").write_bytes(data[:cut])
+        with pytest.raises(ModelFormatError, match="truncated or corrupt"):
+            read_gguf_metadata(tmp_path / "cut.gguf")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(ModelFormatError, match="cannot read GGUF"):
+        read_gguf_metadata(tmp_path / "empty.gguf")
 
 
 @pytest.mark.parametrize("text", CORPUS)
