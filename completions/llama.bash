@@ -2,7 +2,7 @@
 _llama() {
     local cur prev cmd; cur="${COMP_WORDS[COMP_CWORD]}"; prev="${COMP_WORDS[COMP_CWORD-1]}"; cmd="${COMP_WORDS[1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "generate chat tokenize pull summarize translate qa models show completions train finetune merge bench perplexity --help --version" -- "$cur")); return
+        COMPREPLY=($(compgen -W "generate chat tokenize pull summarize translate qa models show completions train finetune merge bench perplexity serve --help --version" -- "$cur")); return
     fi
     case "$prev" in
         --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return;;
@@ -11,9 +11,9 @@ _llama() {
         -m|--model|--context|--history|-o|--out|--adapter) COMPREPLY=($(compgen -f -- "$cur")); return;;
     esac
     case "$cmd" in
-        generate) COMPREPLY=($(compgen -W "--model -m --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --stop --ignore-eos --samples --lookup --chat --system -s --template --truncate --json --logprobs --stats --dtype --device --ctx --threads --no-cache --adapter --help -h" -- "$cur"));;
-        chat) COMPREPLY=($(compgen -W "--model -m --system -s --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --template --history --markdown --stats --dtype --device --ctx --threads --no-cache --adapter --help -h" -- "$cur"));;
-        tokenize) COMPREPLY=($(compgen -W "--model -m --json --count --chat --template --no-cache --help -h" -- "$cur"));;
+        generate) COMPREPLY=($(compgen -W "--model -m --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --stop --ignore-eos --samples --lookup --chat --system -s --template --tools --truncate --json --logprobs --stats --schema --schema-multi --regex --choice --grammar --json-output --no-schema-prompt --truncate-ok --dtype --device --ctx --threads --no-cache --adapter --help -h" -- "$cur"));;
+        chat) COMPREPLY=($(compgen -W "--model -m --system -s --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --template --history --tools --markdown --stats --schema --schema-multi --regex --choice --grammar --json-output --no-schema-prompt --dtype --device --ctx --threads --no-cache --adapter --help -h" -- "$cur"));;
+        tokenize) COMPREPLY=($(compgen -W "--model -m --json --count --chat --template --tools --no-cache --help -h" -- "$cur"));;
         pull) COMPREPLY=($(compgen -W "--help -h" -- "$cur"));;
         summarize) COMPREPLY=($(compgen -W "--length -l --words --bullets --focus --model -m --max-tokens -n --temperature -t --seed --lookup --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
         translate) COMPREPLY=($(compgen -W "--to --from --model -m --max-tokens -n --temperature -t --seed --lookup --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
@@ -25,7 +25,8 @@ _llama() {
         finetune) COMPREPLY=($(compgen -W "--out -o --model -m --max-steps --full --merge --resume --lora-rank --lora-alpha --lora-targets --val --val-fraction --max-len --template --batch-size -b --grad-accum --lr --min-lr --warmup --weight-decay --grad-clip --seed --precision --eval-every --eval-batches --log-every --save-every --device --fsdp --threads --help -h" -- "$cur"));;
         merge) COMPREPLY=($(compgen -W "--out -o --model -m --no-cache --help -h" -- "$cur"));;
         bench) COMPREPLY=($(compgen -W "--model -m --prompt-tokens -p --gen-tokens -n --repeats -r --json --dtype --device --threads --no-cache --help -h" -- "$cur"));;
-        perplexity) COMPREPLY=($(compgen -W "--model -m --ctx --json --dtype --device --threads --no-cache --help -h" -- "$cur"));;
+        perplexity) COMPREPLY=($(compgen -W "--model -m --ctx --kl-divergence --json --dtype --device --threads --no-cache --help -h" -- "$cur"));;
+        serve) COMPREPLY=($(compgen -W "--model -m --host --port --api-key --parallel --queue --cors-origin --template --ctx --dtype --device --threads --no-cache --help -h" -- "$cur"));;
     esac
     [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=($(compgen -f -- "$cur"))
 }
