@@ -1,8 +1,9 @@
-"""Model management commands: `llama models`, `llama show`, and `llama completions`."""
+"""Model management commands: `llama models`, `llama show`, `llama cache`, and `llama completions`."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -109,8 +110,21 @@ def _describe(model: str | None, cache: bool) -> dict[str, Any]:
         "eos": named(special.eos_id),
         "stop_tokens": [named(i) for i in sorted(special.stop_ids)],
         "add_bos": special.add_bos,
+        "runs_on": _runs_on(checkpoint),
         "chat_template": checkpoint.chat_template,
     }
+
+
+def _runs_on(checkpoint: Any) -> str:
+    """What `llama generate` would multiply with on this CPU, without loading the model."""
+    from . import kernels
+    from .weights.quantized import QuantizedTensor
+
+    if not any(isinstance(t, QuantizedTensor) for t in checkpoint.weights.values()):
+        return "float32 reference (dense weights)"
+    if kernels.available():
+        return f"quantized weights in memory; {kernels.describe()}"
+    return f"float32 reference, weights dequantized ({kernels.describe()})"
 
 
 @app.command()
@@ -138,6 +152,67 @@ def show(model: ModelOpt = None, json_output: JsonOpt = False, no_cache: NoCache
             value = f"{value:,}"
         write_out(f"{key + ':':17} {value}\n")
     write_out("chat_template:\n" + (template.rstrip("\n") + "\n" if template else "  (none: ChatML is used)\n"))
+
+
+cache_app = typer.Typer(
+    help="List or remove what `llama` keeps in its cache folder ($LLAMA_CACHE): GGUF metadata, built kernels.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback()
+@handles_errors
+def cache(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """List the cache's entries with their sizes and sources; `prune` and `clear` remove them.
+
+    An entry is "current" while its GGUF is unchanged, "stale" once the file changed or is gone
+    (or was written by an older version), "temporary" if a run was killed while writing it.
+
+    [b]Examples[/b]
+
+      llama cache
+
+      llama cache prune
+
+      llama cache clear
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .weights.cache import cache_root, list_entries
+
+    entries = list_entries()
+    if json_output:
+        rows = [{"path": str(e.path), "bytes": e.size, "source": e.source, "state": e.state} for e in entries]
+        write_out(json.dumps({"root": str(cache_root()), "entries": rows}) + "\n")
+        return
+    for e in entries:
+        write_out(f"{e.state}\t{_human(e.size)}\t{e.path.name}\t{e.source or '-'}\n")
+    total = sum(e.size for e in entries)
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_human(total)} in {cache_root()}", file=sys.stderr)
+
+
+@cache_app.command()
+@handles_errors
+def prune() -> None:
+    """Remove stale entries (their GGUF changed or is gone) and temporary folders left by killed runs."""
+    from .weights.cache import prune as prune_entries
+
+    removed = prune_entries()
+    for e in removed:
+        print(f"llama: removed {e.state} {e.path} ({_human(e.size)})", file=sys.stderr)
+    print(f"llama: pruned {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr)
+
+
+@cache_app.command()
+@handles_errors
+def clear() -> None:
+    """Remove every entry; the next run of each model reads its GGUF's metadata again (and rebuilds the kernels)."""
+    from .weights.cache import clear as clear_entries
+
+    removed = clear_entries()
+    print(f"llama: cleared {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr)
 
 
 @app.command()

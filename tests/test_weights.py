@@ -726,3 +726,42 @@ def test_random_header_damage_raises_only_model_errors(tmp_path: Path, weights: 
                 load_bytes(tmp_path, bytes(damaged), name=f"fuzz{trial % 3}.gguf")
         except LlamaError:
             pass
+
+
+def test_cache_command_lists_prunes_and_clears(
+    tmp_path: Path, private_cache: Path, weights: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from llama_cli.cli import app
+
+    kept, changed, removed = (write_gguf(tmp_path / f"{n}.gguf", TINY, weights) for n in ("kept", "changed", "removed"))
+    for path in (kept, changed, removed):
+        load_checkpoint(path)
+    write_gguf(changed, TINY, random_weights(TINY, seed=1))
+    os.utime(changed, ns=(1, 1_000_000_000))
+    removed.unlink()
+    (private_cache / "gguf" / ".tmp-crashed").mkdir()
+    os.utime(private_cache / "gguf" / ".tmp-crashed", ns=(1, 1))  # a killed run's folder, hours old
+    runner = CliRunner()
+    listing = runner.invoke(app, ["cache", "--json"])
+    assert listing.exit_code == 0, listing.output
+    states = {Path(e["source"]).name if e["source"] else e["state"]: e["state"] for e in json.loads(listing.stdout)["entries"]}
+    assert states == {"kept.gguf": "current", "changed.gguf": "stale", "removed.gguf": "stale", "temporary": "temporary"}
+    assert all(e["bytes"] < 100_000 for e in json.loads(listing.stdout)["entries"])  # metadata only: no weights cached
+    pruned = runner.invoke(app, ["cache", "prune"])
+    assert pruned.exit_code == 0 and "pruned 3 entries" in pruned.output
+    assert [p.name.split("-")[0] for p in (private_cache / "gguf").iterdir()] == ["kept"]
+    load_checkpoint(changed)  # a new entry for the changed file; writing it removes nothing else
+    cleared = runner.invoke(app, ["cache", "clear"])
+    assert cleared.exit_code == 0 and "cleared 2 entries" in cleared.output
+    assert list((private_cache / "gguf").iterdir()) == []
+
+
+def test_a_new_entry_replaces_the_old_one_of_the_same_file(tmp_path: Path, private_cache: Path, weights: dict[str, torch.Tensor]) -> None:
+    path = write_gguf(tmp_path / "tiny.gguf", TINY, weights)
+    load_checkpoint(path)
+    write_gguf(path, TINY, random_weights(TINY, seed=1))
+    os.utime(path, ns=(1, 1_000_000_000))
+    load_checkpoint(path)
+    assert len(list((private_cache / "gguf").iterdir())) == 1  # entries of changed files do not pile up

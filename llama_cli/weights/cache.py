@@ -134,7 +134,7 @@ class CacheEntry:
     path: Path
     size: int  # bytes on disk
     source: str | None  # the GGUF it describes (None: unreadable or a temporary folder)
-    state: str  # "current", "stale" (file changed, gone, or an older format), "temporary", "kernels"
+    state: str  # "current", "stale" (file changed or gone, an older format, an old kernel build), "temporary", "kernels"
 
 
 def list_entries() -> list[CacheEntry]:
@@ -157,9 +157,21 @@ def list_entries() -> list[CacheEntry]:
             pass
         entries.append(CacheEntry(path, _size(path), source, state))
     kernels = root / "kernels"
+    current = _current_kernel_build()
     for path in sorted(kernels.iterdir()) if kernels.is_dir() else []:
-        entries.append(CacheEntry(path, _size(path), None, "kernels"))
+        state = "kernels" if current is None or path.name == current else "stale"  # built from older sources or another compiler
+        entries.append(CacheEntry(path, _size(path), None, state))
     return entries
+
+
+def _current_kernel_build() -> str | None:
+    """The folder name the kernels of this version, compiler and CPU build into (None: unknown)."""
+    try:
+        from ..kernels._build import _build_key, _compiler
+
+        return _build_key(_compiler())
+    except Exception:  # noqa: BLE001 (no compiler, or anything else: then no build counts as stale)
+        return None
 
 
 def prune() -> list[CacheEntry]:
