@@ -341,8 +341,14 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
 
 def _summary_output(runner: Runner, step: Step) -> None:
     runner.output = finish(step)
-    if runner.structured and step.generation is not None and step.generation.results[0].complete:
-        runner.data = points(runner.output)
+    result = step.generation.results[0] if step.generation is not None else None
+    if not runner.structured or result is None or not result.complete:
+        return
+    data = points(runner.output)
+    if result.stop_reason == "length":  # the last point is probably cut mid-sentence: keep the whole ones
+        data["points"] = data["points"][:-1]
+        runner.notes.append(f"the last point was cut at -n {step.generation.settings.max_tokens} tokens and is left out of the data (raise -n)")  # type: ignore[union-attr]
+    runner.data = data if data["points"] else None
 
 
 def translate(runner: Runner, document: str, fields: dict[str, str], max_tokens: int | None) -> Iterator[Step]:

@@ -46,12 +46,9 @@ class Spec:
     pattern: str = ""  # the regex, or the grammar's text
     choices: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)  # llguidance's warnings, for stderr
-    note: str = ""  # what to tell the model instead of the generated description (presets: a short example)
 
     def prompt_note(self) -> str:
         """The system-message addendum that shows the model what to write."""
-        if self.note:
-            return self.note
         if self.kind == "json":
             if self.schema == ANY_OBJECT:
                 return "Reply with a JSON object only, nothing else."
@@ -133,7 +130,7 @@ def read_schema(value: str) -> dict[str, Any]:
     return schema
 
 
-def json_spec(schema: dict[str, Any], option: str = "--schema", *, note: str = "") -> Spec:
+def json_spec(schema: dict[str, Any], option: str = "--schema") -> Spec:
     """A Spec for JSON matching `schema`; unsupported keywords and bad patterns are UsageErrors."""
     import llguidance
 
@@ -141,7 +138,7 @@ def json_spec(schema: dict[str, Any], option: str = "--schema", *, note: str = "
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)  # type: ignore[arg-type]
     except ValueError as error:
         raise UsageError(f"{option}: {one_line(str(error))}") from None
-    return Spec("json", grammar, option, schema=schema, notes=_check(grammar, option), note=note)
+    return Spec("json", grammar, option, schema=schema, notes=_check(grammar, option))
 
 
 def regex_spec(pattern: str, option: str = "--regex") -> Spec:
