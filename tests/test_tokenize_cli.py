@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import re
 import struct
 import subprocess
 import sys
@@ -124,9 +125,10 @@ def test_parse_messages_with_tool_calls_and_results() -> None:
 
 
 def _prompt_tokens(*args: str) -> int:
-    result = runner.invoke(cli.app, ["generate", "--chat", "-t", "0", "-n", "1", "--json", *args, "Weather in Paris?"])
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])["prompt_tokens"]  # the "done" record
+    """The prompt length `generate --chat` builds, read from its refusal with --ctx 8 (no model run)."""
+    result = runner.invoke(cli.app, ["generate", "--chat", "-n", "1", "--ctx", "8", *args, "Weather in Paris?"])
+    assert result.exit_code == 1, result.stderr
+    return int(re.match(r"llama: error: prompt of (\d+) tokens", result.stderr).group(1))  # type: ignore[union-attr]
 
 
 def test_generate_and_chat_take_tools(llm, monkeypatch, files: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
@@ -134,5 +136,14 @@ def test_generate_and_chat_take_tools(llm, monkeypatch, files: dict[str, Path]) 
     plain = _prompt_tokens("--template", str(LLAMA31))
     assert _prompt_tokens("--template", str(LLAMA31), "--tools", str(files["tools"])) > plain + 40  # the tool list, in the prompt
     assert _prompt_tokens("--tools", str(files["tools"])) == _prompt_tokens()  # SmolLM2's own template ignores tools
-    reply = runner.invoke(cli.app, ["chat", "-t", "0", "-n", "2", "--tools", str(files["tools"]), "--template", str(LLAMA31)], input="Hi\n")
-    assert reply.exit_code == 0, reply.stderr
+    from llama_cli.api import make_settings
+    from llama_cli.chat import ChatSession
+
+    settings = make_settings(temperature=0, max_tokens=2)
+    sessions = [
+        ChatSession(llm, settings, template=str(LLAMA31), messages=[*TALK, {"role": "assistant", "content": "18 C."}], tools=tools)
+        for tools in (None, TOOLS)
+    ]
+    assert len(sessions[1].encode()) > len(sessions[0].encode()) + 40
+    result = runner.invoke(cli.app, ["chat", "--tools", str(files["tools"]), "--ctx", "8"], input="Hi\n")  # refused before generating
+    assert result.exit_code == 1 and "does not fit the 8-token context" in result.stderr, result.stderr
