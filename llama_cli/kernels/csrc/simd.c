@@ -46,9 +46,11 @@ INLINE void prefetch_ahead(const uint8_t *p, int bytes) {
 #define DPWSSD(acc, a, b) _mm512_add_epi32((acc), _mm512_madd_epi16((a), (b)))
 #endif
 
-/* int16 shift counts: `lo` for the lower 256 bits, `hi` for the upper 256 bits. */
-INLINE __m512i shifts(int lo, int hi) {
-    return _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16((short)lo), _mm512_set1_epi16((short)hi));
+/* Each 16-bit lane of x shifted right by `lo` in the lower 256 bits and by `hi` in the upper:
+ * immediate shifts under a mask (variable word shifts, vpsrlvw, take more micro-ops). */
+INLINE __m512i shr2(__m512i x, int lo, int hi) {
+    if (lo) x = _mm512_srli_epi16(x, (unsigned)lo);
+    return hi == lo ? x : _mm512_mask_srli_epi16(x, 0xFFFF0000u, x, (unsigned)(hi - lo));
 }
 
 /* Broadcast the 32 bytes at p to both halves of a zmm register. */
@@ -58,30 +60,71 @@ INLINE __m512i bcast32(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_
 
 typedef struct {
     __m512i u[4];  /* unsigned weights, 64 per chunk, in element order */
-    __m256i sc16;  /* int16 scale per 16 elements */
+    __m512i s[4];  /* per chunk: int16 scale of each maddubs lane (lane l: sub-block 4c + l/8) */
+    __m256i sc16;  /* int16 scale per 16 elements (the bfloat16 path; dead code in the int8 one) */
     __m512 mins;   /* float min/offset term per 16 elements (already times d or dmin) */
     float d;
 } kblock_t;
+
+/* Scale vectors of the four chunks from sixteen int16 scales, one per 16 elements. */
+INLINE void chunk_scales(kblock_t *k) {
+    const __m512i sc512 = _mm512_castsi256_si512(k->sc16);
+    const __m512i lane = _mm512_srli_epi16(
+        _mm512_set_epi32(0x001f001e, 0x001d001c, 0x001b001a, 0x00190018, 0x00170016, 0x00150014, 0x00130012,
+                         0x00110010, 0x000f000e, 0x000d000c, 0x000b000a, 0x00090008, 0x00070006, 0x00050004,
+                         0x00030002, 0x00010000),
+        3); /* l / 8 */
+    for (int c = 0; c < 4; c++)
+        k->s[c] = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_set1_epi16((short)(4 * c)), lane), sc512);
+}
+
+#ifdef __AVX512VBMI__
+/* Q4_K/Q5_K header (d, dmin, 12 bytes of 6-bit scales and mins) decoded in one xmm register:
+ * bytes 0..7 the scales, 8..15 the mins (llk_scale_min_k4's 32-bit trick, four lanes at once). */
+INLINE __m128i scales_mins_k4(const uint8_t *b) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)b); /* u32 lanes: [d|dmin, q0..3, q4..7, q8..11] */
+    const __m128i v = _mm_srlv_epi32(_mm_shuffle_epi32(h, _MM_SHUFFLE(3, 2, 3, 1)), _mm_setr_epi32(0, 0, 0, 4));
+    const __m128i low = _mm_and_si128(v, _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i top = _mm_and_si128(_mm_srli_epi32(_mm_shuffle_epi32(h, _MM_SHUFFLE(2, 2, 1, 1)), 2),
+                                      _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+    return _mm_or_si128(low, top);
+}
+#endif
 
 INLINE kblock_t unpack_k(int type, const uint8_t *b) {
     const __m512i m0f = _mm512_set1_epi8(0x0F), m03 = _mm512_set1_epi8(3), m01 = _mm512_set1_epi8(1);
     kblock_t k;
     if (type == T_Q4_K || type == T_Q5_K) {
         const float dmin = llk_f16(b + 2);
+        k.d = llk_f16(b);
+#ifdef __AVX512VBMI__
+        /* One byte permute per vector, straight from the decoded header: the chunk scales (int16
+         * lanes: low byte the scale of sub-block 2c or 2c+1, high byte zeroed) and the mins. */
+        const __m512i sm = _mm512_castsi128_si512(scales_mins_k4(b));
+        k.sc16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm512_castsi512_si128(sm), _mm512_castsi512_si128(sm)));
+        for (int c = 0; c < 4; c++)
+            k.s[c] = _mm512_maskz_permutexvar_epi8(0x5555555555555555ull, _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull,
+                _mm512_set1_epi8((char)(2 * c)), _mm512_set1_epi8((char)(2 * c + 1))), sm);
+        const __m512i min_idx = _mm512_add_epi32( /* int32 lane k, low byte: min k/2 (byte 8 + k/2) */
+            _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 1), _mm512_set1_epi32(8));
+        k.mins = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(0x1111111111111111ull, min_idx, sm)),
+                               _mm512_set1_ps(dmin));
+#else
         uint8_t sc[8], mn[8];
         llk_scale_min_k4(b + 4, sc, mn);
-        k.d = llk_f16(b);
         const __m128i scb = _mm_loadl_epi64((const __m128i *)sc), mnb = _mm_loadl_epi64((const __m128i *)mn);
         k.sc16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(scb, scb)); /* per 32 -> per 16 */
         k.mins = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(mnb, mnb))),
                                _mm512_set1_ps(dmin));
+        k.s[0] = k.s[1] = k.s[2] = k.s[3] = _mm512_setzero_si512(); /* set by chunk_scales below */
+#endif
         const uint8_t *qs = b + (type == T_Q4_K ? 16 : 48);
-        const __m512i nib = shifts(0, 4); /* chunk j: low nibbles of qs[32j..] then high nibbles */
-        for (int j = 0; j < 4; j++) k.u[j] = _mm512_and_si512(_mm512_srlv_epi16(bcast32(qs + 32 * j), nib), m0f);
+        /* chunk j: low nibbles of qs[32j..] then high nibbles */
+        for (int j = 0; j < 4; j++) k.u[j] = _mm512_and_si512(shr2(bcast32(qs + 32 * j), 0, 4), m0f);
         if (type == T_Q5_K) { /* fifth bit of element 32s + i: bit s of qh[i] */
             const __m512i qh = bcast32(b + 16);
             for (int j = 0; j < 4; j++) {
-                const __m512i h = _mm512_and_si512(_mm512_srlv_epi16(qh, shifts(2 * j, 2 * j + 1)), m01);
+                const __m512i h = _mm512_and_si512(shr2(qh, 2 * j, 2 * j + 1), m01);
                 k.u[j] = _mm512_or_si512(k.u[j], _mm512_slli_epi16(h, 4));
             }
         }
@@ -94,7 +137,7 @@ INLINE kblock_t unpack_k(int type, const uint8_t *b) {
             const int h = c >> 1, s = c & 1;
             const __m512i x = _mm512_loadu_si512((const void *)(b + 64 * h));
             const __m512i lo = _mm512_and_si512(s ? _mm512_srli_epi16(x, 4) : x, m0f);
-            const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(bcast32(b + 128 + 32 * h), shifts(4 * s, 4 * s + 2)), m03);
+            const __m512i hb = _mm512_and_si512(shr2(bcast32(b + 128 + 32 * h), 4 * s, 4 * s + 2), m03);
             k.u[c] = _mm512_or_si512(lo, _mm512_slli_epi16(hb, 4));
         }
     } else { /* Q2_K, Q3_K: 2-bit values, element 128h + 32k + i in bits 2k.. of qs[32h + i] */
@@ -117,44 +160,37 @@ INLINE kblock_t unpack_k(int type, const uint8_t *b) {
         }
         for (int c = 0; c < 4; c++) {
             const int h = c >> 1, s = c & 1;
-            k.u[c] = _mm512_and_si512(_mm512_srlv_epi16(bcast32(qs + 32 * h), shifts(4 * s, 4 * s + 2)), m03);
+            k.u[c] = _mm512_and_si512(shr2(bcast32(qs + 32 * h), 4 * s, 4 * s + 2), m03);
             if (type == T_Q3_K) { /* high bit of element 32k' + i is bit k' of hmask[i]; chunk c: k' = 2c, 2c+1 */
-                const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(bcast32(b), shifts(2 * c, 2 * c + 1)), m01);
+                const __m512i hb = _mm512_and_si512(shr2(bcast32(b), 2 * c, 2 * c + 1), m01);
                 k.u[c] = _mm512_or_si512(k.u[c], _mm512_slli_epi16(hb, 2));
             }
         }
     }
+#ifdef __AVX512VBMI__
+    if (type != T_Q4_K && type != T_Q5_K) chunk_scales(&k);
+#else
+    chunk_scales(&k);
+#endif
     return k;
 }
 
 INLINE void kquant_rows(int type, int64_t K, const uint8_t *w, const void *act, size_t astride, float *out,
                         const int R) {
     const int bb = type == T_Q2_K ? 84 : type == T_Q3_K ? 110 : type == T_Q4_K ? 144 : type == T_Q5_K ? 176 : 210;
-    /* Scale index per chunk: int16 lane l of chunk c (elements 64c + 2l, +1) uses sub-block 4c + l/8. */
-    __m512i sidx[4];
-    for (int c = 0; c < 4; c++)
-        sidx[c] = _mm512_add_epi16(_mm512_set1_epi16((short)(4 * c)),
-                                   _mm512_srli_epi16(_mm512_set_epi32(0x001f001e, 0x001d001c, 0x001b001a, 0x00190018,
-                                                                      0x00170016, 0x00150014, 0x00130012, 0x00110010,
-                                                                      0x000f000e, 0x000d000c, 0x000b000a, 0x00090008,
-                                                                      0x00070006, 0x00050004, 0x00030002, 0x00010000),
-                                                     3));
     __m512 acc[LLK_RT];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t ib = 0; ib < K / 256; ib++) {
         prefetch_ahead(w + ib * bb, bb);
         const kblock_t k = unpack_k(type, w + ib * bb);
-        const __m512i sc512 = _mm512_castsi256_si512(k.sc16);
-        __m512i s[4];
-        for (int c = 0; c < 4; c++) s[c] = _mm512_permutexvar_epi16(sidx[c], sc512);
         const __m512 dv = _mm512_set1_ps(k.d);
         for (int r = 0; r < R; r++) {
             const act256_t *a = (const act256_t *)((const char *)act + r * astride) + ib;
             __m512i is0 = _mm512_setzero_si512(), is1 = _mm512_setzero_si512(); /* two short chains */
-            is0 = DPWSSD(is0, _mm512_maddubs_epi16(k.u[0], _mm512_loadu_si512((const void *)(a->qs))), s[0]);
-            is1 = DPWSSD(is1, _mm512_maddubs_epi16(k.u[1], _mm512_loadu_si512((const void *)(a->qs + 64))), s[1]);
-            is0 = DPWSSD(is0, _mm512_maddubs_epi16(k.u[2], _mm512_loadu_si512((const void *)(a->qs + 128))), s[2]);
-            is1 = DPWSSD(is1, _mm512_maddubs_epi16(k.u[3], _mm512_loadu_si512((const void *)(a->qs + 192))), s[3]);
+            is0 = DPWSSD(is0, _mm512_maddubs_epi16(k.u[0], _mm512_loadu_si512((const void *)(a->qs))), k.s[0]);
+            is1 = DPWSSD(is1, _mm512_maddubs_epi16(k.u[1], _mm512_loadu_si512((const void *)(a->qs + 64))), k.s[1]);
+            is0 = DPWSSD(is0, _mm512_maddubs_epi16(k.u[2], _mm512_loadu_si512((const void *)(a->qs + 128))), k.s[2]);
+            is1 = DPWSSD(is1, _mm512_maddubs_epi16(k.u[3], _mm512_loadu_si512((const void *)(a->qs + 192))), k.s[3]);
             const __m512i is = _mm512_add_epi32(is0, is1);
             acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(a->d)), dv, acc[r]);
             acc[r] = _mm512_fnmadd_ps(k.mins, _mm512_loadu_ps(a->bsf), acc[r]);
