@@ -8,8 +8,9 @@ authors). $LLAMA_CPP_MODELS names that folder; `.ci/run` fills it with
     pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36
 
 and these tests are skipped without it. Like test-tokenizer-0, each string is encoded without BOS
-and with special tokens not parsed. Also checked for every string: decode(encode(s)) == s, and the
-streaming decoder gives the same text without a split character.
+and with special tokens not parsed. Also checked for every string: decode(encode(s)) == s, the
+streaming decoder gives the same text without a split character, and the tokenizer saved as the
+model cache stores it gives the same ids.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from llama_cli.gguf_metadata import read_gguf_metadata
-from llama_cli.tokenizer import StreamDecoder, Tokenizer, tokenizer_from_gguf
+from llama_cli.tokenizer import StreamDecoder, Tokenizer, load_tokenizer, tokenizer_from_gguf
 
 FOLDER = os.environ.get("LLAMA_CPP_MODELS")
 needs_suite = pytest.mark.skipif(
@@ -53,7 +54,7 @@ def _cases(name: str) -> list[tuple[str, list[int]]]:
 
 @needs_suite
 @pytest.mark.parametrize("name", VOCABS)
-def test_llama_cpp_tokenizer_suite(name: str) -> None:
+def test_llama_cpp_tokenizer_suite(name: str, tmp_path: Path) -> None:
     metadata = read_gguf_metadata(_path(name))
     assert metadata["tokenizer.ggml.model"] in ("llama", "gpt2")
     tokenizer = tokenizer_from_gguf(metadata)
@@ -64,6 +65,10 @@ def test_llama_cpp_tokenizer_suite(name: str) -> None:
     for text, ids in cases:
         assert tokenizer.decode(ids) == text
         _check_stream(tokenizer, ids)
+    tokenizer.save(tmp_path)  # as the model cache stores it
+    saved = load_tokenizer(tmp_path)
+    assert saved.special == tokenizer.special
+    assert all(saved.encode(text, bos=False) == ids for text, ids in cases)
     if name == "phi-3":  # <unk> is marked control and 53 [PAD] fillers unknown; sentencepiece wants one unknown piece
         assert tokenizer.special.stop_ids == {32000, 32007}  # <|endoftext|>, <|end|>
         assert tokenizer.encode("<|user|>\nHi<|end|>", bos=False, parse_special=True)[0] == 32010  # <|user|>
