@@ -110,8 +110,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int,
     weights and activations are rounded to bfloat16. Either way results differ from float32 by
     ~1e-2 relative at most. Runs on torch.get_num_threads() threads, without holding the GIL.
     """
-    path = "bf16" if x.shape[0] >= BF16_MIN_ROWS and _bf16_matmul_is_fast() else "int8"
-    return _linear(x, weight, qtype, out_features, in_features, path=path)
+    import torch
+
+    M, N, K = x.shape[0], out_features, in_features
+    if M >= BF16_MIN_ROWS and _bf16_matmul_is_fast():
+        return _linear(x, weight, qtype, N, K, path="bf16")
+    info = _TYPES.get(qtype)
+    # The decode path runs ~100-200 times per token: check the arguments in one expression and
+    # leave the explanations (and every unusual case) to _linear.
+    if (_lib is None or info is None or x.dtype is not torch.float32 or weight.dtype is not torch.uint8
+            or x.dim() != 2 or x.shape[1] != K or K % info[1] or weight.shape != (N, K // info[1] * info[2])
+            or not x.is_cpu or not weight.is_cpu or not x.is_contiguous() or not weight.is_contiguous() or M == 0):
+        return _linear(x, weight, qtype, N, K, path="int8")
+    out = torch.empty((M, N), dtype=torch.float32)
+    if _lib.llk_linear(info[0], x.data_ptr(), M, K, weight.data_ptr(), N, weight.shape[1], out.data_ptr(),
+                       torch.get_num_threads(), 1):
+        raise RuntimeError(f"llk_linear failed for {qtype} {N}x{K}")
+    return out
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int,
