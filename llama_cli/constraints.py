@@ -39,17 +39,36 @@ _BRIDGES: weakref.WeakKeyDictionary[Tokenizer, dict[int, Any]] = weakref.WeakKey
 
 class _PieceTokenizer:
     """What llguidance.TokenizerWrapper wants from a tokenizer that is not a `tokenizers` JSON:
-    each token's bytes, the special ids, and an encode function."""
+    each token's bytes, the special ids, and an encode function.
+
+    The encode function must give tokens whose bytes are exactly the text's; sentencepiece's own
+    adds a leading space (its dummy prefix), so this one matches the longest piece at each byte
+    instead. llguidance uses it only to tokenize forced text; masks allow every tokenization.
+    """
 
     def __init__(self, tokenizer: SentencePieceTokenizer, vocab_size: int) -> None:
         self.eos_token_id = tokenizer.special.eos_id
         self.bos_token_id = tokenizer.special.bos_id
         self.special_token_ids = [i for i in range(min(vocab_size, tokenizer.vocab_size)) if tokenizer.is_special(i)]
-        self.tokens = [_piece_bytes(tokenizer.piece(i)) if i < tokenizer.vocab_size else b"" for i in range(vocab_size)]
-        self._tokenizer = tokenizer
+        self.tokens = [_piece_bytes(tokenizer.piece(i)) if i < tokenizer.vocab_size and not tokenizer.is_special(i) else b"" for i in range(vocab_size)]
+        self._ids: dict[bytes, int] = {}
+        for i, data in enumerate(self.tokens):
+            if data:
+                self._ids.setdefault(data, i)
+        self._longest = max(map(len, self._ids), default=1)
 
-    def __call__(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, bos=False)
+    def __call__(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        ids, start = [], 0
+        while start < len(data):
+            for end in range(min(len(data), start + self._longest), start, -1):
+                if (found := self._ids.get(data[start:end])) is not None:
+                    ids.append(found)
+                    start = end
+                    break
+            else:
+                start += 1  # a byte no piece spells (no byte fallback): skipped
+        return ids
 
 
 def _piece_bytes(piece: str) -> bytes:

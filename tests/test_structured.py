@@ -182,3 +182,23 @@ def test_presets_give_data_with_json() -> None:
     assert done["data"]["points"] and all(isinstance(p, str) and p for p in done["data"]["points"])
     lines = done["text"].splitlines()  # a last line cut by -n is left out of the data
     assert lines[: len(done["data"]["points"])] == [f"- {p}" for p in done["data"]["points"]]
+
+
+def test_a_sentencepiece_vocabulary_is_bridged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sentencepiece
+
+    from llama_cli.constraints import Constraint
+    from llama_cli.tokenizer import SentencePieceTokenizer, SpecialTokens
+
+    (tmp_path / "corpus.txt").write_text("\n".join(['{"name": "Ann", "age": 31}', "The quick brown fox jumps over the lazy dog."] * 20))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "m"), vocab_size=300, model_type="bpe", byte_fallback=True, minloglevel=2
+    )
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
+    tokenizer = SentencePieceTokenizer(sp, SpecialTokens(sp.bos_id(), sp.eos_id(), frozenset({sp.eos_id()}), add_bos=True))
+    rule = Constraint(spec_from_options(schema="name, age int"), tokenizer, 304).matcher()  # type: ignore[arg-type]
+    space = sp.piece_to_id("\u2581")
+    assert not rule.allowed()[space]  # JSON may not start with a space (sentencepiece's dummy prefix)
+    for token in tokenizer.encode('{"name": "Ann", "age": 31}', bos=False)[1:]:  # without that prefix
+        rule.advance(token)
+    assert rule.complete and rule.allowed()[sp.eos_id()] and rule.allowed().sum() == 1
