@@ -99,8 +99,8 @@ class _KeyValues:
             raise self.fail(f"unknown value type {kind}")
         item, count = self.unpack("I"), self.unpack("Q")
         if item in SCALARS:
-            fmt = f"<{count}{SCALARS[item]}"
-            return list(struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt))))
+            start = self.take(count * struct.calcsize(SCALARS[item]))  # checked before struct sees the count
+            return list(struct.unpack_from(f"<{count}{SCALARS[item]}", self.buf, start))
         if count * 8 > self.size - self.pos:  # every string or array item takes at least 8 bytes
             raise self.fail(f"an array of {count} items")
         if item == STRING:

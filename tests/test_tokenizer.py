@@ -4,6 +4,7 @@ itself, save/load round trips, streaming detokenization, and the errors for unus
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,16 @@ def test_gguf_metadata_reader_matches_gguf_package(tmp_path: Path) -> None:
     (tmp_path / "empty.gguf").write_bytes(b"")
     with pytest.raises(ModelFormatError, match="cannot read GGUF"):
         read_gguf_metadata(tmp_path / "empty.gguf")
+    rng = random.Random(0)
+    for _ in range(300):  # damaged bytes anywhere: a dict or a one-line ModelFormatError, never another exception
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] = rng.choice([0x00, 0xFF, 0x7F, rng.randrange(256)])
+        (tmp_path / "damaged.gguf").write_bytes(damaged)
+        try:
+            read_gguf_metadata(tmp_path / "damaged.gguf")
+        except ModelFormatError:
+            pass
 
 
 @pytest.mark.parametrize("text", CORPUS)
