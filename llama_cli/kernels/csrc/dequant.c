@@ -208,11 +208,8 @@ void llk_dequant_row(int type, const uint8_t *w, int64_t K, float *y) {
 /* ---- portable kernels --------------------------------------------------------------------- */
 
 /* The activation value of element e of one quantized row. */
-static inline float act_value(int fmt, const void *row, int64_t e) {
-    if (fmt == ACT_32) {
-        const act32_t *a = (const act32_t *)row + (e >> 5);
-        return a->d * (float)a->qs[e & 31];
-    }
+static inline float act_value(int fmt, const void *row, int64_t K, int64_t e) {
+    if (fmt == ACT_32) return act32_d(row, K)[e >> 5] * (float)((const int8_t *)row)[e];
     const act256_t *a = (const act256_t *)row + (e >> 8);
     return a->d * (float)a->qs[e & 255];
 }
@@ -228,7 +225,7 @@ static inline float act_value(int fmt, const void *row, int64_t e) {
             for (int r = 0; r < R; r++) {                                                      \
                 const void *row = (const char *)act + r * astride;                            \
                 float s = 0;                                                                   \
-                for (int i = 0; i < qk; i++) s += y[i] * act_value(fmt, row, ib * qk + i);     \
+                for (int i = 0; i < qk; i++) s += y[i] * act_value(fmt, row, K, ib * qk + i);     \
                 acc[r] += s;                                                                   \
             }                                                                                  \
         }                                                                                      \

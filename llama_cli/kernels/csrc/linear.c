@@ -1,7 +1,7 @@
 /* linear.c: the exported entry points: y = x @ W.T over GGUF-quantized W, and dequantization.
  *
  * Work split, as llama.cpp's ggml_compute_forward_mul_mat does it: the activations are quantized
- * once per call (int8 rows, act32_t or act256_t blocks), then the threads share out chunks of
+ * once per call (int8 rows: 32-element blocks or act256_t blocks), then the threads share out chunks of
  * weight rows. Inside a chunk the loop runs over tiles of up to LLK_RT activation rows, and for
  * each tile over the chunk's weight rows: a kernel unpacks a weight block once and dots it with
  * every row of the tile (register tiling), while the chunk (~64 KB of weights) stays in L2 for
@@ -20,24 +20,26 @@
 #endif
 
 static size_t act_row_bytes(int fmt, int64_t K) {
-    if (fmt == ACT_32) return (size_t)(K / 32) * sizeof(act32_t);
+    if (fmt == ACT_32) return act32_row_bytes(K);
     if (fmt == ACT_256) return (size_t)(K / 256) * sizeof(act256_t);
     return (size_t)K * sizeof(float);
 }
 
-static void quantize_row_32(const float *x, int64_t K, act32_t *a) {
-    for (int64_t ib = 0; ib < K / 32; ib++, x += 32) {
+static void quantize_row_32(const float *x, int64_t K, void *row) {
+    int8_t *q = row;
+    float *ds = (float *)act32_d(row, K), *ss = (float *)act32_s(row, K);
+    for (int64_t ib = 0; ib < K / 32; ib++, x += 32, q += 32) {
         float amax = 0;
         for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
         const float d = amax / 127, id = d ? 1 / d : 0;
         int sum = 0;
         for (int i = 0; i < 32; i++) {
-            const int q = (int)nearbyintf(x[i] * id);
-            a[ib].qs[i] = (int8_t)q;
-            sum += q;
+            const int v = (int)nearbyintf(x[i] * id);
+            q[i] = (int8_t)v;
+            sum += v;
         }
-        a[ib].d = d;
-        a[ib].s = d * (float)sum;
+        ds[ib] = d;
+        ss[ib] = d * (float)sum;
     }
 }
 
@@ -81,12 +83,13 @@ int llk_linear(int type, const float *x, int64_t M, int64_t K, const uint8_t *w,
     const size_t astride = act_row_bytes(fmt, K);
     void *act = (void *)x;
     if (fmt != ACT_F32) {
-        act = aligned_alloc(64, ((astride * M) + 63) / 64 * 64);
+        /* + 64: a 64-byte load of an odd last block reads past the end of the last row */
+        act = aligned_alloc(64, ((astride * M) + 64 + 63) / 64 * 64);
         if (!act) return -2;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (M * K >= 65536)
         for (int64_t m = 0; m < M; m++) {
             if (fmt == ACT_32)
-                quantize_row_32(x + m * K, K, (act32_t *)((char *)act + m * astride));
+                quantize_row_32(x + m * K, K, (char *)act + m * astride);
             else
                 quantize_row_256(x + m * K, K, (act256_t *)((char *)act + m * astride));
         }

@@ -38,13 +38,13 @@ enum {
 /* Activation row formats. ACT_F32: the float row itself (F16/BF16 weights). */
 enum { ACT_F32 = 0, ACT_32 = 1, ACT_256 = 2 };
 
-/* One 32-element activation block (like block_q8_0): x ~= d*qs; s = d*sum(qs), which carries the
- * offset/min term of the weight formats (w = dw*u + cw  =>  dot = dw*d*sum(u*qs) + cw*s). */
-typedef struct {
-    int8_t qs[32];
-    float d;
-    float s;
-} act32_t;
+/* A row quantized in 32-element blocks (like block_q8_0, split into arrays so that two blocks'
+ * values are one 64-byte load): K int8 values, then K/32 float scales d (x ~= d*q), then K/32
+ * floats s = d*sum(q of the block), which carry the offset/min terms of the weight formats
+ * (w = dw*u + cw  =>  dot = dw*d*sum(u*q) + cw*s). */
+static inline size_t act32_row_bytes(int64_t K) { return (size_t)K + 8 * (size_t)(K / 32); }
+static inline const float *act32_d(const void *row, int64_t K) { return (const float *)((const char *)row + K); }
+static inline const float *act32_s(const void *row, int64_t K) { return act32_d(row, K) + K / 32; }
 
 /* One 256-element activation block (like block_q8_K): bsf[k] = d*sum(qs[16k..16k+15]) carries the
  * per-16 min/offset terms of the K-quants. 384 bytes, so consecutive blocks stay 64-byte aligned. */
