@@ -126,3 +126,19 @@ def test_block_shapes_and_description() -> None:
     assert kernels.block_shape("Q4_K") == (256, 144)
     assert kernels.block_shape("Q8_0") == (32, 34)
     assert kernels.describe().startswith("C kernels, ")
+
+
+def test_a_failed_build_is_reported(monkeypatch, tmp_path) -> None:
+    from llama_cli.kernels import _build
+
+    monkeypatch.setenv("LLAMA_CACHE", str(tmp_path))
+    monkeypatch.setattr(_build, "_compiler", lambda: "/bin/false")  # a "compiler" that always fails
+    with pytest.raises(_build.KernelBuildError, match="failed to compile"):
+        _build.load()
+    assert not list((tmp_path / "kernels").rglob("*.so"))  # no half-written library left behind
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_error", "no C compiler found")
+    assert not kernels.available()
+    assert kernels.describe() == "pure torch (no C compiler found)"
+    with pytest.raises(RuntimeError, match="not available"):
+        kernels.dequantize(torch.zeros(1, 34, dtype=torch.uint8), "Q8_0", 32)

@@ -391,6 +391,12 @@ INLINE void deq_bf16_32(int type, const uint8_t *w, int64_t K, uint16_t *out) {
 /* Row of W (K elements) as bfloat16; returns 0 where no SIMD path exists (the caller then rounds
  * the exact float32 dequantization). */
 int llk_simd_dequant_bf16(int type, const uint8_t *w, int64_t K, uint16_t *out) {
+    if (type == T_F16 && K % 32 == 0) {
+        for (int64_t i = 0; i < K; i += 32)
+            store_bf16x32(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * i))),
+                          _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * i + 32))));
+        return 1;
+    }
     switch (type) {
     case T_Q2_K: deq_bf16_k(T_Q2_K, w, K, out); return 1;
     case T_Q3_K: deq_bf16_k(T_Q3_K, w, K, out); return 1;
