@@ -130,8 +130,13 @@ def stored(values: np.ndarray, qtype: Q) -> np.ndarray:
 
 def write_f16_default(out: Path, *, dtype: Literal["F16", "F32"] = "F16") -> Path:
     """The default model, every tensor dequantized (2-D ones to `dtype`, norms F32), all metadata copied."""
-    source = default_model_path()
-    reader = gguf.GGUFReader(source)
+    return dequantize_file(default_model_path(), out, dtype=dtype)
+
+
+def dequantize_file(src: Path, out: Path, *, dtype: Literal["F16", "F32"] = "F16") -> Path:
+    """`src` with every 2-D tensor dequantized to `dtype` (1-D ones F32) and every metadata key copied:
+    what a float32 reference of a quantized file holds, readable by any loader."""
+    reader = gguf.GGUFReader(src)
     qtype = Q[dtype]
     tensors = {t.name: t for t in reader.tensors}
     specs = [TensorSpec(t.name, tuple(int(n) for n in reversed(t.shape)), qtype if len(t.shape) == 2 else Q.F32) for t in reader.tensors]
