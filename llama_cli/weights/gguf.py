@@ -1,15 +1,15 @@
 """GGUF files of architecture `llama`: metadata -> ModelConfig, tensors -> internal weights, still quantized.
 
 The header is checked first (gguf_header.py) so that a truncated or hostile file fails with one
-line before `gguf.GGUFReader` sees it; unsupported architectures and tensor types are refused at
-that point too, before the slow part (the reader parses every vocabulary string, ~2.5 s for a
-49k-token vocabulary; cache.py keeps its result). Tensors are never expanded here: the file is
+line before anything else reads it; unsupported architectures and tensor types are refused at
+that point too, before the vocabulary is read (gguf_metadata.py) and the tokenizer built
+(cache.py keeps the result). Tensors are never expanded here: the file is
 memory-mapped and each 2-D tensor that is not float32 becomes a `QuantizedTensor` of its raw
 blocks (quantized.py). Whoever needs floats dequantizes (`QuantizedTensor.dequantize`).
 
 Gotchas (see also torchchat's GGUF loader, llama.cpp's convert_hf_to_gguf.py):
-- GGUF lists dimensions fastest-varying first; the reader's numpy arrays are already in row-major
-  torch order (rows, cols), so only the metadata shape is reversed.
+- GGUF lists dimensions fastest-varying first: the metadata shape is reversed into torch order
+  (rows, cols), and each row's bytes are then contiguous in the file.
 - llama.cpp's converter permutes q/k rows into the interleaved rotary layout; they are put back.
 - Llama 3.1 GGUFs carry their rope scaling as a `rope_freqs.weight` tensor of per-frequency
   divisors rather than as metadata; it is mapped back to a RopeScaling (see `_rope_from_factors`).
@@ -24,14 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 import torch
 from gguf.constants import GGMLQuantizationType as Q
 
 from ..config import ModelConfig, RopeScaling
 from ..errors import ModelFormatError
-from ..gguf_metadata import metadata_from_reader
+from ..gguf_metadata import read_gguf_metadata
 from ..model import rope_frequencies
 from ..tokenizer import Tokenizer, tokenizer_from_gguf
 from .common import (
@@ -82,7 +81,7 @@ class GGUFModelInfo:
 
 
 def load_gguf(path: Path) -> Checkpoint:
-    """Read the metadata (slow: the reader parses every vocabulary string) and map the weights."""
+    """Read the metadata, build the tokenizer and map the weights (cache.py skips the first two on later runs)."""
     header = scan_header(path)
     info = read_model_info(path, header)
     return checkpoint_from(path, header, info)
@@ -98,8 +97,7 @@ def read_model_info(path: Path, header: GGUFHeader) -> GGUFModelInfo:
     """Config, tokenizer and chat template from the metadata; refuses unsupported files first."""
     check_supported(header, path)
     names = rename(header.tensors, TENSOR_NAMES, ignore=(ROPE_FREQS,), source=path)
-    reader = _open_reader(path)
-    metadata = metadata_from_reader(reader)
+    metadata = read_gguf_metadata(path)
     config = config_from_metadata(metadata, header, path)
     if ROPE_FREQS in header.tensors:
         if config.rope_scaling is not None:
@@ -167,13 +165,6 @@ def check_supported(header: GGUFHeader, path: Path) -> None:
         raise ModelFormatError(
             f"{path}: tensor type {', '.join(unsupported)} is not supported (supported: {names}); use a file quantized to one of those"
         )
-
-
-def _open_reader(path: Path) -> gguf.GGUFReader:
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as exc:  # the header was checked; anything left is a corrupt file, whatever the reader raises
-        raise ModelFormatError(f"{path}: unreadable GGUF ({type(exc).__name__}: {exc})") from exc
 
 
 # ---------------------------------------------------------------- metadata -> ModelConfig
