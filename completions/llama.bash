@@ -2,7 +2,7 @@
 _llama() {
     local cur prev cmd; cur="${COMP_WORDS[COMP_CWORD]}"; prev="${COMP_WORDS[COMP_CWORD-1]}"; cmd="${COMP_WORDS[1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "generate chat tokenize pull summarize translate qa models show completions train finetune merge bench perplexity serve --help --version" -- "$cur")); return
+        COMPREPLY=($(compgen -W "generate chat tokenize pull summarize translate qa models show completions train finetune merge bench perplexity serve cache --help --version" -- "$cur")); return
     fi
     case "$prev" in
         --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return;;
@@ -27,6 +27,7 @@ _llama() {
         bench) COMPREPLY=($(compgen -W "--model -m --prompt-tokens -p --gen-tokens -n --repeats -r --json --dtype --device --threads --no-cache --help -h" -- "$cur"));;
         perplexity) COMPREPLY=($(compgen -W "--model -m --ctx --kl-divergence --json --dtype --device --threads --no-cache --help -h" -- "$cur"));;
         serve) COMPREPLY=($(compgen -W "--model -m --host --port --api-key --parallel --queue --cors-origin --template --ctx --dtype --device --threads --no-cache --help -h" -- "$cur"));;
+        cache) COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"));;
     esac
     [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=($(compgen -f -- "$cur"))
 }

@@ -293,7 +293,7 @@ def tokenize(
     model: ModelOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help='Print {"ids": [...], "tokens": [...]}.')] = False,
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
-    chat: Annotated[bool, typer.Option("--chat", help="TEXT is a JSON file of messages ('-' or absent: stdin): show the conversation rendered through the chat template, special tokens in [brackets].")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="TEXT is a JSON file of messages ('-' or absent: stdin): show the conversation rendered through the chat template, special tokens in \\[brackets].")] = False,
     template: Annotated[str, typer.Option("--template", help="With --chat: auto (the model's own), chatml, llama3, llama2, or a Jinja file.")] = "auto",
     tools: Annotated[str | None, typer.Option("--tools", help="With --chat: a JSON file of tool schemas for templates that take tools.", show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Accepted for symmetry with the other commands; tokenize reads no weights.", hidden=True)] = False,
