@@ -339,18 +339,19 @@ INLINE void half_rows(int type, int64_t K, const uint8_t *w, const void *act, si
 /* ---- dequantization to bfloat16 (the prefill path: rows of W for a bfloat16 matmul) ------------ */
 
 /* 32 floats (two vectors) to 32 bfloat16, round to nearest even. */
-INLINE void store_bf16x32(uint16_t *out, __m512 lo, __m512 hi) {
+INLINE __m512i bf16x32(__m512 lo, __m512 hi) { /* lanes 0-15 from lo, 16-31 from hi */
 #ifdef __AVX512BF16__
-    _mm512_storeu_si512((void *)out, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 #else
     const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
     __m512i a = _mm512_castps_si512(lo), b = _mm512_castps_si512(hi);
     a = _mm512_srli_epi32(_mm512_add_epi32(a, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(a, 16), one))), 16);
     b = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(b, 16), one))), 16);
-    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi32_epi16(a));
-    _mm256_storeu_si256((__m256i *)(out + 16), _mm512_cvtepi32_epi16(b));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1);
 #endif
 }
+
+INLINE void store_bf16x32(uint16_t *out, __m512 lo, __m512 hi) { _mm512_storeu_si512((void *)out, bf16x32(lo, hi)); }
 
 INLINE void deq_bf16_k(int type, const uint8_t *w, int64_t K, uint16_t *out) {
     const int bb = type == T_Q2_K ? 84 : type == T_Q3_K ? 110 : type == T_Q4_K ? 144 : type == T_Q5_K ? 176 : 210;
@@ -358,6 +359,21 @@ INLINE void deq_bf16_k(int type, const uint8_t *w, int64_t K, uint16_t *out) {
         const kblock_t k = unpack_k(type, w + ib * bb);
         /* w = (d*sc) * u - mins, per 16 elements */
         const __m512 dsc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(k.sc16)), _mm512_set1_ps(k.d));
+        if (type == T_Q4_K || type == T_Q5_K) {
+            /* One scale and min per 32 weights and only 16 (32) possible codes: round the table of
+             * their values to bfloat16 once, then look the 32 weights up with one word permute.
+             * The same float operations as below, so the same bits, at half the instructions. */
+            const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+            for (int sb = 0; sb < 8; sb++) {
+                const __m512i lane = _mm512_set1_epi32(2 * sb);
+                const __m512 scale = _mm512_permutexvar_ps(lane, dsc), min = _mm512_permutexvar_ps(lane, k.mins);
+                const __m512 lo = _mm512_fmsub_ps(scale, iota, min);
+                const __m512 hi = type == T_Q5_K ? _mm512_fmsub_ps(scale, _mm512_add_ps(iota, _mm512_set1_ps(16)), min) : lo;
+                const __m512i codes = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(k.u[sb >> 1], sb & 1));
+                _mm512_storeu_si512((void *)(out + 32 * sb), _mm512_permutexvar_epi16(codes, bf16x32(lo, hi)));
+            }
+            continue;
+        }
         for (int c = 0; c < 4; c++) {
             __m512 v[4];
             for (int q = 0; q < 4; q++) {
