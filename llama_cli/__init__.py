@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .threads import take_snapshot
+
 __version__ = "0.1.0"
+take_snapshot()  # the start of the interval over which threads.default_threads sees other work
 
 if TYPE_CHECKING:
     from .api import LLM, load

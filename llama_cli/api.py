@@ -11,6 +11,7 @@ The CLI is a thin layer over this module.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,10 +172,19 @@ def make_settings(**options: Any) -> GenerationSettings:
 
 
 def set_threads(threads: int | None) -> None:
-    """Use `threads` CPU threads (else $LLAMA_THREADS, else torch's default)."""
+    """Use `threads` CPU threads, else $LLAMA_THREADS, else the cores other work leaves free (threads.py)."""
     value = threads or int(os.environ.get("LLAMA_THREADS", "0") or 0)
-    if value > 0:
-        torch.set_num_threads(value)
+    if value <= 0:
+        from .threads import default_threads
+
+        value = default_threads(_cores())
+    torch.set_num_threads(value)
+
+
+@functools.cache
+def _cores() -> int:
+    """torch's own default thread count (the physical cores), read before anything changes it."""
+    return torch.get_num_threads()
 
 
 def load(

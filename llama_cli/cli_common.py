@@ -37,7 +37,7 @@ ModelOpt = Annotated[
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16 (auto on the CPU: the int4 fast path for Q4/Q8 GGUF files, else float32; float32 is the exact reference).", rich_help_panel=MODEL_PANEL)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL_PANEL)]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: $LLAMA_THREADS or all cores).", rich_help_panel=MODEL_PANEL, show_default=False)]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: $LLAMA_THREADS, else the cores not busy with other work).", rich_help_panel=MODEL_PANEL, show_default=False)]
 CtxOpt = Annotated[int | None, typer.Option("--ctx", help="Context window to use (default: the model's).", rich_help_panel=MODEL_PANEL, show_default=False)]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the converted-weights cache.", rich_help_panel=MODEL_PANEL)]
 AdapterOpt = Annotated[str | None, typer.Option("--adapter", help="Apply a LoRA adapter folder written by llama finetune.", rich_help_panel=MODEL_PANEL, show_default=False)]
