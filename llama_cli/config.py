@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+
+MAX_CONTEXT = 1 << 24  # 16M positions: far beyond any released model, small enough that size arithmetic stays sane
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,22 @@ class ModelConfig:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim", "context_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"model config: {name} must be an integer, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"model config: {name} must be positive, got {value}")
+        if self.context_length > MAX_CONTEXT:
+            raise ValueError(f"model config: context_length {self.context_length} is beyond any real model (at most {MAX_CONTEXT})")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"model config: {name} must be a positive number, got {value!r}")
+        if self.rope_scaling is not None:
+            scaling = self.rope_scaling
+            factors = (scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_context)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in factors):
+                raise ValueError(f"model config: rope scaling needs positive finite factors, got {scaling}")
 
     @property
     def n_params(self) -> int:
