@@ -111,10 +111,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(engine: str, model: str | None, parallel: int, ctx: int, threads: int | None, dtype: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    engine: str, model: str | None, parallel: int, ctx: int, threads: int | None, dtype: str
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     if engine == "llama":
-        command = [sys.executable, "-m", "llama_cli", "serve", "--port", str(port), "--parallel", str(parallel), "--ctx", str(ctx), "--queue", "64"]
+        command = [
+            sys.executable,
+            "-m",
+            "llama_cli",
+            "serve",
+            "--port",
+            str(port),
+            "--parallel",
+            str(parallel),
+            "--ctx",
+            str(ctx),
+            "--queue",
+            "64",
+        ]
         command += ["-m", model] if model else []
         command += ["--threads", str(threads)] if threads else []
         command += ["--dtype", dtype]
@@ -122,7 +137,19 @@ def start_server(engine: str, model: str | None, parallel: int, ctx: int, thread
         from llama_cli.registry import resolve_model
 
         path = str(resolve_model(model))
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(ctx)]
+        command = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(ctx),
+        ]
         command += ["--n_threads", str(threads)] if threads else []
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -173,7 +200,9 @@ def main() -> None:
     print(f"server: {name}  model: {args.model or 'default'}  dtype: {args.dtype}  max_tokens: {args.max_tokens}  parallel: {args.parallel}  "
           f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; server RSS {rss_before:.0f} MB -> {rss_after:.0f} MB")  # fmt: skip
     base = levels[0].tokens / levels[0].wall if levels and levels[0].wall else float("nan")
-    print("| clients | served | refused (503) | errors | tokens | wall s | aggregate tok/s | x 1st level | per-client decode tok/s (median) | TTFT p50 s | TTFT p95 s |")
+    print(
+        "| clients | served | refused (503) | errors | tokens | wall s | aggregate tok/s | x 1st level | per-client decode tok/s (median) | TTFT p50 s | TTFT p95 s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for level in levels:
         rate = level.tokens / level.wall if level.wall else float("nan")

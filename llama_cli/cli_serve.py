@@ -28,13 +28,54 @@ SERVER_PANEL = "Server"
 @handles_errors
 def serve(
     model: ModelOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default; anything else is reachable from the network).", rich_help_panel=SERVER_PANEL)] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on (loopback by default; anything else is reachable from the network).",
+            rich_help_panel=SERVER_PANEL,
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.", rich_help_panel=SERVER_PANEL)] = 8080,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LLAMA_API_KEY", help="Require Authorization: Bearer KEY (default: $LLAMA_API_KEY).", rich_help_panel=SERVER_PANEL, show_default=False)] = None,
-    parallel: Annotated[int, typer.Option("--parallel", help="Completions decoded together in one batch (KV-cache rows); more wait in line.", rich_help_panel=SERVER_PANEL)] = 4,
-    queue: Annotated[int, typer.Option("--queue", help="Requests that may wait for a free row; beyond it: 503 with Retry-After.", rich_help_panel=SERVER_PANEL)] = 64,
-    cors_origin: Annotated[str | None, typer.Option("--cors-origin", help="Send CORS headers allowing this origin (none by default).", rich_help_panel=SERVER_PANEL, show_default=False)] = None,
-    template: Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", rich_help_panel=SERVER_PANEL)] = "auto",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="LLAMA_API_KEY",
+            help="Require Authorization: Bearer KEY (default: $LLAMA_API_KEY).",
+            rich_help_panel=SERVER_PANEL,
+            show_default=False,
+        ),
+    ] = None,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel", help="Completions decoded together in one batch (KV-cache rows); more wait in line.", rich_help_panel=SERVER_PANEL
+        ),
+    ] = 4,
+    queue: Annotated[
+        int,
+        typer.Option(
+            "--queue", help="Requests that may wait for a free row; beyond it: 503 with Retry-After.", rich_help_panel=SERVER_PANEL
+        ),
+    ] = 64,
+    cors_origin: Annotated[
+        str | None,
+        typer.Option(
+            "--cors-origin",
+            help="Send CORS headers allowing this origin (none by default).",
+            rich_help_panel=SERVER_PANEL,
+            show_default=False,
+        ),
+    ] = None,
+    template: Annotated[
+        str,
+        typer.Option(
+            "--template",
+            help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.",
+            rich_help_panel=SERVER_PANEL,
+        ),
+    ] = "auto",
     ctx: CtxOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -87,7 +128,10 @@ def run_server(*, host: str, port: int, **options: object) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     if not _is_loopback(host):
-        print(f"llama: warning: listening on {host}: reachable from other machines{'' if options.get('api_key') else ' without an API key'}", file=sys.stderr)
+        print(
+            f"llama: warning: listening on {host}: reachable from other machines{'' if options.get('api_key') else ' without an API key'}",
+            file=sys.stderr,
+        )
     config = ServeConfig(**options)  # type: ignore[arg-type]
     server_app = create_app(config)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -133,4 +177,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-

@@ -151,7 +151,9 @@ def test_logprobs(client: openai.OpenAI, http: httpx.Client) -> None:
     for item in content:
         assert len(item.top_logprobs) == 3 and item.top_logprobs[0].logprob >= item.top_logprobs[-1].logprob
         assert item.logprob == item.top_logprobs[0].logprob  # greedy takes the most likely token
-    text = http.post("/v1/completions", json={"prompt": "The sky is", "max_tokens": 3, "temperature": 0, "logprobs": 2}).json()["choices"][0]
+    text = http.post("/v1/completions", json={"prompt": "The sky is", "max_tokens": 3, "temperature": 0, "logprobs": 2}).json()["choices"][
+        0
+    ]
     assert len(text["logprobs"]["tokens"]) == 3 and all(len(top) == 2 for top in text["logprobs"]["top_logprobs"])
     assert "".join(text["logprobs"]["tokens"]) == text["text"]
 
@@ -218,18 +220,17 @@ def test_oversized_body_unknown_route_and_method(http: httpx.Client) -> None:
 def test_full_queue_gets_503_and_disconnect_cancels(server: str, http: httpx.Client) -> None:
     long = {"messages": HI, "max_tokens": 200, "ignore_eos": True, "stream": True}
     with httpx.Client(base_url=server, timeout=60) as a, httpx.Client(base_url=server, timeout=60) as b:
-        with a.stream("POST", "/v1/chat/completions", json={**long, "n": PARALLEL}) as running:  # every row busy
-            lines = running.iter_lines()
-            assert next(lines).startswith("data: ")
-            with b.stream("POST", "/v1/chat/completions", json=long) as waiting:  # the one place in line
+        running = a.stream("POST", "/v1/chat/completions", json={**long, "n": PARALLEL})  # every row busy
+        with running as first:
+            assert next(first.iter_lines()).startswith("data: ")
+            with b.stream("POST", "/v1/chat/completions", json=long):  # the one place in line
                 deadline = time.monotonic() + 30
                 while http.get("/health").json()["waiting"] < 1 and time.monotonic() < deadline:
                     time.sleep(0.02)
                 refused = http.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2})
                 assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
                 assert refused.json()["error"]["code"] == "server_busy"
-                waiting.close()
-            running.close()  # both clients leave mid-stream
+            # both clients leave mid-stream
     health = wait_idle(http)
     assert health["free_rows"] == PARALLEL
 

@@ -86,7 +86,9 @@ class Engine:
             if self.llm is None:
                 path = resolve_model(self.config.model)
                 self.name = self.config.model or path.stem
-                self.llm = load(path, dtype=self.config.dtype, device=self.config.device, threads=self.config.threads, cache=self.config.cache)  # type: ignore[arg-type]
+                self.llm = load(
+                    path, dtype=self.config.dtype, device=self.config.device, threads=self.config.threads, cache=self.config.cache
+                )  # type: ignore[arg-type]
                 log.info("loaded %s (%s)", path, self.llm.path_label)
             self.context = min(self.config.ctx, self.llm.context_length)
             self.scheduler = Scheduler(self.llm.model, parallel=self.config.parallel, context=self.context, queue_limit=self.config.queue)
@@ -139,13 +141,17 @@ def prompt_ids(llm: LLM, request: CompletionRequest, template: str) -> list[int]
         if isinstance(request.prompt, list):
             bad = [t for t in request.prompt if not 0 <= t < llm.model.config.vocab_size]
             if bad:
-                raise protocol.bad(f"prompt: token id {bad[0]} is outside the vocabulary (0..{llm.model.config.vocab_size - 1})", "prompt", "invalid_value")
+                raise protocol.bad(
+                    f"prompt: token id {bad[0]} is outside the vocabulary (0..{llm.model.config.vocab_size - 1})", "prompt", "invalid_value"
+                )
             return request.prompt
         return llm.tokenizer.encode(request.prompt)
     try:
         from ..chat_template import encode_conversation, template_text
 
-        return encode_conversation(llm.tokenizer, template_text(llm.checkpoint.chat_template, template), request.messages, tools=request.tools)  # type: ignore[arg-type]
+        return encode_conversation(
+            llm.tokenizer, template_text(llm.checkpoint.chat_template, template), request.messages, tools=request.tools
+        )  # type: ignore[arg-type]
     except ChatTemplateError as error:
         raise protocol.bad(f"messages: {error}", "messages", "template_error") from None
 
@@ -183,13 +189,20 @@ def start_generation(request: Request, parsed: CompletionRequest) -> tuple[Gener
             from ..schema import spec_from_response_format
 
             constraint = spec_from_response_format(parsed.response_format)
-        settings = make_settings(max_tokens=max_tokens, samples=parsed.n, logprobs=parsed.logprobs or 0, constraint=constraint, **parsed.options)
+        settings = make_settings(
+            max_tokens=max_tokens, samples=parsed.n, logprobs=parsed.logprobs or 0, constraint=constraint, **parsed.options
+        )
         generation = Generation(llm.model, llm.tokenizer, ids, settings, context=engine.context)
     except (LlamaError, TypeError) as error:
         raise protocol.bad(str(error).replace("--", ""), code="invalid_value") from None
     queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    job = Job(generation, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
+
+    def sink(item: tuple[Any, ...]) -> None:  # called on the scheduler's thread
+        with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    job = Job(generation, sink)
     try:
         scheduler.submit(job)
     except QueueFull as error:
@@ -332,7 +345,9 @@ async def text_completions(request: Request) -> Response:
 
 async def models(request: Request) -> Response:
     engine = engine_of(request)
-    return JSONResponse({"object": "list", "data": [{"id": engine.name, "object": "model", "created": engine.created, "owned_by": "llama"}]})
+    return JSONResponse(
+        {"object": "list", "data": [{"id": engine.name, "object": "model", "created": engine.created, "owned_by": "llama"}]}
+    )
 
 
 async def health(request: Request) -> Response:
@@ -398,8 +413,12 @@ async def api_error(request: Request, error: Exception) -> Response:
 
 async def http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
-    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}.get(error.status_code, str(error.detail))
-    return await api_error(request, APIError(error.status_code, message, code={404: "not_found", 405: "method_not_allowed"}.get(error.status_code)))
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}.get(
+        error.status_code, str(error.detail)
+    )
+    return await api_error(
+        request, APIError(error.status_code, message, code={404: "not_found", 405: "method_not_allowed"}.get(error.status_code))
+    )
 
 
 async def internal_error(request: Request, error: Exception) -> Response:
@@ -440,7 +459,9 @@ def create_app(config: ServeConfig, *, llm: LLM | None = None) -> Starlette:
     if config.cors_origin:
         from starlette.middleware.cors import CORSMiddleware
 
-        middleware.append(Middleware(CORSMiddleware, allow_origins=[config.cors_origin], allow_methods=["GET", "POST"], allow_headers=["*"]))
+        middleware.append(
+            Middleware(CORSMiddleware, allow_origins=[config.cors_origin], allow_methods=["GET", "POST"], allow_headers=["*"])
+        )
     if config.api_key:
         middleware.append(Middleware(BearerAuth, key=config.api_key))
     routes = [

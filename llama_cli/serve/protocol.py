@@ -106,7 +106,11 @@ def _text_content(content: Any, where: str) -> str:
         parts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad(f"{where}.content[{j}]: only text parts are supported ({{\"type\": \"text\", \"text\": \"...\"}})", f"{where}.content", "invalid_content")
+                raise bad(
+                    f'{where}.content[{j}]: only text parts are supported ({{"type": "text", "text": "..."}})',
+                    f"{where}.content",
+                    "invalid_content",
+                )
             parts.append(part["text"])
         return "".join(parts)
     raise bad(f"{where}.content: expected a string or a list of text parts", f"{where}.content", "invalid_type")
@@ -115,7 +119,9 @@ def _text_content(content: Any, where: str) -> str:
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list):
-        raise bad("messages: expected a list of messages", "messages", "invalid_type" if messages is not None else "missing_required_parameter")
+        raise bad(
+            "messages: expected a list of messages", "messages", "invalid_type" if messages is not None else "missing_required_parameter"
+        )
     if not messages:
         raise bad("messages: the list is empty; give at least one message", "messages", "empty_array")
     out = []
@@ -129,7 +135,10 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         content = message.get("content")
         if content is None and not (role == "assistant" and message.get("tool_calls")):
             raise bad(f"{where}.content: missing", f"{where}.content", "missing_required_parameter")
-        checked: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": "" if content is None else _text_content(content, where)}
+        checked: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": "" if content is None else _text_content(content, where),
+        }
         for key in ("tool_calls", "tool_call_id", "name"):
             if key in message:
                 checked[key] = message[key]
@@ -211,7 +220,7 @@ def parse_chat(body: dict[str, Any], *, max_n: int) -> CompletionRequest:
     if _flag(body, "logprobs"):
         request.logprobs = _number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True) or 0
     elif body.get("top_logprobs"):
-        raise bad("top_logprobs: needs \"logprobs\": true", "top_logprobs", "invalid_value")
+        raise bad('top_logprobs: needs "logprobs": true', "top_logprobs", "invalid_value")
     return request
 
 
@@ -230,7 +239,11 @@ def context_error(prompt_tokens: int, max_tokens: int | None, context: int) -> A
         message = f"the prompt has {prompt_tokens} tokens, which leaves no room in the context window of {context} tokens"
     else:
         message = f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: {prompt_tokens + max_tokens} exceed the context window of {context} tokens"
-    return bad(message + '; shorten the prompt, lower max_tokens, or send "truncate": true to keep the end of the prompt', "messages", "context_length_exceeded")
+    return bad(
+        message + '; shorten the prompt, lower max_tokens, or send "truncate": true to keep the end of the prompt',
+        "messages",
+        "context_length_exceeded",
+    )
 
 
 # ---------------------------------------------------------------- replies
@@ -290,13 +303,20 @@ def envelope(kind: Kind, rid: str, model: str, choices: list[dict[str, Any]], *,
     }
 
 
-def choice(kind: Kind, index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None, *, delta: bool, first: bool = False) -> dict[str, Any]:
+def choice(
+    kind: Kind, index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None, *, delta: bool, first: bool = False
+) -> dict[str, Any]:
     if kind == "completion":
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
     if delta:
         body: dict[str, Any] = {"role": "assistant", "content": text} if first else ({"content": text} if text or finish is None else {})
         return {"index": index, "delta": body, "logprobs": logprobs, "finish_reason": finish}
-    return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": logprobs, "finish_reason": finish}
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text, "refusal": None},
+        "logprobs": logprobs,
+        "finish_reason": finish,
+    }
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

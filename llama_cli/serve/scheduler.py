@@ -1,8 +1,9 @@
 """Continuous batching: every running completion is one KV-cache row, and one forward pass decodes them all.
 
-A worker thread owns the model. Each turn of its loop it drops cancelled requests, admits at
-most one waiting request (prefills its prompt into a free row: `n` choices copy that row, one
-prefill for all), then runs one decode step over every active row, each at its own position
+A worker thread owns the model. Each turn of its loop it drops cancelled requests, admits
+waiting requests while rows are free and the turn's prefill stays under PREFILL_CHUNK tokens
+(each prompt goes into a free row: `n` choices copy that row, one prefill for all), then runs
+one decode step over every active row, each at its own position
 (`Transformer.forward(..., rows=, positions=)`). A finished choice leaves the batch at once and
 its row keeps the tokens it holds, so a later request that starts with the same tokens (the
 next turn of a chat) prefills only the rest: exact prefix reuse, as `llama chat` does with its
@@ -171,11 +172,14 @@ class Scheduler:
                     if self.stopping and not self.waiting and not self.active:
                         return
                     self._drop_cancelled()
-                    job = None
-                    if self.waiting and self.rows.free >= self.waiting[0].rows_needed:
+                admitted = 0  # prompt tokens prefilled this turn: a burst of short prompts joins at once, long ones take turns
+                while admitted < PREFILL_CHUNK:
+                    with self.cond:
+                        if not self.waiting or self.rows.free < self.waiting[0].rows_needed:
+                            break
                         job = self.waiting.popleft()
-                if job is not None:
                     self._guarded([job], self._prefill, job)
+                    admitted += max(job.generation.prefilled_tokens - job.cached_tokens, 1)
                 if self.active:
                     self._guarded(sorted({id(s.job): s.job for s in self.active}.values(), key=id), self._decode)
 
