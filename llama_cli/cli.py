@@ -374,7 +374,10 @@ def main() -> None:
     try:
         result = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as error:
-        print(error.ctx.get_help())
+        # Building the error rendered the help: rich mode printed it already (and left the message
+        # empty), plain mode left it in the message. Print it once either way.
+        if error.format_message().strip():
+            print(error.format_message())
         sys.exit(0)
     except click_errors.UsageError as error:
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""

@@ -99,6 +99,12 @@ def test_unknown_option_is_a_usage_error(command: str) -> None:
     assert_clean_failure(run([command, "--no-such-option"]), 2, "no such option")
 
 
+def test_bare_llama_prints_help_once() -> None:
+    result = run([])
+    assert result.returncode == 0 and result.stderr == b""
+    assert result.stdout.decode().count("Usage:") == 1
+
+
 @pytest.mark.parametrize("command,args", [
     ("generate", ["-t", "-1", "x"]), ("generate", ["--top-p", "0", "x"]), ("generate", ["--top-k", "-3", "x"]),
     ("generate", ["-n", "0", "x"]), ("generate", ["-t", "hot", "x"]), ("generate", ["--dtype", "float8", "x"]),
