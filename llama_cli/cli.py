@@ -136,7 +136,7 @@ def generate(
 
       echo "Write a haiku about tea" | llama generate --chat --stats
 
-      llama generate --json --seed 7 "Once upon a time" | jq -r .text
+      llama generate --json --seed 7 "Once upon a time" | jq -r 'select(.event == "done").text'
 
       llama generate --chat -t 0 --schema 'name, age int, bio: one sentence' "Invent a person"
     """

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from .cli import _load, app
-from .cli_common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors, read_documents, write_out
+from .cli_common import DeviceOpt, DtypeOpt, JsonDocOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors, read_documents, write_out
 from .errors import UsageError
 
 
@@ -90,7 +90,7 @@ def perplexity(
             help="Also run the float32 reference of the same file on the same windows; report KL(reference || this path) and top-1 agreement.",
         ),
     ] = False,
-    json_output: JsonOpt = False,
+    json_output: JsonDocOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,

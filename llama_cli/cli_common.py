@@ -52,6 +52,7 @@ PresencePenaltyOpt = Annotated[float, typer.Option("--presence-penalty", help="S
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible sampling (default: random).", rich_help_panel=SAMPLING_PANEL, show_default=False)]
 StatsOpt = Annotated[bool, typer.Option("--stats", help="Print token counts, speeds and the stop reason on stderr.", rich_help_panel=OUTPUT_PANEL)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout: one event per token, then a summary.", rich_help_panel=OUTPUT_PANEL)]
+JsonDocOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of text.", rich_help_panel=OUTPUT_PANEL)]  # commands that do not stream
 
 STRUCTURED_PANEL = "Structured output"
 SchemaOpt = Annotated[str | None, typer.Option("--schema", help="Output JSON matching this schema: inline JSON, a .json file, or fields like 'name, age int, bio: one sentence'.", rich_help_panel=STRUCTURED_PANEL, show_default=False)]

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from .cli import app
-from .cli_common import JsonOpt, ModelOpt, NoCacheOpt, handles_errors, write_out
+from .cli_common import JsonDocOpt, ModelOpt, NoCacheOpt, handles_errors, write_out
 
 
 def _size(path: Path) -> int:
@@ -54,7 +54,7 @@ def _known_rows() -> list[dict[str, Any]]:
 
 @app.command()
 @handles_errors
-def models(json_output: JsonOpt = False) -> None:
+def models(json_output: JsonDocOpt = False) -> None:
     """List the models `llama` knows by name and whether each is installed.
 
     [b]Examples[/b]
@@ -129,7 +129,7 @@ def _runs_on(checkpoint: Any) -> str:
 
 @app.command()
 @handles_errors
-def show(model: ModelOpt = None, json_output: JsonOpt = False, no_cache: NoCacheOpt = False) -> None:
+def show(model: ModelOpt = None, json_output: JsonDocOpt = False, no_cache: NoCacheOpt = False) -> None:
     """Describe a model: architecture, size, context, rope, quantization, tokenizer, special tokens, chat template.
 
     [b]Examples[/b]
@@ -164,7 +164,7 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.callback()
 @handles_errors
-def cache(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+def cache(ctx: typer.Context, json_output: JsonDocOpt = False) -> None:
     """List the cache's entries with their sizes and sources; `prune` and `clear` remove them.
 
     An entry is "current" while its GGUF is unchanged, "stale" once the file changed or is gone

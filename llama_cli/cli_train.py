@@ -7,6 +7,7 @@ every rank runs the same command; only rank 0 prints. Registered on cli.py's `ap
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -126,7 +127,9 @@ def train(
     }  # fmt: skip
     settings = resolve(cli, loop, out, resume=resume)
     result = pretrain(settings, resume=resume, device=device, fsdp=fsdp)
-    _finish(result, out, main, "llama train", f'llama generate -m {out} -t 0.8 -n 100 "The"')
+    shape = out / "llama.json"
+    context = json.loads(shape.read_text(encoding="utf-8"))["context_length"] if shape.exists() else 128
+    _finish(result, out, main, "llama train", f'llama generate -m {out} -t 0.8 -n {min(100, context // 2)} "The"')  # -n within the context
 
 
 @app.command(rich_help_panel="Training")

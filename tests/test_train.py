@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -77,7 +78,9 @@ def test_tiny_model_learns_real_text(corpus: Path, tmp_path: Path) -> None:
     assert sum(r["train_loss"] for r in rows[-5:]) / 5 < baseline - 1.0
     for name in ("llama.json", "model.safetensors", "tokenizer.model", "tokenizer_special.json", "train_state.pt"):
         assert (out / name).is_file(), name
-    sample = runner.invoke(app, ["generate", "-m", str(out), "-t", "0.8", "--seed", "1", "-n", "30", "The"])
+    hint = result.stderr.rsplit("llama: try: ", 1)[1].strip()  # the command train suggests runs as printed
+    assert hint.startswith("llama generate "), hint
+    sample = runner.invoke(app, [*shlex.split(hint)[1:], "--seed", "1"])
     assert sample.exit_code == 0, sample.stderr
     assert len(sample.stdout.split()) > 3
 
