@@ -151,6 +151,7 @@ def start_server(
             str(ctx),
         ]
         command += ["--n_threads", str(threads)] if threads else []
+        command += ["--interrupt_requests", "False"]  # queue concurrent requests instead of cutting the running one
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

@@ -87,6 +87,41 @@ def client(server: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
+# ---------------------------------------------------------------- the model's per-row positions
+
+
+def test_rows_at_their_own_positions_match_lone_decoding() -> None:
+    """Three sequences of different lengths in scattered cache rows, decoded in one batch, give each
+    one's logits from decoding it alone (a tiny float64 model, so the comparison is tight)."""
+    import torch
+
+    from llama_cli.config import ModelConfig
+    from llama_cli.model import Transformer
+
+    torch.manual_seed(0)
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=128, rope_theta=10000.0, context_length=64)
+    model = Transformer(config).to(torch.float64).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 97, (1, n), generator=g) for n in (5, 11, 2)]
+    steps = torch.randint(0, 97, (3, 6), generator=g)
+    with torch.inference_mode():
+        alone = []
+        for prompt, extra in zip(prompts, steps):
+            model.setup_cache(1, 32)
+            model(prompt, 0)
+            alone.append(torch.cat([model(extra[None, t : t + 1], prompt.shape[1] + t) for t in range(6)], dim=1))
+        model.setup_cache(5, 32)
+        rows = torch.tensor([4, 0, 2])
+        for prompt, row in zip(prompts, rows):
+            model(prompt, 0, rows=row[None])
+        lengths = torch.tensor([p.shape[1] for p in prompts])
+        together = torch.cat([model(steps[:, t : t + 1], rows=rows, positions=lengths + t) for t in range(6)], dim=1)
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-9, rtol=1e-9)
+
+
 # ---------------------------------------------------------------- replies equal local runs
 
 
