@@ -93,6 +93,12 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     ),
 }
 TemplateName = Literal["auto", "chatml", "llama3", "llama2"]
+# The special tokens each built-in template writes; a vocabulary without them reads them as text.
+BUILTIN_SPECIALS: dict[str, tuple[str, ...]] = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "llama2": (),
+}
 
 
 def _raise_exception(message: str) -> None:
@@ -202,6 +208,14 @@ def render_chat(
             raise ChatTemplateError(f"chat template refused by the sandbox ({where}; it reaches for Python internals): {error}") from None
         detail = error if isinstance(error, jinja2.TemplateError) else f"{type(error).__name__}: {error}"
         raise ChatTemplateError(f"chat template failed to render ({where}): {detail}") from None
+
+
+def check_builtin_template(tokenizer: Tokenizer, choice: str) -> None:
+    """Refuse a built-in template whose special tokens the vocabulary lacks (the model would see
+    them spelled out as text, and copy them into its reply). Other choices pass unchecked."""
+    missing = [t for t in BUILTIN_SPECIALS.get(choice, ()) if not any(map(tokenizer.is_special, tokenizer.encode(t, bos=False, parse_special=True)))]
+    if missing:
+        raise UsageError(f"--template {choice} writes {', '.join(missing)}, which this model's vocabulary lacks; use --template auto (the model's own) or another")
 
 
 def template_text(model_template: str | None, choice: str) -> TemplateText:

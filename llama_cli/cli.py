@@ -152,14 +152,18 @@ def generate(
     )  # fmt: skip
     if spec is not None and (chat or system is not None) and not no_schema_prompt:
         system = with_schema_note(system, spec.prompt_note())
-    from .chat_template import template_text
+    from .chat_template import check_builtin_template, template_text
 
     template_text(None, template)  # an unknown --template is a usage error before anything loads
+    if logprobs and not json_output:
+        raise UsageError("--logprobs goes with --json (plain text has no place for them)")
     tool_list = _read_tools(tools, chat=chat or system is not None)
     text = prompt_from(prompt)
     if not text:
         raise LlamaError("the prompt is empty: give some text to continue")
     llm = _load(model, dtype, device, threads, no_cache, adapter)
+    if chat or system is not None:
+        check_builtin_template(llm.tokenizer, template)
     if tool_list is not None:
         from .chat_template import encode_conversation
 
@@ -176,6 +180,9 @@ def generate(
 
     generation = Generation(llm.model, llm.tokenizer, ids, settings, context=context)
     print_generation(generation, llm.tokenizer, as_json=json_output, stats=stats, truncate_ok=truncate_ok)
+    if all(r.stop_reason == "eos" and not r.token_ids for r in generation.results):
+        hint = "" if chat or system is not None or llm.checkpoint.chat_template is None else "; an instruct model answers questions with --chat"
+        print(f"llama: warning: no text: the model ended the text at once (end-of-sequence){hint}", file=sys.stderr)
 
 
 def _read_tools(path: str | None, *, chat: bool):  # type: ignore[no-untyped-def]
@@ -202,9 +209,13 @@ def _fit_context(ids: list[int], max_tokens: int, context: int, *, truncate: boo
 
 
 def _load(model: str | None, dtype: str, device: str, threads: int | None, no_cache: bool, adapter: str | None = None):  # type: ignore[no-untyped-def]
+    from .lora import ADAPTER_CONFIG
     from .registry import resolve_model
 
-    return _load_path(str(resolve_model(model)), dtype, device, threads, no_cache, adapter)
+    path = resolve_model(model)
+    if (path / ADAPTER_CONFIG).is_file():
+        raise UsageError(f"{path} is a LoRA adapter, not a model: give it as --adapter {path} (with -m its base model, if not the default)")
+    return _load_path(str(path), dtype, device, threads, no_cache, adapter)
 
 
 @functools.lru_cache(maxsize=2)
@@ -267,6 +278,7 @@ def chat(
     spec = spec_from_options(schema=schema, schema_multi=schema_multi, regex=regex, choice=choice, grammar=grammar, json_object=json_object)
     from .api import make_settings
     from .chat import ChatSession, read_messages
+    from .chat_template import check_builtin_template
     from .repl import Repl, run_scripted
 
     settings = make_settings(
@@ -277,6 +289,7 @@ def chat(
     messages = read_messages(history) if history is not None else []
     tool_list = _read_tools(tools, chat=True)
     llm = _load(model, dtype, device, threads, no_cache, adapter)
+    check_builtin_template(llm.tokenizer, template)
     session = ChatSession(llm, settings, system=system, template=template, context=ctx, messages=messages, tools=tool_list)
     if spec is not None and not no_schema_prompt:
         session.set_system(with_schema_note(session.system, spec.prompt_note()))

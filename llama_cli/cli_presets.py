@@ -258,6 +258,9 @@ def make_runner(recipe: Recipe, lookup: int | None, *, model: str | None, temper
     if ctx is not None and ctx < 1:
         raise UsageError(f"--ctx must be >= 1, got {ctx}")
     llm = _load(model, dtype, device, threads, no_cache)
+    from .chat_template import check_builtin_template
+
+    check_builtin_template(llm.tokenizer, template)
     if lookup is None and not llm.fast:
         # Lookup's verify pass gives the same text only where its arithmetic matches a decode step's:
         # on the float32 reference, not (yet) on the int4 fast path, so the default follows the path.

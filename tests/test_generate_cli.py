@@ -123,6 +123,27 @@ def test_missing_model_is_a_clean_error() -> None:
     assert "no model file or folder" in result.stderr
 
 
+def test_an_empty_answer_says_so_and_suggests_chat() -> None:
+    result = run("generate", "-t", "0", "What is the capital of France?")  # the instruct model ends at once
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "no text" in result.stderr and "--chat" in result.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--logprobs", "2", "Hi"], "--logprobs goes with --json"),
+    (["--chat", "--template", "llama3", "Hi"], "<|eot_id|>"),  # SmolLM2's vocabulary is ChatML's
+])  # fmt: skip
+def test_options_that_cannot_work_are_refused(args: list[str], needle: str) -> None:
+    result = run("generate", "-n", "2", *args)
+    assert result.exit_code == 2 and needle in result.stderr, result.stderr
+
+
+def test_an_adapter_folder_as_model_points_to_adapter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "adapter.json").write_text("{}")
+    result = run("generate", "-m", str(tmp_path), "Hi")
+    assert result.exit_code == 2 and f"--adapter {tmp_path}" in result.stderr, result.stderr
+
+
 def test_missing_default_model_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from llama_cli import registry
 
