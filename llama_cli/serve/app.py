@@ -303,6 +303,7 @@ async def drain(reply: Reply, queue: asyncio.Queue[tuple[Any, ...]]) -> str | No
 
 async def stream(reply: Reply, queue: asyncio.Queue[tuple[Any, ...]], scheduler: Scheduler) -> AsyncIterator[bytes]:
     kind, finished = reply.parsed.kind, False
+    extended = reply.parsed.return_token_ids
     try:
         if kind == "chat":
             yield reply.chunk([protocol.choice(kind, i, "", None, None, delta=True, first=True) for i in range(reply.parsed.n)])
@@ -311,18 +312,27 @@ async def stream(reply: Reply, queue: asyncio.Queue[tuple[Any, ...]], scheduler:
             if item[0] == "token":
                 index, event = item[1], item[2]
                 logprob = reply.token_logprob(index, event)
-                if event.text or logprob is not None:
+                if event.text or logprob is not None or extended:
                     logprobs = reply.logprobs_body([logprob]) if logprob is not None else None
-                    yield reply.chunk([protocol.choice(kind, index, event.text, None, logprobs, delta=True)])
+                    delta = protocol.choice(kind, index, event.text, None, logprobs, delta=True)
+                    if extended:
+                        delta["token_ids"] = [event.id]
+                    yield reply.chunk([delta])
             elif item[0] == "done":
                 reply.done += 1
-                yield reply.chunk([protocol.choice(kind, item[1], "", reply.finish_reason(item[1]), None, delta=True)])
+                delta = protocol.choice(kind, item[1], "", reply.finish_reason(item[1]), None, delta=True)
+                if extended:
+                    result = reply.generation.results[item[1]]
+                    delta["stop_reason"], delta["tokens"] = result.stop_reason, len(result.token_ids)
+                yield reply.chunk([delta])
             elif item[0] == "error":
                 yield protocol.sse(APIError(500, str(item[1]), code="internal_error").body())
                 break
         if reply.parsed.include_usage:
             body = protocol.envelope(kind, reply.id, reply.model, [], chunk=True, created=reply.created)
             body["usage"] = reply.usage()
+            if extended:
+                body["seed"] = reply.generation.seed
             yield protocol.sse(body)
         yield protocol.sse("[DONE]")
         finished = True

@@ -60,6 +60,7 @@ class CompletionRequest:
     logprobs: int | None = None  # None: not asked; else how many alternatives per token
     truncate: bool = False
     response_format: dict[str, Any] | None = None
+    return_token_ids: bool = False  # extension (`llama generate --server`): ids, raw stop reasons and the seed in the stream
     options: dict[str, Any] = field(default_factory=dict)  # api.make_settings keywords: sampling, seed, stop, ignore_eos
 
 
@@ -208,7 +209,8 @@ def _common(body: dict[str, Any], kind: Kind, max_n: int) -> CompletionRequest:
     return CompletionRequest(
         kind=kind, model=model, max_tokens=max_tokens, n=n, stream=_flag(body, "stream"),
         include_usage=bool(_typed(stream_options, "include_usage", (bool,), "true or false")),
-        truncate=_flag(body, "truncate"), response_format=response_format, options=options,
+        truncate=_flag(body, "truncate"),
+        return_token_ids=_flag(body, "return_token_ids"), response_format=response_format, options=options,
     )  # fmt: skip
 
 
