@@ -122,6 +122,7 @@ def generate(
     threads: ThreadsOpt = None,
     no_cache: NoCacheOpt = False,
     adapter: AdapterOpt = None,
+    server: Annotated[str | None, typer.Option("--server", envvar="LLAMA_SERVER", help="Run on the `llama serve` at this URL (default: $LLAMA_SERVER): no model load here.", rich_help_panel="Model", show_default=False)] = None,
 ) -> None:
     """Continue a prompt (raw text completion), streaming the text to stdout.
 
@@ -140,6 +141,14 @@ def generate(
 
       llama generate --chat -t 0 --schema 'name, age int, bio: one sentence' "Invent a person"
     """
+    if server:  # a running `llama serve` does the work: no torch and no model load here (serve/client.py)
+        from .serve.client import refuse_local_only, remote_generate
+
+        refuse_local_only(model=model, adapter=adapter, lookup=lookup, logprobs=logprobs, tools=tools, template=template, schema=schema,
+                          schema_multi=schema_multi, regex=regex, choice=choice, grammar=grammar, json_output=json_object)  # fmt: skip
+        options = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "repeat_penalty": repeat_penalty,
+                   "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty, "seed": seed, "stop": stop or None, "ignore_eos": ignore_eos}  # fmt: skip
+        return remote_generate(server, prompt_from(prompt), chat=chat, system=system, samples=samples, options=options, json_output=json_output, stats=stats, truncate=truncate)
     from .schema import spec_from_options
 
     spec = spec_from_options(schema=schema, schema_multi=schema_multi, regex=regex, choice=choice, grammar=grammar, json_object=json_object)
