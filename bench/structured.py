@@ -2,6 +2,8 @@
 
     python bench/structured.py                  # all schemas, the default model on its default path
     python bench/structured.py --limit 10 --out /tmp/structured.jsonl
+    python bench/structured.py --cases 28:56 --out b.jsonl    # a slice (to run in parallel), then:
+    python bench/structured.py --report a.jsonl b.jsonl       # the figures from saved rows
 
 For each case: a chat prompt with the schema shown in the system message (as `llama generate
 --chat --schema` does), greedy decoding, at most -n tokens. Valid means the output is complete
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -92,9 +93,16 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("-n", "--max-tokens", type=int, default=160)
     parser.add_argument("--limit", type=int, default=0, help="run only the first N cases")
+    parser.add_argument("--cases", default=None, help="a slice of the cases, START:END")
+    parser.add_argument("--report", nargs="+", default=None, help="print the figures from these saved JSON-lines files and exit")
     parser.add_argument("--speed-cases", type=int, default=8, help="cases re-run without a constraint for the A/B speed figure")
     parser.add_argument("--out", default=None, help="write one JSON line per case here")
     args = parser.parse_args()
+
+    if args.report:
+        rows = [json.loads(line) for path in args.report for line in Path(path).read_text().splitlines() if line.strip()]
+        report(sorted({r["case"]: r for r in rows}.values(), key=lambda r: r["case"]))
+        return
 
     import jsonschema
 
@@ -102,10 +110,11 @@ def main() -> None:
     from llama_cli.schema import spec_from_options
 
     llm = load(args.model, dtype=args.dtype)
-    cases = CASES[: args.limit] if args.limit else CASES
+    first, last = (int(x) for x in args.cases.split(":")) if args.cases else (0, args.limit or len(CASES))
+    cases = list(enumerate(CASES))[first:last]
     rows, out = [], open(args.out, "w") if args.out else None  # noqa: SIM115
     print(f"{len(cases)} cases on {llm.checkpoint.source.name} ({llm.path_label}), greedy, -n {args.max_tokens}", file=sys.stderr)
-    for k, (prompt, schema, multi, expected) in enumerate(cases):
+    for k, (prompt, schema, multi, expected) in cases:
         spec = spec_from_options(schema_multi=schema) if multi else spec_from_options(schema=schema)
         assert spec is not None and spec.schema is not None
         generation = llm.stream(prompt, chat=True, system=spec.prompt_note(), temperature=0, max_tokens=args.max_tokens, constraint=spec)
@@ -139,16 +148,7 @@ def main() -> None:
         mark = "ok " if valid else "BAD"
         print(f"{mark} {k:2d} {tokens:3d} tok {1e3 * generation.constraint_seconds / max(tokens, 1):5.2f} ms/tok mask | {result.text[:100]}", file=sys.stderr, flush=True)
 
-    valid = sum(r["valid"] for r in rows)
-    judged = [r for r in rows if r["sensible"] is not None or (CASES[r["case"]][3] is not None)]
-    sensible = sum(bool(r["sensible"]) for r in judged)
-    tokens = sum(r["tokens"] for r in rows)
-    mask_ms = 1e3 * sum(r["constraint_seconds"] for r in rows) / tokens
-    steps = sum(max(r["tokens"] - 1, 0) for r in rows)  # forward passes after the first token
-    decode_ms = 1e3 * (sum(r["decode_seconds"] for r in rows) - sum(r["constraint_seconds"] for r in rows)) / max(steps, 1)
-    print(f"valid: {valid} of {len(rows)} ({100 * valid / len(rows):.0f}%)")
-    print(f"sensible (cases with an expected value): {sensible} of {len(judged)}")
-    print(f"masking: {mask_ms:.2f} ms per token; model step without it: {decode_ms:.1f} ms per token; overhead {100 * mask_ms / decode_ms:.1f}%")
+    report(rows)
 
     # A/B: the same prompts, unconstrained, forced to the same token counts
     ab = [r for r in rows if r["tokens"] > 4][: args.speed_cases]
@@ -162,6 +162,24 @@ def main() -> None:
             free += generation.decode_seconds
         without = free / sum(r["tokens"] - 1 for r in ab)
         print(f"A/B over {len(ab)} cases: {1e3 * with_c:.1f} ms/token constrained vs {1e3 * without:.1f} unconstrained ({100 * (with_c / without - 1):+.1f}%)")
+
+
+def report(rows: list[dict]) -> None:  # type: ignore[type-arg]
+    valid = sum(r["valid"] for r in rows)
+    judged = [r for r in rows if CASES[r["case"]][3] is not None]
+    incomplete = [r for r in rows if r["error"].startswith("incomplete")]
+    sensible = sum(bool(r["sensible"]) for r in judged)
+    tokens = sum(r["tokens"] for r in rows)
+    mask_ms = 1e3 * sum(r["constraint_seconds"] for r in rows) / tokens
+    steps = sum(max(r["tokens"] - 1, 0) for r in rows)  # forward passes after the first token
+    decode_ms = 1e3 * (sum(r["decode_seconds"] for r in rows) - sum(r["constraint_seconds"] for r in rows)) / max(steps, 1)
+    print(f"valid: {valid} of {len(rows)} ({100 * valid / len(rows):.0f}%)")
+    print(f"sensible (cases with an expected value): {sensible} of {len(judged)}")
+    print(f"masking: {mask_ms:.2f} ms per token; model step without it: {decode_ms:.1f} ms per token; overhead {100 * mask_ms / decode_ms:.1f}%")
+    print(f"not valid: {len(rows) - valid} ({len(incomplete)} cut by -n, the rest failed validation)")
+    for r in rows:
+        if not r["valid"]:
+            print(f"  case {r['case']}: {r['error']}: {r['text'][:90]}")
 
 
 if __name__ == "__main__":

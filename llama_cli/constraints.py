@@ -8,7 +8,8 @@
 
 The mask goes on the logits the sampler receives, so every sampling setting (greedy, temperature,
 top-k/p, min-p, penalties) chooses among allowed tokens only. End-of-sequence tokens are allowed
-exactly when the text so far is complete; once nothing but the end can follow, only they are.
+exactly when the text so far is complete; once nothing but the end can follow, only they are
+(`finished`: generation.py then ends the sample without spending a step on the end token).
 
 llguidance (Microsoft's low-level guidance: an Earley parser over a lazily built lexer, with a
 token trie) computes a mask in tens of microseconds for typical schemas, so masking costs a small

@@ -70,6 +70,7 @@ def summary(generation: Generation) -> dict[str, object]:
     if generation.settings.constraint is not None:
         record["data"] = structured_value(generation, generation.results[0])
         record["complete"] = bool(generation.results[0].complete)
+        record["constraint_seconds"] = round(generation.constraint_seconds, 4)  # masks and matcher steps, within decode_seconds
     if len(generation.results) > 1:
         record["samples"] = [{"text": r.text, "stop_reason": r.stop_reason, "tokens": len(r.token_ids)} for r in generation.results]
         if generation.settings.constraint is not None:
@@ -82,6 +83,8 @@ def stats_line(generation: Generation) -> str:
     s = summary(generation)
     reasons = ", ".join(sorted({str(r.stop_reason) for r in generation.results}))
     lookup = f" | lookup: {generation.accepted_tokens} of {generation.drafted_tokens} drafted tokens accepted" if generation.settings.lookup else ""
+    if generation.settings.constraint is not None:
+        lookup += f" | constraint: {1e3 * generation.constraint_seconds / max(generation.generated_tokens, 1):.2f} ms/token"
     return (
         f"prompt: {s['prompt_tokens']} tokens ({s['prefilled_tokens']} prefilled, {s['prefill_tokens_per_s']:.1f} tok/s) | "
         f"generated: {s['generated_tokens']} tokens ({s['decode_tokens_per_s']:.1f} tok/s){lookup} | stop: {reasons}"
