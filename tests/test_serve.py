@@ -325,3 +325,23 @@ def test_sigterm_lets_an_open_stream_finish(tmp_path: Path) -> None:
             process.kill()
         _, err = process.communicate()
     assert "Traceback" not in err
+
+
+def test_generate_with_server_prints_what_a_local_run_prints(server: str, llm) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from llama_cli.cli import app
+
+    runner = CliRunner()
+    plain = runner.invoke(app, ["generate", "--server", server, "-t", "0", "-n", "8", "The capital of France is"])
+    assert plain.exit_code == 0 and plain.stdout == llm.generate("The capital of France is", temperature=0, max_tokens=8)
+    lines = runner.invoke(
+        app, ["generate", "--json", "-n", "4", "--seed", "9", "Once upon a time"], env={"LLAMA_SERVER": server}
+    ).stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    local = llm.stream("Once upon a time", max_tokens=4, seed=9)
+    assert [(e["id"], e["text"]) for e in events[:-1]] == [(t.id, t.text) for t in local]
+    assert events[-1]["text"] == local.text and events[-1]["seed"] == 9 and events[-1]["generated_tokens"] == 4
+    refused = runner.invoke(app, ["generate", "--server", server, "-t", "9", "hi"])
+    assert refused.exit_code == 2 and "temperature" in refused.stderr
+    assert runner.invoke(app, ["generate", "--server", server, "--lookup", "2", "hi"]).exit_code == 2
