@@ -25,10 +25,27 @@ def _human(n_bytes: float) -> str:
     return ""
 
 
-def _known_rows() -> list[dict[str, Any]]:
-    from .registry import ALIASES, KNOWN_MODELS
-    from .weights.gguf import quantization_label
+# llama.cpp's file types (`general.file_type`, llama_ftype) as the type most matrices are stored in:
+# what `quantization_label` finds from the tensor list, read from the key/values without torch.
+FILE_TYPE_LABELS = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K", 12: "Q3_K", 13: "Q3_K",
+    14: "Q4_K", 15: "Q4_K", 16: "Q5_K", 17: "Q5_K", 18: "Q6_K", 32: "BF16",
+}  # fmt: skip
+
+
+def _quantization(path: Path, metadata: dict[str, Any]) -> str:
+    label = FILE_TYPE_LABELS.get(metadata.get("general.file_type"))  # type: ignore[arg-type]
+    if label is not None:
+        return label
+    from .weights.gguf import quantization_label  # imports torch (~2 s): only for files that do not say
     from .weights.gguf_header import scan_header
+
+    return quantization_label(scan_header(path))
+
+
+def _known_rows() -> list[dict[str, Any]]:
+    from .gguf_metadata import read_gguf_metadata
+    from .registry import ALIASES, KNOWN_MODELS
 
     rows = []
     for model in KNOWN_MODELS.values():
@@ -44,10 +61,10 @@ def _known_rows() -> list[dict[str, Any]]:
             "description": model.description,
             "install": model.install_command,
         }
-        if path is not None:  # the header alone says these; no need to load the weights
-            header = scan_header(path)
-            row["quantization"] = quantization_label(header)
-            row["context_length"] = header.scalars.get("llama.context_length")
+        if path is not None:  # the key/values alone say these; no need to load the weights (or torch)
+            metadata = read_gguf_metadata(path)
+            row["quantization"] = _quantization(path, metadata)
+            row["context_length"] = metadata.get("llama.context_length")
         rows.append(row)
     return rows
 

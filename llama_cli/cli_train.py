@@ -225,4 +225,4 @@ def merge(
     loaded.check_base(checkpoint.config, base)
     weights = loaded.merged({name: dense(t).float() for name, t in checkpoint.weights.items()})
     save_native(out, checkpoint.config, weights, checkpoint.tokenizer, checkpoint.chat_template, origin={"base_model": str(base), "adapter": str(adapter)})
-    print(f"llama: merged {adapter} into {base}: {out}", file=sys.stderr)
+    print(f"llama: wrote {out}: a standalone model, {base.name} with the adapter {adapter} merged in ({base} is unchanged)", file=sys.stderr)

@@ -113,6 +113,7 @@ def test_adapter_round_trip_on_the_default_model(default_model_path: Path, llm, 
     merged_dir = tmp_path / "merged"
     merged_run = runner.invoke(app, ["merge", str(out), "-o", str(merged_dir)])  # the base model comes from adapter.json
     assert merged_run.exit_code == 0, merged_run.stderr
+    assert f"wrote {merged_dir}" in merged_run.stderr and "is unchanged" in merged_run.stderr  # what was written, not "merged into the base"
 
     ids = llm.encode_prompt("What is the capital of Peru?", chat=True)
     tokens = torch.tensor([ids])

@@ -68,6 +68,18 @@ def test_tokenize_reads_no_weights_and_imports_no_torch(vocab_only: Path) -> Non
     assert result.stdout == "1\nFalse\n", result.stderr
 
 
+def test_models_lists_without_torch(default_model_path: Path) -> None:
+    from llama_cli.weights.gguf import quantization_label
+    from llama_cli.weights.gguf_header import scan_header
+
+    code = "import sys\nfrom llama_cli.cli import app\ntry:\n    app(['models', '--json'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    rows, imported = result.stdout.splitlines()
+    assert imported == "False", result.stderr
+    row = next(r for r in json.loads(rows) if r["path"] == str(default_model_path))
+    assert row["quantization"] == quantization_label(scan_header(default_model_path)) == "Q4_1"  # general.file_type agrees with the tensors
+
+
 def test_tokenize_chat_with_tools_and_tool_messages(vocab_only: Path, files: dict[str, Path]) -> None:
     args = ["tokenize", "--chat", "-m", str(vocab_only), "--template", str(LLAMA31), "--tools", str(files["tools"]), str(files["talk"])]
     result = runner.invoke(cli.app, args)
