@@ -22,7 +22,10 @@ from llama_cli.perplexity import kl_compare, kl_summary
 from llama_cli.testing_models import GGUF_TYPES, PRESETS, default_model_path, llama3_rope_factors
 
 CASES = [pytest.param(p, "gguf", id=f"{p}-gguf") for p in GGUF_TYPES] + [pytest.param(p, "llama.cpp", id=f"{p}-llama.cpp") for p in PRESETS]
-LOW_BIT = {"Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L"}  # may lose " Paris" on a 135M model: checked only for text
+# The default model at Q4_0 loses its answer in the weights themselves: the float32 reference of
+# that file (gguf.quants or llama.cpp, the same bytes) says " capitalised as it is capitalised.".
+# Every other preset's float32 reference begins " Paris" (measured 2026-11-29, Q2_K included).
+WRONG_ANSWER = {"Q4_0"}
 
 
 def english_text() -> str:
@@ -49,7 +52,7 @@ def test_every_preset_loads_and_generates(model_files, model: str, preset: str, 
     llm = load(path, cache=False)
     text = llm.generate("The capital of France is", max_tokens=8, temperature=0)
     assert text.strip(), (llm.path_label, text)
-    if model == "default" and preset not in LOW_BIT:
+    if model == "default" and preset not in WRONG_ANSWER:
         assert "Paris" in text, (llm.path_label, text)
 
 
