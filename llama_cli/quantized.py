@@ -6,8 +6,9 @@ does), and `QuantizedEmbedding` dequantizes only the rows it looks up. Everythin
 rotary embeddings, attention, the KV cache) is the reference model's own code in float32. This is
 gpt-fast's and torchchat's pattern: one module tree, faster parts swapped in.
 
-`quantize_model(model, weights)` does the swapping for every tensor the kernels support; the
-rest load as float32 into the model's ordinary layers.
+`quantize_model(model, weights)` does the swapping for every tensor the kernels support, and
+stacks wq/wk/wv and w1/w3 into one layer each where they share a block type (the model's
+optional `wqkv` / `w13`); the rest load as float32 into the model's ordinary layers.
 """
 
 from __future__ import annotations
@@ -87,4 +88,19 @@ def quantize_model(model: Transformer, weights: Mapping[str, torch.Tensor | Quan
                 model.output = QuantizedLinear(weight)
         else:
             setattr(parent, child, QuantizedLinear(weight))
+    for layer in model.layers:
+        _fuse(layer.attention, ("wq", "wk", "wv"), "wqkv")
+        _fuse(layer.feed_forward, ("w1", "w3"), "w13")
     return rest
+
+
+def _fuse(module: nn.Module, names: tuple[str, ...], fused: str) -> None:
+    """Stack quantized layers of one block type into one (rows of blocks concatenate): one kernel call."""
+    parts = [getattr(module, name) for name in names]
+    if not all(isinstance(p, QuantizedLinear) for p in parts) or len({(p.qtype, p.in_features) for p in parts}) != 1:
+        return  # e.g. Q4_K_M keeps some wv in Q6_K: those layers stay as three calls
+    rows = sum(p.out_features for p in parts)
+    stacked = QuantizedTensor(torch.cat([p.blocks for p in parts]), parts[0].qtype, (rows, parts[0].in_features))
+    setattr(module, fused, QuantizedLinear(stacked))
+    for name in names:
+        delattr(module, name)

@@ -117,3 +117,24 @@ def test_cache_bounds_are_enforced() -> None:
         model(torch.zeros(1, 9, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="context length"):
         model.setup_cache(1, 65)
+
+
+def test_fast_forms_of_the_maths_are_bit_identical() -> None:
+    """RMSNorm's fused call and RoPE's roll form give exactly the textbook formulas' floats."""
+    from llama_cli.model import RMSNorm, apply_rope, rope_tables
+
+    torch.manual_seed(0)
+    for dim in (64, 576, 2048):
+        norm = RMSNorm(dim, 1e-5)
+        norm.weight.data = torch.randn(dim)
+        x = torch.randn(2, 5, dim) * 3
+        textbook = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+        assert torch.equal(norm(x), textbook)
+    config = ModelConfig(dim=128, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=10, ffn_dim=8, rope_theta=500000.0)
+    cos, signed_sin = rope_tables(config, 16, torch.device("cpu"))
+    angles = torch.outer(torch.arange(16, dtype=torch.float32), 1.0 / (500000.0 ** (torch.arange(0, 64, 2).float() / 64)))
+    sin = torch.cat((angles, angles), dim=-1).sin()
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(1, 2, 16, 64).to(dtype)
+        textbook = (q * cos + torch.cat((-q[..., 32:], q[..., :32]), dim=-1) * sin).to(dtype)
+        assert torch.equal(apply_rope(q, cos, signed_sin), textbook)

@@ -39,7 +39,7 @@ ALL_TOLERANCE = 1.5  # every log-probability
 @pytest.fixture(scope="session")
 def fast(default_model_path: Path):  # type: ignore[no-untyped-def]
     llm = load(default_model_path)  # dtype "auto": the quantized path on the CPU
-    assert llm.fast and isinstance(llm.model.layers[0].attention.wq, QuantizedLinear)
+    assert llm.fast and isinstance(llm.model.layers[0].attention.wqkv, QuantizedLinear)  # wq, wk, wv stacked: all Q4_1
     assert isinstance(llm.model.tok_embeddings, QuantizedEmbedding) and isinstance(llm.model.output, QuantizedLinear)  # tied head
     return llm
 
