@@ -31,6 +31,7 @@ from .weights import Checkpoint, load_checkpoint
 from .weights.quantized import QuantizedTensor, dense
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+MAX_THREADS_PER_CORE = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -173,12 +174,24 @@ def make_settings(**options: Any) -> GenerationSettings:
 
 def set_threads(threads: int | None) -> None:
     """Use `threads` CPU threads, else $LLAMA_THREADS, else the cores other work leaves free (threads.py)."""
-    value = threads or int(os.environ.get("LLAMA_THREADS", "0") or 0)
-    if value <= 0:
+    if threads is not None and threads <= 0:
+        raise UsageError(f"threads must be at least 1, got {threads}")
+    if threads is None and os.environ.get("LLAMA_THREADS", "").strip():
+        try:
+            threads = int(os.environ["LLAMA_THREADS"])
+        except ValueError:
+            raise UsageError(f"LLAMA_THREADS={os.environ['LLAMA_THREADS']!r} is not a whole number of threads") from None
+        if threads <= 0:
+            raise UsageError(f"LLAMA_THREADS must be at least 1, got {threads}")
+    cores = _cores()
+    if threads is not None and threads > MAX_THREADS_PER_CORE * cores:
+        # Far more threads than cores only makes every barrier wait (20,000 drove the load to 360, 100,000 crashed libgomp).
+        raise UsageError(f"{threads} threads on {cores} cores: use at most {MAX_THREADS_PER_CORE * cores}")
+    if threads is None:
         from .threads import default_threads
 
-        value = default_threads(_cores())
-    torch.set_num_threads(value)
+        threads = default_threads(cores)
+    torch.set_num_threads(threads)
 
 
 @functools.cache

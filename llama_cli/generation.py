@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .errors import ContextOverflowError, UsageError
+from .errors import ContextOverflowError, ModelFormatError, UsageError
 from .model import Transformer
 from .sampling import SamplingSettings, sample
 from .schema import Spec
@@ -208,6 +208,8 @@ class Generation:
             piece = torch.tensor([self.prompt_ids[start:stop]], device=device)
             logits = self.model(piece, start, last_only=True)[:, -1].cpu()
             start = stop
+        if not bool(torch.isfinite(logits).all()):  # NaN would sample token 0 for ever, silently
+            raise ModelFormatError("the model's output is NaN or infinite: its weights hold NaN/inf values or overflow; the file is damaged")
         return logits
 
     def __iter__(self) -> Iterator[TokenEvent]:

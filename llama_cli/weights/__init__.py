@@ -40,6 +40,8 @@ def load_checkpoint(path: Path, *, cache: bool = True) -> Checkpoint:
         raise ModelNotFoundError(f"no model at {path}: the path does not exist")
     if path.is_dir():
         return _load_folder(path, cache=cache)
+    if not path.is_file():  # a FIFO or a device would block in open() or read for ever
+        raise ModelFormatError(f"{path}: not a regular file or a folder")
     if path.suffix.lower() == ".gguf" or _starts_with_magic(path):
         return load_gguf_cached(path, cache=cache)
     if path.name in FOLDER_FILES or path.suffix.lower() in FOLDER_SUFFIXES:

@@ -1,0 +1,65 @@
+"""Hostile input to the loader and the engine: one clear error, never a hang, a crash or garbage.
+
+In-process (the subprocess matrix is tests/test_bad_input.py): files crafted in fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+from test_weights import TINY, random_weights, write_gguf
+
+from llama_cli import load
+from llama_cli.api import set_threads
+from llama_cli.errors import ModelFormatError, UsageError
+from llama_cli.weights import load_checkpoint
+
+
+def test_nan_weights_are_an_error_not_nul_bytes(tmp_path: Path) -> None:
+    weights = random_weights(TINY)
+    weights["layers.0.feed_forward.w2.weight"] = torch.full_like(weights["layers.0.feed_forward.w2.weight"], float("nan"))
+    llm = load(write_gguf(tmp_path / "nan.gguf", TINY, weights), cache=False)
+    with pytest.raises(ModelFormatError, match="NaN or infinite"):
+        llm.generate([5, 6, 7], max_tokens=3, temperature=0)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFormatError, match="not a regular file"):
+        load_checkpoint(fifo)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("llama.rope.freq_base", 0.0, "rope_theta must be a positive number"),
+        ("llama.rope.freq_base", -10000.0, "rope_theta must be a positive number"),
+        ("llama.attention.layer_norm_rms_epsilon", -1.0, "norm_eps must be a positive number"),
+        ("llama.context_length", 2**40, "context_length 1099511627776 is beyond any real model"),
+    ],
+)
+def test_impossible_hyperparameters_are_refused(tmp_path: Path, key: str, value: float, message: str) -> None:
+    def add(writer: gguf.GGUFWriter) -> None:
+        if isinstance(value, int):
+            writer.add_uint64(key, value)
+        else:
+            writer.add_float32(key, value)
+
+    path = write_gguf(tmp_path / "odd.gguf", TINY, random_weights(TINY), extra=add)
+    with pytest.raises(ModelFormatError, match=message):
+        load_checkpoint(path, cache=False)
+
+
+def test_thread_counts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UsageError, match="at least 1"):
+        set_threads(0)
+    with pytest.raises(UsageError, match="threads on"):
+        set_threads(100_000)
+    monkeypatch.setenv("LLAMA_THREADS", "abc")
+    with pytest.raises(UsageError, match="not a whole number"):
+        set_threads(None)
