@@ -118,8 +118,9 @@ class ChatSession:
             self.messages.insert(0, {"role": "system", "content": text})
 
     def reset(self) -> None:
-        """Forget the turns; the system message stays."""
+        """Forget the turns and their stats; the system message stays."""
         self.messages = self.messages[:1] if self.system is not None else []
+        self.stats = []
 
     def load(self, messages: Sequence[ChatMessage]) -> None:
         """Continue from these messages (validated as a conversation and rendered once to check the template)."""
@@ -132,6 +133,7 @@ class ChatSession:
         """Replace the conversation with a saved one; on any error the current one is kept."""
         messages = read_messages(path)
         self.load(messages)
+        self.stats = []  # the turns of another conversation
         return len(messages)
 
     def save_file(self, path: str | Path) -> int:

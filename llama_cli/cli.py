@@ -302,6 +302,8 @@ def chat(
     session = ChatSession(llm, settings, system=system, template=template, context=ctx, messages=messages, tools=tool_list)
     if spec is not None and not no_schema_prompt:
         session.set_system(with_schema_note(session.system, spec.prompt_note()))
+    if history is not None:
+        print(f"[loaded {len(messages)} messages from {history}]", file=sys.stderr)
     if sys.stdin.isatty():
         Repl(session, markdown=markdown and sys.stdout.isatty(), stats=stats).run()
     else:

@@ -12,6 +12,7 @@ replies, each followed by a newline; notices and stats go to stderr.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -75,6 +76,44 @@ def end_notices(turn: Turn) -> None:
         notice(f"[the reply stopped at {turn.max_tokens} tokens inside the {turn.generation.settings.constraint.option} value: it is not valid; raise -n]")  # type: ignore[union-attr]
 
 
+class WordWrap:
+    """Streamed text broken at spaces so that no word runs past `width` columns (a word longer than
+    a line stays whole). Each word is held until the space or newline after it arrives."""
+
+    def __init__(self, width: int) -> None:
+        self.width, self.column, self.word = width, 0, ""
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for char in text:
+            if char not in " \n":
+                self.word += char
+                continue
+            self._put_word(out)
+            if char == "\n" or self.column >= self.width:
+                out.append("\n")
+                self.column = 0
+            else:
+                out.append(" ")
+                self.column += 1
+        return "".join(out)
+
+    def flush(self) -> str:
+        out: list[str] = []
+        self._put_word(out)
+        return "".join(out)
+
+    def _put_word(self, out: list[str]) -> None:
+        if not self.word:
+            return
+        if self.column and self.column + len(self.word) > self.width:
+            out.append("\n")
+            self.column = 0
+        out.append(self.word)
+        self.column += len(self.word)
+        self.word = ""
+
+
 def run_scripted(session: ChatSession, lines: Iterable[str] | None = None, *, stats: bool = False) -> None:
     """One user turn per non-empty input line; only the replies (each plus a newline) on stdout."""
     source = lines if lines is not None else _stdin_lines()
@@ -115,6 +154,8 @@ class Repl:
     ) -> None:
         self.session, self.markdown, self.stats = session, markdown, stats
         self.read = read or _terminal_reader()
+        # Plain replies on a terminal are word-wrapped to its width; pipes get the text as it is.
+        self.wrap_width: int | None = shutil.get_terminal_size().columns - 1 if sys.stdout.isatty() else None
 
     def run(self) -> None:
         history = _start_history() if self.read is input else None
@@ -204,8 +245,7 @@ class Repl:
             if self.markdown:
                 self._stream_markdown(turn)
             else:
-                for event in turn:
-                    write_out(event.text)
+                self._stream_plain(turn)
                 write_out("" if turn.text.endswith("\n") else "\n")
         except KeyboardInterrupt:
             turn.finish()
@@ -217,8 +257,19 @@ class Repl:
             turn.finish()
             error(str(exc))
         end_notices(turn)
+        if turn.generation.results[0].stop_reason == "length" and turn.generation.settings.constraint is None:
+            notice(f"[the reply was cut at {turn.max_tokens} tokens: raise -n for longer replies]")
         if self.stats and turn.stats is not None:
             notice(turn_line(len(self.session.stats), turn.stats))
+
+    def _stream_plain(self, turn: Turn) -> None:
+        wrap = WordWrap(self.wrap_width) if self.wrap_width else None
+        try:
+            for event in turn:
+                write_out(wrap.feed(event.text) if wrap else event.text)
+        finally:
+            if wrap:
+                write_out(wrap.flush())
 
     def _stream_markdown(self, turn: Turn) -> None:
         """A live preview while the reply streams (cropped to the screen), then the whole reply rendered."""

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from llama_cli import cli
 from llama_cli.chat import ChatSession, HistoryError, common_prefix, parse_messages
-from llama_cli.repl import Repl, run_scripted
+from llama_cli.repl import Repl, WordWrap, run_scripted
 
 runner = CliRunner()
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
@@ -217,6 +217,25 @@ def test_load_of_a_bad_file_keeps_the_session(llm, tmp_path: Path, capsys) -> No
     assert "[loaded 3 messages" in capsys.readouterr().err
 
 
+def test_reset_clears_stats_and_a_cut_reply_is_marked(llm, capsys) -> None:  # type: ignore[no-untyped-def]
+    repl = Repl(ChatSession(llm, greedy(llm, 4)))
+    repl.reply("Tell me a long story.")
+    assert "[the reply was cut at 4 tokens: raise -n for longer replies]" in capsys.readouterr().err
+    repl.command("/stats")
+    assert "turn 1:" in capsys.readouterr().err
+    repl.command("/reset")
+    repl.command("/stats")
+    err = capsys.readouterr().err
+    assert "turn 1:" not in err and "no turns yet" in err
+
+
+def test_word_wrap_breaks_streamed_text_at_spaces() -> None:
+    wrap = WordWrap(20)
+    text = "The quick brown fox jumps over the lazy dog.\nA supercalifragilisticexpialidocious word."
+    out = "".join(wrap.feed(text[i : i + 3]) for i in range(0, len(text), 3)) + wrap.flush()
+    assert out.split("\n") == ["The quick brown fox ", "jumps over the lazy ", "dog.", "A ", "supercalifragilisticexpialidocious", "word."]
+
+
 def test_tokenize_chat_marks_special_tokens(chat_cli, hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
     messages = [{"role": "user", "content": "Hi"}]
     result = chat_cli("tokenize", "--chat", input=json.dumps(messages))
@@ -235,7 +254,7 @@ def test_history_file_starts_the_conversation(chat_cli, tmp_path: Path) -> None:
     )
     result = chat_cli("chat", "-t", "0", "-n", "12", "--history", str(history), input="What is my name?\n")
     assert result.exit_code == 0, result.stderr
-    assert "Ada" in result.stdout
+    assert "Ada" in result.stdout and "[loaded 2 messages from" in result.stderr
     bad = chat_cli("chat", "--history", str(tmp_path / "nope.json"), input="Hi\n")
     assert bad.exit_code == 1 and bad.stderr.startswith("llama: error: cannot read")
 
