@@ -11,7 +11,7 @@ _llama() {
         -m|--model|--context|--history|-o|--out|--adapter) COMPREPLY=($(compgen -f -- "$cur")); return;;
     esac
     case "$cmd" in
-        generate) COMPREPLY=($(compgen -W "--model -m --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --stop --ignore-eos --samples --lookup --chat --system -s --template --tools --truncate --json --logprobs --stats --schema --schema-multi --regex --choice --grammar --json-output --no-schema-prompt --truncate-ok --dtype --device --ctx --threads --no-cache --adapter --help -h" -- "$cur"));;
+        generate) COMPREPLY=($(compgen -W "--model -m --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --stop --ignore-eos --samples --lookup --chat --system -s --template --tools --truncate --json --logprobs --stats --schema --schema-multi --regex --choice --grammar --json-output --no-schema-prompt --truncate-ok --dtype --device --ctx --threads --no-cache --adapter --server --help -h" -- "$cur"));;
         chat) COMPREPLY=($(compgen -W "--model -m --system -s --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --template --history --tools --markdown --stats --schema --schema-multi --regex --choice --grammar --json-output --no-schema-prompt --dtype --device --ctx --threads --no-cache --adapter --help -h" -- "$cur"));;
         tokenize) COMPREPLY=($(compgen -W "--model -m --json --count --chat --template --tools --no-cache --help -h" -- "$cur"));;
         pull) COMPREPLY=($(compgen -W "--help -h" -- "$cur"));;

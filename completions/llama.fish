@@ -53,6 +53,7 @@ complete -c llama -n '__fish_seen_subcommand_from generate' -l ctx -r -F -d 'Con
 complete -c llama -n '__fish_seen_subcommand_from generate' -l threads -r -F -d 'CPU threads (default - $LLAMA_THREADS, else the cores not busy with other work).'
 complete -c llama -n '__fish_seen_subcommand_from generate' -l no-cache -d 'Do not read or write the converted-weights cache.'
 complete -c llama -n '__fish_seen_subcommand_from generate' -l adapter -r -F -d 'Apply a LoRA adapter folder written by llama finetune.'
+complete -c llama -n '__fish_seen_subcommand_from generate' -l server -r -F -d 'Run on the `llama serve` at this URL (default - $LLAMA_SERVER) - no model load here.'
 complete -c llama -n '__fish_seen_subcommand_from generate' -l help -s h -d 'Show the help and exit.'
 complete -c llama -n '__fish_seen_subcommand_from chat' -l model -s m -r -F -d 'GGUF file, model folder, or known model name. Default - $LLAMA_MODEL or smollm2-135m-instruct.'
 complete -c llama -n '__fish_seen_subcommand_from chat' -l system -s s -r -F -d 'System message (replaces the one in --history).'

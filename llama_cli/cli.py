@@ -56,6 +56,7 @@ app = typer.Typer(
     name="llama",
     help="Run LLaMA-family language models on your own machine. Model text goes to stdout; everything else to stderr.",
     no_args_is_help=True,
+    add_completion=False,  # `llama completions SHELL` prints the scripts in completions/: one mechanism
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
