@@ -11,9 +11,10 @@ and passes `jsonschema` validation against the schema (an independent validator,
 "Sensible" is checked on the simple cases that have an expected value (e.g. the capital of France).
 
 Overhead is measured two ways: (1) the time spent computing masks and advancing the matcher, per
-generated token, against the decode time per token (both from the same run); (2) decode speed of
-the same prompt with no constraint, forced to the same number of tokens (--ignore-eos). (2) is
-noisy on a shared machine; (1) is the figure to trust.
+generated token, against the decode time per token (both from the same run); (2) decode time
+per step of the same prompt with no constraint, forced to the same number of tokens
+(--ignore-eos), the two runs interleaved so that a shared machine's load drifts over both alike.
+`--replay` times the matcher alone on the saved outputs (no model running beside it).
 """
 
 from __future__ import annotations
@@ -95,13 +96,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="run only the first N cases")
     parser.add_argument("--cases", default=None, help="a slice of the cases, START:END")
     parser.add_argument("--report", nargs="+", default=None, help="print the figures from these saved JSON-lines files and exit")
+    parser.add_argument("--replay", action="store_true", help="with --report: also time the constraint alone on the saved outputs")
     parser.add_argument("--speed-cases", type=int, default=8, help="cases re-run without a constraint for the A/B speed figure")
     parser.add_argument("--out", default=None, help="write one JSON line per case here")
     args = parser.parse_args()
 
     if args.report:
         rows = [json.loads(line) for path in args.report for line in Path(path).read_text().splitlines() if line.strip()]
-        report(sorted({r["case"]: r for r in rows}.values(), key=lambda r: r["case"]))
+        rows = sorted({r["case"]: r for r in rows}.values(), key=lambda r: r["case"])
+        report(rows)
+        if args.replay:
+            replay(rows, args.model)
         return
 
     import jsonschema
@@ -150,18 +155,32 @@ def main() -> None:
 
     report(rows)
 
-    # A/B: the same prompts, unconstrained, forced to the same token counts
-    ab = [r for r in rows if r["tokens"] > 4][: args.speed_cases]
-    if ab:
-        with_c = sum(r["decode_seconds"] for r in ab) / sum(r["tokens"] - 1 for r in ab)
-        free = 0.0
-        for r in ab:
-            generation = llm.stream(r["prompt"], chat=True, temperature=0, max_tokens=r["tokens"], ignore_eos=True)
-            for _ in generation:
-                pass
-            free += generation.decode_seconds
-        without = free / sum(r["tokens"] - 1 for r in ab)
-        print(f"A/B over {len(ab)} cases: {1e3 * with_c:.1f} ms/token constrained vs {1e3 * without:.1f} unconstrained ({100 * (with_c / without - 1):+.1f}%)")
+    if args.speed_cases:
+        speed(llm, [r for r in rows if r["tokens"] > 4][: args.speed_cases], args.max_tokens)
+
+
+def speed(llm, rows: list[dict], max_tokens: int, rounds: int = 2) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """Decode time per step with the constraint and without it (same prompt, forced to the same
+    length), interleaved so that the load of a shared machine drifts over both alike; medians."""
+    import statistics
+
+    from llama_cli.schema import spec_from_options
+
+    constrained, free = [], []
+    for r in rows:
+        prompt, schema, multi, _ = CASES[r["case"]]
+        spec = spec_from_options(schema_multi=schema) if multi else spec_from_options(schema=schema)
+        for _ in range(rounds):
+            runs = []
+            for options in ({"max_tokens": max_tokens, "constraint": spec}, {"max_tokens": r["tokens"], "ignore_eos": True}):
+                generation = llm.stream(prompt, chat=True, system=spec.prompt_note(), temperature=0, **options)  # type: ignore[union-attr]
+                for _ in generation:
+                    pass
+                runs.append(generation.decode_seconds / max(len(generation.results[0].token_ids) - 1, 1))
+            constrained.append(runs[0])
+            free.append(runs[1])
+    a, b = statistics.median(constrained), statistics.median(free)
+    print(f"A/B over {len(rows)} cases x {rounds}: {1e3 * a:.1f} ms per decode step constrained, {1e3 * b:.1f} unconstrained ({100 * (a / b - 1):+.1f}%)")
 
 
 def report(rows: list[dict]) -> None:  # type: ignore[type-arg]
@@ -180,6 +199,35 @@ def report(rows: list[dict]) -> None:  # type: ignore[type-arg]
     for r in rows:
         if not r["valid"]:
             print(f"  case {r['case']}: {r['error']}: {r['text'][:90]}")
+
+
+def replay(rows: list[dict], model: str | None) -> None:  # type: ignore[type-arg]
+    """Mask and advance through each saved output's tokens with a fresh matcher, no model running:
+    the first mask of a schema (which builds its lexer) apart from the steady per-token cost."""
+    import torch
+
+    from llama_cli import load
+    from llama_cli.constraints import Constraint
+    from llama_cli.schema import spec_from_options
+
+    llm = load(model)
+    vocab = llm.model.config.vocab_size
+    logits = torch.randn(vocab)
+    first, steady, steps = 0.0, 0.0, 0
+    for r in rows:
+        _, schema, multi, _ = CASES[r["case"]]
+        spec = spec_from_options(schema_multi=schema) if multi else spec_from_options(schema=schema)
+        rule = Constraint(spec, llm.tokenizer, vocab).matcher()  # type: ignore[arg-type]
+        for j, token in enumerate(llm.tokenizer.encode(r["text"], bos=False)):
+            started = time.perf_counter()
+            rule.mask(logits)
+            rule.advance(token)
+            spent = time.perf_counter() - started
+            if j == 0:
+                first += spent
+            else:
+                steady, steps = steady + spent, steps + 1
+    print(f"replay: first mask of a schema {1e3 * first / len(rows):.1f} ms; then {1e3 * steady / max(steps, 1):.3f} ms per token (mask + advance, {steps} tokens)")
 
 
 if __name__ == "__main__":
