@@ -29,8 +29,8 @@ WRONG_ANSWER = {"Q4_0"}
 
 
 def english_text() -> str:
-    """~7,000 characters of English prose: the paragraphs of Python's "Execution model" reference
-    chapter (pydoc_data, in every Python) without its grammar, code and headings."""
+    """~5,000 characters of English prose (~1,100 tokens): the paragraphs of Python's "Execution
+    model" reference chapter (pydoc_data, in every Python) without its grammar, code and headings."""
     from pydoc_data.topics import topics
 
     paragraphs = []
@@ -38,7 +38,7 @@ def english_text() -> str:
         for para in topics[key].split("\n\n"):
             if para[:1].isupper() and "\n" in para and "::=" not in para and "***" not in para:
                 paragraphs.append(" ".join(para.split()))
-    return "\n\n".join(paragraphs)[:7000]
+    return "\n\n".join(paragraphs)[:5200]
 
 
 def storage_types(path: Path) -> dict[str, str]:
