@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..chat import common_prefix
-from ..generation import PREFILL_CHUNK, Generation, SampleState, TokenEvent
+from ..generation import PREFILL_CHUNK, Generation, SampleState
 from ..model import Transformer
 
 log = logging.getLogger("llama.serve")
@@ -259,6 +259,3 @@ class Scheduler:
         self.active.remove(seq)
         self.rows.release(seq.row, seq.tokens[: seq.written])
         seq.job.open -= 1
-
-
-__all__ = ["CacheRows", "Job", "QueueFull", "Scheduler", "TokenEvent"]
