@@ -61,11 +61,11 @@ def fit(ids: list[int], request: CompletionRequest, context: int) -> tuple[list[
     if request.max_tokens is None and room >= 1:
         return ids, room
     if not request.truncate:
-        raise protocol.context_error(len(ids), request.max_tokens, context)
+        raise protocol.context_error(len(ids), request.max_tokens, context, "messages" if request.kind == "chat" else "prompt")
     max_tokens = request.max_tokens if request.max_tokens is not None else max(1, context // 4)
     keep = context - max_tokens
     if keep < 1:
-        raise protocol.context_error(len(ids), request.max_tokens, context)
+        raise protocol.context_error(len(ids), request.max_tokens, context, "messages" if request.kind == "chat" else "prompt")
     log.info("prompt of %d tokens cut to its last %d to fit the %d-token context with max_tokens %d", len(ids), keep, context, max_tokens)
     return ids[-keep:], max_tokens
 

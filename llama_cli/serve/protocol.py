@@ -236,14 +236,14 @@ def parse_completion(body: dict[str, Any], *, max_n: int) -> CompletionRequest:
     return request
 
 
-def context_error(prompt_tokens: int, max_tokens: int | None, context: int) -> APIError:
+def context_error(prompt_tokens: int, max_tokens: int | None, context: int, param: str = "messages") -> APIError:
     if max_tokens is None:
         message = f"the prompt has {prompt_tokens} tokens, which leaves no room in the context window of {context} tokens"
     else:
         message = f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: {prompt_tokens + max_tokens} exceed the context window of {context} tokens"
     return bad(
         message + '; shorten the prompt, lower max_tokens, or send "truncate": true to keep the end of the prompt',
-        "messages",
+        param,
         "context_length_exceeded",
     )
 
