@@ -320,7 +320,7 @@ def main() -> None:
     base = "llama.cpp" if "llama.cpp" in engines else None
     lines = [
         (
-            f"`python bench/compare.py -p {args.prompt_tokens} -n {args.gen_tokens} -r {args.rounds} --threads {args.threads}` on "
+            f"`python bench/compare.py{' --llama32-1b' if args.llama32_1b else ''} -p {args.prompt_tokens} -n {args.gen_tokens} -r {args.rounds} --threads {args.threads}` on "
             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, {Path(args.model).name}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after ({time.time() - started:.0f} s)."
         ),
