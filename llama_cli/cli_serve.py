@@ -119,21 +119,7 @@ def run_server(*, host: str, port: int, **options: object) -> None:
 
     from .serve.app import ServeConfig, create_app
 
-    _Server = _server_class()
-
-    log = logging.getLogger("llama.serve")  # only the server's own lines: one per event, on stderr
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("llama serve: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not _is_loopback(host):
-        print(
-            f"llama: warning: listening on {host}: reachable from other machines{'' if options.get('api_key') else ' without an API key'}",
-            file=sys.stderr,
-        )
     config = ServeConfig(**options)  # type: ignore[arg-type]
-    server_app = create_app(config)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -142,9 +128,23 @@ def run_server(*, host: str, port: int, **options: object) -> None:
     except OSError as error:
         sock.close()
         raise LlamaError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    if not _is_loopback(host):
+        print(
+            f"llama: warning: listening on {host}: reachable from other machines{'' if config.api_key else ' without an API key'}",
+            file=sys.stderr,
+        )
+    log = logging.getLogger("llama.serve")  # only the server's own lines: one per event, on stderr
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llama serve: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     print(f"llama serve: listening on http://{host}:{port} (GET /health says when the model is ready)", file=sys.stderr, flush=True)
-    server = _Server(uvicorn.Config(server_app, log_level="warning", access_log=False, lifespan="on"))
-    server.run(sockets=[sock])
+    server = _server_class()(uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        log.removeHandler(handler)
     print("llama serve: stopped", file=sys.stderr)
 
 

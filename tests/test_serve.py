@@ -345,3 +345,33 @@ def test_generate_with_server_prints_what_a_local_run_prints(server: str, llm) -
     refused = runner.invoke(app, ["generate", "--server", server, "-t", "9", "hi"])
     assert refused.exit_code == 2 and "temperature" in refused.stderr
     assert runner.invoke(app, ["generate", "--server", server, "--lookup", "2", "hi"]).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--port", "0"], "--port"),
+        (["--parallel", "0"], "--parallel"),
+        (["--queue", "-1"], "--queue"),
+        (["--template", "nosuch"], "template"),
+    ],
+)
+def test_serve_usage_errors_before_anything_loads(args: list[str], needle: str) -> None:
+    from typer.testing import CliRunner
+
+    from llama_cli.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 2 and needle in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_serve_on_a_port_in_use_is_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from llama_cli.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = CliRunner().invoke(app, ["serve", "--port", str(taken.getsockname()[1])])
+    assert result.exit_code == 1 and "cannot listen on 127.0.0.1" in result.stderr and "Traceback" not in result.stderr
