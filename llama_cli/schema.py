@@ -42,7 +42,7 @@ class Spec:
     kind: Kind
     grammar: str
     option: str
-    schema: dict[str, Any] | None = None
+    schema: dict[str, Any] | None = field(default=None, compare=False)  # (the grammar holds it: equal and hashable without it)
     pattern: str = ""  # the regex, or the grammar's text
     choices: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)  # llguidance's warnings, for stderr
