@@ -15,9 +15,9 @@ _llama() {
         chat) COMPREPLY=($(compgen -W "--model -m --system -s --max-tokens -n --temperature -t --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty --seed --template --history --tools --markdown --stats --schema --schema-multi --regex --choice --grammar --json-output --no-schema-prompt --dtype --device --ctx --threads --no-cache --adapter --help -h" -- "$cur"));;
         tokenize) COMPREPLY=($(compgen -W "--model -m --json --count --chat --template --tools --no-cache --help -h" -- "$cur"));;
         pull) COMPREPLY=($(compgen -W "--help -h" -- "$cur"));;
-        summarize) COMPREPLY=($(compgen -W "--length -l --words --bullets --focus --model -m --max-tokens -n --temperature -t --seed --lookup --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
-        translate) COMPREPLY=($(compgen -W "--to --from --model -m --max-tokens -n --temperature -t --seed --lookup --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
-        qa) COMPREPLY=($(compgen -W "--context -c --quote --model -m --max-tokens -n --temperature -t --seed --lookup --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
+        summarize) COMPREPLY=($(compgen -W "--length -l --words --bullets --focus --model -m --max-tokens -n --temperature -t --seed --lookup --repeat-penalty --frequency-penalty --presence-penalty --no-repeat-ngram --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
+        translate) COMPREPLY=($(compgen -W "--to --from --model -m --max-tokens -n --temperature -t --seed --lookup --repeat-penalty --frequency-penalty --presence-penalty --no-repeat-ngram --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
+        qa) COMPREPLY=($(compgen -W "--context -c --quote --model -m --max-tokens -n --temperature -t --seed --lookup --repeat-penalty --frequency-penalty --presence-penalty --no-repeat-ngram --template --show-prompt --json --stats --dtype --device --ctx --threads --no-cache --help -h" -- "$cur"));;
         models) COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"));;
         show) COMPREPLY=($(compgen -W "--model -m --json --no-cache --help -h" -- "$cur"));;
         completions) COMPREPLY=($(compgen -W "--help -h" -- "$cur"));;

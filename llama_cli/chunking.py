@@ -46,6 +46,9 @@ MIN_CHUNK = 32  # a context that leaves less room than this per chunk is too sma
 SEPARATORS = (re.compile(r"\n[ \t]*\n\s*"), re.compile(r"\n\s*"), re.compile(r"(?<=[.!?;:。！？])\s+"), re.compile(r"\s+"))
 SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n\s*")
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
+# Where a whole sentence (or line) ends: closing punctuation and any quotes or brackets after it,
+# then whitespace; or a line break. An answer cut at -n is cut back to the last one.
+WHOLE_SENTENCE_END = re.compile(r"[.!?。！？][\"'”’)\]]*(?=\s)|[.!?。！？][\"'”’)\]]*$|(?=\n)")
 
 
 @dataclass(frozen=True)
@@ -182,15 +185,25 @@ def bm25_scores(query: str, documents: Sequence[str], *, k1: float = 1.5, b: flo
     return scores
 
 
+# A line break inside a sentence (hard-wrapped text: licences, READMEs, e-mail): not after closing
+# punctuation or a colon, and not before a blank line, a list item, a heading or a quote.
+WRAPPED_LINE_BREAK = re.compile(r"(?<![.!?:。！？\n])[ \t]*\n[ \t]*(?!\n|[-*•#>]|\d+[.)]\s)")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of `text`, hard-wrapped lines joined with a space (otherwise verbatim)."""
+    return [s.strip() for s in SENTENCE_END.split(WRAPPED_LINE_BREAK.sub(" ", text)) if s.strip()]
+
+
 def supporting_sentences(answer: str, question: str, context: str, *, limit: int = 2) -> list[str]:
     """The context sentences that share the most (rare) words with the answer, in context order."""
-    sentences = [s.strip() for s in SENTENCE_END.split(context) if s.strip()]
-    if not sentences or not terms(answer):
+    units = sentences(context)
+    if not units or not terms(answer):
         return []
-    by_answer = bm25_scores(answer, sentences)
-    by_question = bm25_scores(question, sentences)
-    ranked = sorted((i for i in range(len(sentences)) if by_answer[i] > 0), key=lambda i: -(by_answer[i] + 0.5 * by_question[i]))
-    return [sentences[i] for i in sorted(ranked[:limit])]
+    by_answer = bm25_scores(answer, units)
+    by_question = bm25_scores(question, units)
+    ranked = sorted((i for i in range(len(units)) if by_answer[i] > 0), key=lambda i: -(by_answer[i] + 0.5 * by_question[i]))
+    return [units[i] for i in sorted(ranked[:limit])]
 
 
 # --- Running the recipes ----------------------------------------------------------------------
@@ -214,9 +227,22 @@ class Step:
     layout: Callable[[str], str] | None = None  # translate: whitespace made to match the source chunk
 
     @property
+    def cut_back(self) -> bool:
+        """Whether the answer stopped at -n and ends at its last whole sentence instead (not with a constraint)."""
+        g = self.generation
+        return g is not None and g.results[0].stop_reason == "length" and g.settings.constraint is None
+
+    @property
     def text(self) -> str:
         text = self.generation.text.strip() if self.generation is not None else ""
-        return self.layout(text) if self.layout else text
+        text = self.layout(text) if self.layout else text
+        return whole_sentences(text) if self.cut_back else text
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to the end of its last whole sentence or line; all of it when none ends in it."""
+    ends = [m.end() for m in WHOLE_SENTENCE_END.finditer(text) if m.end() > 0]
+    return text[: ends[-1]].rstrip() if ends else text
 
 
 def match_layout(source: str) -> Callable[[str], str]:

@@ -20,9 +20,12 @@ from .cli_common import (
     CtxOpt,
     DeviceOpt,
     DtypeOpt,
+    FrequencyPenaltyOpt,
     JsonOpt,
     ModelOpt,
     NoCacheOpt,
+    PresencePenaltyOpt,
+    RepeatPenaltyOpt,
     SeedOpt,
     StatsOpt,
     ThreadsOpt,
@@ -41,6 +44,7 @@ MaxTokensOpt = Annotated[int | None, typer.Option("--max-tokens", "-n", help="Mo
 LookupOpt = Annotated[int | None, typer.Option("--lookup", help="Prompt-lookup decoding: at most N tokens drafted from the input per step (0 = off). Default: 8 with --dtype float32, where the text stays the same; off on the int4 fast path, where rounding can change it.", rich_help_panel="Sampling", show_default=False)]
 TemplateOpt = Annotated[str, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3 or llama2.", rich_help_panel="Prompt")]
 PresetTemperatureOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="0 = greedy (the presets' default).", rich_help_panel="Sampling", show_default=False)]
+NoRepeatNgramOpt = Annotated[int | None, typer.Option("--no-repeat-ngram", help="Never repeat a run of N generated tokens, which ends the loops a small model falls into (0 = off). Default: the preset's.", rich_help_panel="Sampling", show_default=False)]
 ShowPromptOpt = Annotated[bool, typer.Option("--show-prompt", help="Print the rendered prompt(s) instead of running the model.", rich_help_panel="Prompt")]
 FilesArg = Annotated[list[str] | None, typer.Argument(help="Text files, read in order; none or '-' reads stdin.", show_default=False)]
 
@@ -120,7 +124,8 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
                 write_out(json.dumps(step_record(step, number), ensure_ascii=False) + "\n")
             reason = step.generation.results[0].stop_reason if step.generation else None
             if reason == "length":
-                print(f"llama: warning: {preset}: {step.stage} step {step.index + 1} of {step.total} stopped at -n {step.generation.settings.max_tokens} tokens; its text may be cut short (raise -n)", file=sys.stderr, flush=True)  # type: ignore[union-attr]
+                what = "its text ends at its last whole sentence" if step.cut_back else "its text may be cut short"
+                print(f"llama: warning: {preset}: {step.stage} step {step.index + 1} of {step.total} stopped at -n {step.generation.settings.max_tokens} tokens; {what} (raise -n for more)", file=sys.stderr, flush=True)  # type: ignore[union-attr]
     except KeyboardInterrupt:
         interrupted = True
         for step in runner.steps:
@@ -172,12 +177,27 @@ def _run_step(step: Step, number: int, *, as_json: bool) -> str:
             record = json.loads(token_json(event, generation.tokenizer))
             write_out(json.dumps({**record, "step": number}, ensure_ascii=False) + "\n")
         return ""
-    trim, written = Trim(step.layout), ""
+    from .chunking import WHOLE_SENTENCE_END, whole_sentences
+
+    # Released a whole sentence (or line) at a time, so that an answer cut at -n can end at its last
+    # whole sentence (Step.text, what --json and the next steps see, ends there too).
+    trim, written, held = Trim(step.layout), "", ""
     write_out(step.prefix)
-    for event in generation:
-        text = trim.feed(event.text)
-        write_out(text)
-        written += text[-1:]
+    try:
+        for event in generation:
+            held += trim.feed(event.text)
+            ends = [m.end() for m in WHOLE_SENTENCE_END.finditer(held) if 0 < m.end() < len(held)]
+            if ends:
+                write_out(held[: ends[-1]])
+                written, held = written + held[: ends[-1]], held[ends[-1] :]
+    except KeyboardInterrupt:
+        write_out(held)
+        raise
+    if step.cut_back:
+        whole = whole_sentences(written + held)
+        held = whole[len(written) :] if whole.startswith(written) else ""
+    write_out(held)
+    written += held
     write_out(step.suffix)
     tail = step.suffix or written[-1:] or step.prefix
     return tail[-1:]
@@ -249,12 +269,17 @@ def stats_line(preset: str, runner: Runner) -> str:
     )
 
 
-def make_runner(recipe: Recipe, lookup: int | None, *, model: str | None, temperature: float | None, seed: int | None, ctx: int | None, dtype: str, device: str, threads: int | None, no_cache: bool, template: str, show_prompt: bool) -> Runner:
-    """Validate the options (before loading anything), load the model and set up a Runner for `recipe`'s defaults."""
+def make_runner(recipe: Recipe, lookup: int | None, *, model: str | None, temperature: float | None, seed: int | None, ctx: int | None, dtype: str, device: str, threads: int | None, no_cache: bool, template: str, show_prompt: bool, penalties: dict[str, Any] | None = None) -> Runner:
+    """Validate the options (before loading anything), load the model and set up a Runner for `recipe`'s defaults.
+
+    `penalties`: repetition_penalty, frequency_penalty, presence_penalty and no_repeat_ngram (None: the recipe's)."""
     from .api import make_settings
     from .chunking import Runner
 
-    settings = make_settings(temperature=recipe.temperature if temperature is None else temperature, seed=seed, lookup=lookup or 0)
+    options = dict(penalties or {})
+    if options.get("no_repeat_ngram") is None:
+        options["no_repeat_ngram"] = recipe.no_repeat_ngram
+    settings = make_settings(temperature=recipe.temperature if temperature is None else temperature, seed=seed, lookup=lookup or 0, **options)
     if ctx is not None and ctx < 1:
         raise UsageError(f"--ctx must be >= 1, got {ctx}")
     llm = _load(model, dtype, device, threads, no_cache)
@@ -266,6 +291,10 @@ def make_runner(recipe: Recipe, lookup: int | None, *, model: str | None, temper
         # on the float32 reference, not (yet) on the int4 fast path, so the default follows the path.
         settings = dataclasses.replace(settings, lookup=recipe.lookup)
     return Runner(llm, settings, context=min(ctx or llm.context_length, llm.context_length), template=template, dry_run=show_prompt)
+
+
+def _penalties(repeat: float, frequency: float, presence: float, no_repeat_ngram: int | None) -> dict[str, Any]:
+    return {"repetition_penalty": repeat, "frequency_penalty": frequency, "presence_penalty": presence, "no_repeat_ngram": no_repeat_ngram}
 
 
 def _positive(value: int | None, name: str) -> int | None:
@@ -287,6 +316,10 @@ def summarize(
     temperature: PresetTemperatureOpt = None,
     seed: SeedOpt = None,
     lookup: LookupOpt = None,
+    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    frequency_penalty: FrequencyPenaltyOpt = 0.0,
+    presence_penalty: PresencePenaltyOpt = 0.0,
+    no_repeat_ngram: NoRepeatNgramOpt = None,
     template: TemplateOpt = "auto",
     show_prompt: ShowPromptOpt = False,
     json_output: JsonOpt = False,
@@ -314,7 +347,7 @@ def summarize(
     fields = presets.summary_fields(length=length, words=_positive(words, "--words"), bullets=bullets, focus=focus)
     n = _positive(max_tokens, "--max-tokens") or presets.summary_tokens(length=length, words=words)
     document = read_documents(files)
-    runner = make_runner(presets.SUMMARIZE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
+    runner = make_runner(presets.SUMMARIZE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt, penalties=_penalties(repeat_penalty, frequency_penalty, presence_penalty, no_repeat_ngram))
     runner.structured = bullets and json_output  # the done event's "data": {"points": [...]}, each a string
     run_preset("summarize", runner, chunking.summarize(runner, document, fields, n), as_json=json_output, stats=stats, show_prompt=show_prompt)
 
@@ -330,6 +363,10 @@ def translate(
     temperature: PresetTemperatureOpt = None,
     seed: SeedOpt = None,
     lookup: LookupOpt = None,
+    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    frequency_penalty: FrequencyPenaltyOpt = 0.0,
+    presence_penalty: PresencePenaltyOpt = 0.0,
+    no_repeat_ngram: NoRepeatNgramOpt = None,
     template: TemplateOpt = "auto",
     show_prompt: ShowPromptOpt = False,
     json_output: JsonOpt = False,
@@ -355,7 +392,7 @@ def translate(
     fields = presets.translate_fields(target=to, source=source)
     n = _positive(max_tokens, "--max-tokens")
     document = read_documents(files)
-    runner = make_runner(presets.TRANSLATE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
+    runner = make_runner(presets.TRANSLATE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt, penalties=_penalties(repeat_penalty, frequency_penalty, presence_penalty, no_repeat_ngram))
     run_preset("translate", runner, chunking.translate(runner, document, fields, n), as_json=json_output, stats=stats, show_prompt=show_prompt)
 
 
@@ -370,6 +407,10 @@ def qa(
     temperature: PresetTemperatureOpt = None,
     seed: SeedOpt = None,
     lookup: LookupOpt = None,
+    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    frequency_penalty: FrequencyPenaltyOpt = 0.0,
+    presence_penalty: PresencePenaltyOpt = 0.0,
+    no_repeat_ngram: NoRepeatNgramOpt = None,
     template: TemplateOpt = "auto",
     show_prompt: ShowPromptOpt = False,
     json_output: JsonOpt = False,
@@ -398,6 +439,6 @@ def qa(
         raise UsageError("the question is empty")
     n = _positive(max_tokens, "--max-tokens") or presets.QA.max_tokens
     document = read_documents(context_files, option="--context FILE")
-    runner = make_runner(presets.QA, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt)
+    runner = make_runner(presets.QA, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt, penalties=_penalties(repeat_penalty, frequency_penalty, presence_penalty, no_repeat_ngram))
     runner.structured = json_output  # the done event's "data": {"answer": ..., "quotes": [context sentences, verbatim]}
     run_preset("qa", runner, chunking.answer(runner, document, question, n, quote=quote), as_json=json_output, stats=stats, show_prompt=show_prompt)

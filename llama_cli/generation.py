@@ -17,7 +17,7 @@ import torch
 
 from .errors import ContextOverflowError, ModelFormatError, UsageError
 from .model import Transformer
-from .sampling import SamplingSettings, sample
+from .sampling import SamplingSettings, repeated_ngram_tokens, sample
 from .schema import Spec
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -39,6 +39,7 @@ class GenerationSettings:
     logprobs: int = 0  # how many top alternatives to report per token
     lookup: int = 0  # prompt-lookup decoding: draft up to this many tokens per step (0 = off); see lookup.py
     constraint: Spec | None = None  # structured output: every sample must match it (schema.py, constraints.py)
+    no_repeat_ngram: int = 0  # never repeat a run of this many generated tokens (0 = off); the presets' loop guard
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -53,6 +54,8 @@ class GenerationSettings:
             raise UsageError(f"--lookup must be >= 0 (0 = off), got {self.lookup}")
         if self.lookup and self.samples > 1:
             raise UsageError("--lookup works with one sample; drop --samples or --lookup")
+        if self.no_repeat_ngram < 0:
+            raise UsageError(f"--no-repeat-ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
         if self.constraint is not None and self.ignore_eos:
             raise UsageError("--ignore-eos cannot be combined with a constraint: the output ends where the value does")
 
@@ -282,7 +285,11 @@ class Generation:
             banned = [t for t in self.tokenizer.special.stop_ids if t < logits.shape[-1]]
             logits = logits.clone()
             logits[banned] = float("-inf")
-        token = sample(self.constrain(state.rule, logits), self.settings.sampling, state.generator, state.counts)
+        allowed = logits
+        if repeats := repeated_ngram_tokens(self.results[i].token_ids, self.settings.no_repeat_ngram):
+            allowed = logits.clone()
+            allowed[repeats] = float("-inf")  # logprobs (from `logits`) stay the model's own
+        token = sample(self.constrain(state.rule, allowed), self.settings.sampling, state.generator, state.counts)
         return token, list(self._emit(i, token, logits, state.decoder, state.matcher, state.counts, state.rule))
 
     def _emit(

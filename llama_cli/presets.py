@@ -27,6 +27,7 @@ class Recipe:
     temperature: float = 0.0  # greedy unless asked
     lookup: int = 8  # most prompt-lookup drafted tokens per step (answers copy from the input); the CLI
     # uses it where lookup keeps the text unchanged (the float32 reference), not on the int4 fast path
+    no_repeat_ngram: int = 0  # never repeat a run of this many generated tokens: a small model's loops end
 
     def messages(self, **fields: str) -> list[Message]:
         """The conversation for one request; the field values are inserted verbatim."""

@@ -7,6 +7,7 @@ a run exactly. Temperature 0 means greedy (argmax) and ignores the other filters
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,16 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, s: SamplingSetti
         out = torch.where(seen, penalised, out)
     out = out - counts.to(out.dtype) * s.frequency_penalty - seen.to(out.dtype) * s.presence_penalty
     return out
+
+
+def repeated_ngram_tokens(tokens: Sequence[int], n: int) -> list[int]:
+    """The tokens that would complete an n-token run already in `tokens` (transformers'
+    no_repeat_ngram_size): each token that followed an earlier occurrence of the last n-1 tokens.
+    Over the generated tokens only, so an answer may still quote its prompt; 0 = off."""
+    if n < 1 or len(tokens) < n:
+        return []
+    tail = list(tokens[len(tokens) - n + 1 :]) if n > 1 else []
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if list(tokens[i : i + n - 1]) == tail]
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llama_cli.chunking import bm25_scores, pack, split_text, supporting_sentences, terms
+from llama_cli.chunking import bm25_scores, pack, split_text, supporting_sentences, terms, whole_sentences
 from llama_cli.cli import app
 from llama_cli.cli_presets import Trim
 
@@ -80,6 +80,17 @@ def test_supporting_sentences_share_the_answer_words() -> None:
     context = (DOCS / "eiffel.txt").read_text()
     quotes = supporting_sentences("It was completed in 1889.", "When was the Eiffel Tower completed?", context)
     assert quotes and "completed in March 1889" in quotes[0]
+
+
+def test_quotes_from_hard_wrapped_text_are_whole_sentences() -> None:
+    context = (
+        "Everyone is permitted to copy and distribute verbatim copies\nof this license document, but changing it is not allowed.\n\n"
+        "You may charge a fee for the physical act of transferring a copy,\nand you may at your option offer warranty protection\nin exchange for a fee.\n"
+        "Steps:\n- keep the notice\n- give a copy\n"
+    )
+    quotes = supporting_sentences("You may charge a fee for transferring a copy.", "Can I charge a fee?", context)
+    assert quotes[0] == "You may charge a fee for the physical act of transferring a copy, and you may at your option offer warranty protection in exchange for a fee."
+    assert supporting_sentences("Keep the notice.", "What are the steps?", context) == ["- keep the notice"]  # list items stay apart
 
 
 def test_trim_streams_without_outer_whitespace() -> None:
@@ -224,6 +235,36 @@ def test_common_options_behave_as_in_generate() -> None:
     assert missing.exit_code == 1 and "no model file or folder" in missing.stderr
 
 
+def test_whole_sentences() -> None:
+    assert whole_sentences("One. Two is cut") == "One."
+    assert whole_sentences('He said "hi." Then') == 'He said "hi."'
+    assert whole_sentences("- a\n- b\n- c is") == "- a\n- b"
+    assert whole_sentences("Version 2.0 is") == "Version 2.0 is"  # a decimal point is no sentence end
+    assert whole_sentences("no end at all") == "no end at all"  # nothing to cut back to: kept
+
+
+def test_an_answer_cut_at_n_ends_at_a_whole_sentence() -> None:
+    doc = str(DOCS / "report.txt")
+    plain = run("summarize", "-n", "60", doc)
+    data = events(run("summarize", "-n", "60", "--json", doc).stdout)[-1]
+    assert plain.exit_code == 0 and data["stop_reason"] == "length"
+    assert plain.stdout == data["text"] + "\n" and data["text"].endswith(".")
+    assert "ends at its last whole sentence" in plain.stderr
+
+
+def test_no_repeat_ngram_never_repeats_a_run_of_generated_tokens(llm) -> None:  # type: ignore[no-untyped-def]
+    from llama_cli.api import make_settings
+    from llama_cli.generation import Generation
+
+    ids = llm.encode_chat([{"role": "user", "content": "Repeat the word 'dog' fifty times."}])
+    generation = Generation(llm.model, llm.tokenizer, ids, make_settings(temperature=0, max_tokens=40, no_repeat_ngram=3))
+    for _ in generation:
+        pass
+    tokens = generation.results[0].token_ids
+    runs = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
+    assert len(tokens) > 3 and len(set(runs)) == len(runs), llm.tokenizer.decode(tokens)
+
+
 def test_lookup_is_on_where_it_keeps_the_text() -> None:
     doc = str(DOCS / "eiffel.txt")
     fast = events(run("summarize", "--dtype", "float32", "-n", "80", "--json", doc).stdout)[-1]
@@ -283,7 +324,7 @@ def test_translate_covers_every_chunk_in_order() -> None:
     position = 0
     for step in steps:
         position = output.index(step["text"], position)
-    assert "may be cut short" in result.stderr  # -n 24 cut some paragraphs: said, not silent
+    assert "stopped at -n 24 tokens" in result.stderr  # -n 24 cut some paragraphs: said, not silent
     plain = run("translate", "--to", "French", "--ctx", str(ctx), "-n", "24", input=text)
     assert plain.stdout == output if output.endswith("\n") else output + "\n"
 
