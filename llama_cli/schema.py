@@ -69,7 +69,7 @@ def one_line(message: str) -> str:
     """llguidance's multi-line messages (with a caret under the fault) as one line."""
     lines = [line.strip() for line in message.strip().splitlines()]
     kept = [line for line in lines if line and not re.fullmatch(r"\^+", line) and not re.match(r"\d+ \|", line)]
-    return " ".join(kept)
+    return re.sub(r"^at \d+\(\d+\): ", "", " ".join(kept))  # a position in the generated grammar means nothing to the user
 
 
 def _check(grammar: str, option: str) -> tuple[str, ...]:
