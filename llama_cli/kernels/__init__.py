@@ -4,7 +4,9 @@
 raw bytes, without materialising W as floats. Two paths:
 - few rows (decode, M < BF16_MIN_ROWS): the activations are quantized to int8 per row and each
   weight block is unpacked in registers and dotted with up to 8 activation rows at once
-  (llama.cpp's design, ggml/src/ggml-cpu/arch/x86/quants.c, with our own register tiling);
+  (llama.cpp's design, ggml/src/ggml-cpu/arch/x86/quants.c, with our own register tiling).
+  Batch-invariant: each output row is bit-identical to that row computed alone, whatever M and
+  the thread count (prompt-lookup decoding relies on it to reproduce plain decoding's tokens);
 - many rows (prefill): tiles of ~8 MB of W are dequantized to bfloat16 in C and multiplied with
   torch's bfloat16 matmul (oneDNN, which uses AMX or AVX512-BF16 where the CPU has them): several
   times the int8 kernels' throughput here, and only one small tile exists at a time.
@@ -102,8 +104,11 @@ def simd_types() -> frozenset[str]:
     return frozenset(name for name, (tid, _, _) in _TYPES.items() if lib.llk_has_simd(tid))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int, *, float32_out: bool = False) -> torch.Tensor:
     """x @ W.T for x float32 (M, K) and W the raw GGUF bytes, uint8 (N, row_bytes); float32 (M, N).
+
+    `float32_out` keeps every row on the int8 path, whose results are float32: for the output
+    head, whose logits rounded to bfloat16 (steps of 1/16 at 10) would reorder near-ties.
 
     With fewer than BF16_MIN_ROWS rows the activations are rounded to int8 per block of 32 (per 256
     for the K-quants), as llama.cpp does (F16/BF16 weights use the float activations); with more,
@@ -114,7 +119,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int,
     import torch
 
     M, N, K = x.shape[0], out_features, in_features
-    if M >= BF16_MIN_ROWS and _bf16_matmul_is_fast():
+    if M >= BF16_MIN_ROWS and not float32_out and _bf16_matmul_is_fast():
         return _linear(x, weight, qtype, N, K, path="bf16")
     info = _TYPES.get(qtype)
     # The decode path runs ~100-200 times per token: check the arguments in one expression and
