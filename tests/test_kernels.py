@@ -84,6 +84,32 @@ def test_linear_matches_dequantized_matmul(qtype: str) -> None:
         assert kernels.linear(x, weight, qtype, n, k).shape == (m, n)
 
 
+@pytest.mark.parametrize("qtype", sorted(kernels.SUPPORTED))
+def test_int8_rows_are_batch_invariant(qtype: str) -> None:
+    """Each row of an int8-path product is bit-identical to that row computed alone, whatever M
+    and the thread count: prompt-lookup decoding verifies drafted tokens in one batch and must
+    pick exactly the tokens plain decoding picks."""
+    elements = kernels.block_shape(qtype)[0]
+    k = 1280 if elements == 256 else 1248  # 5 blocks of 256, or 39 of 32: an odd last block
+    n = 161  # enough bytes at M = 1 for two threads to split the rows, and an odd split
+    weight = torch.from_numpy(make_weight(qtype, n, k, seed=3))
+    x = torch.randn(31, k, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    try:
+        for simd in (True, False):
+            torch.set_num_threads(1)
+            alone = torch.cat([kernels._linear(x[i : i + 1], weight, qtype, n, k, simd=simd) for i in range(31)])
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                for m in (1, 2, 3, 5, 8, 9, 17, 31):  # partial and whole tiles of 8 rows
+                    got = kernels.linear(x[:m], weight, qtype, n, k) if simd else kernels._linear(
+                        x[:m], weight, qtype, n, k, simd=False)
+                    differ = (got.view(torch.int32) != alone[:m].view(torch.int32)).any(dim=1)
+                    assert not differ.any(), f"{qtype} M={m} threads={t} simd={simd}: rows {differ.nonzero().flatten().tolist()} differ"
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bf16_tiles_cover_every_row() -> None:
     k, n = 256, 300  # several tiles, the last one partial
     weight = torch.from_numpy(make_weight("Q4_K", n, k, seed=2))

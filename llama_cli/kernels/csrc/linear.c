@@ -5,7 +5,9 @@
  * weight rows. Inside a chunk the loop runs over tiles of up to LLK_RT activation rows, and for
  * each tile over the chunk's weight rows: a kernel unpacks a weight block once and dots it with
  * every row of the tile (register tiling), while the chunk (~64 KB of weights) stays in L2 for
- * the next tile (cache tiling). For M = 1 this is a plain matrix-vector product.
+ * the next tile (cache tiling). For M = 1 this is a plain matrix-vector product. Threads split
+ * the rows of W, never a dot product, and the kernels are batch-invariant (llk.h), so out[m][n]
+ * is the same bits whatever M, the tiling or the thread count.
  *
  * Threads come from OpenMP; once torch is imported its libgomp is the process's OpenMP runtime,
  * so these threads are torch's threads. The Python side passes the count.

@@ -122,7 +122,8 @@ static inline void llk_scales_q3k(const uint8_t *s, int8_t *out) {
 }
 
 /* A kernel: one weight row (nb blocks) dotted with R (1..LLK_RT) activation rows that lie
- * `astride` bytes apart; writes R floats. */
+ * `astride` bytes apart; writes R floats. Each row's float must be bit-identical to what the kernel
+ * gives for that row alone (R = 1): batching shares the unpacking, never a row's summation order. */
 #define LLK_RT 8
 typedef void (*llk_kernel_t)(int64_t K, const uint8_t *w, const void *act, size_t astride, int R,
                              float *out);

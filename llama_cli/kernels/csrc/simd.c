@@ -17,9 +17,15 @@
  * types are offset to unsigned: Q8_0 and IQ4 by 128), so one dpbusd (unsigned x signed bytes,
  * VNNI) per row and block gives the integer dot, and cw*s adds the offset or min term.
  *
+ * Every kernel is batch-invariant: a row's result is the same bits whatever R is (llk.h). The
+ * K-quant and F16/BF16 kernels keep one accumulator per row in one order; the 32-element kernel
+ * has a ymm form for 1-2 rows and a paired zmm form for more, holding the same per-row state.
+ *
  * The unpacking lives in unpack.h (shared with tiles.c). Without AVX-512 (BW, VL) no kernel here
  * is compiled and linear.c uses the portable ones.
  */
+#include <math.h>
+
 #include "llk.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -52,69 +58,91 @@ INLINE void kquant_rows(int type, int64_t K, const uint8_t *w, const void *act, 
 /* ---- 32-element blocks (VNNI) ----------------------------------------------------------------- */
 #ifdef __AVX512VNNI__
 
+/* A row's result is accumulated in one order whatever R is, so that a row computed in a batch is
+ * bit-identical to the row computed alone (prompt-lookup decoding verifies drafted tokens in one
+ * batch and must pick exactly the tokens plain decoding picks): 8 float lanes for the even blocks,
+ * 8 for the odd ones, each updated by one fused multiply-add per block; two scalar sums of the
+ * offset terms cw*s (fused), even and odd; an odd last block updates the even sums only; then
+ * q32_finish. The paths below differ in how many registers hold that state, not in its maths. */
+INLINE float q32_finish(__m256 even, __m256 odd, float cs_even, float cs_odd) {
+    const __m256 v8 = _mm256_add_ps(even, odd);
+    __m128 v = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_movehdup_ps(v));
+    return _mm_cvtss_f32(v) + (cs_even + cs_odd);
+}
+
+/* One block's step of a row's state: lanes += float(u . a) * (dw * d_act). */
+INLINE __m256 q32_step(__m256i u, const char *a, float dwd, __m256 acc) {
+    const __m256i t = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(dwd), acc);
+}
+
 INLINE void q32_rows(int type, int64_t K, const uint8_t *w, const void *act, size_t astride, float *out, const int R) {
     const int per = type == T_IQ4_XS ? 8 : 1;
     const int bb = type == T_Q4_0 || type == T_IQ4_NL ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22
                  : type == T_Q5_1 ? 24 : type == T_Q8_0 ? 34 : 136;
-    const int64_t nb = K / 32;
+    const int64_t nb = K / 32, pairs_end = nb & ~(int64_t)1;
+    __m256 even[LLK_RT], odd[LLK_RT];
+    float cs_even[LLK_RT], cs_odd[LLK_RT];
+#define ROW(r) ((const char *)act + (r) * astride)
     if (R <= 2) {
-        /* Decode: one block at a time in ymm registers. 256-bit VNNI issues on two ports where the
-         * 512-bit form has one, so this beats the paired form below when the unpacking is not
-         * shared by several rows (measured: 1.3-1.5x at M = 1). */
-        __m256 acc[2];
-        float cs[2];
-        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), cs[r] = 0;
-        for (int64_t ib = 0; ib < nb; ib++) {
-            float dw, cw;
-            if (ib % per == 0) prefetch_ahead(w + (ib / per) * bb, bb);
-            const __m256i u = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw, &cw);
+        /* Decode: ymm registers. 256-bit VNNI issues on two ports where the 512-bit form has one,
+         * so this beats the paired form below when the unpacking is not shared by several rows
+         * (measured: 1.3-1.5x at M = 1). */
+        for (int r = 0; r < R; r++) even[r] = odd[r] = _mm256_setzero_ps(), cs_even[r] = cs_odd[r] = 0;
+        for (int64_t ib = 0; ib < pairs_end; ib += 2) {
+            float dw0, cw0, dw1, cw1;
+            if (ib % per == 0) prefetch_ahead(w + (ib / per) * bb, per == 1 ? 2 * bb : bb);
+            const __m256i u0 = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw0, &cw0);
+            const __m256i u1 = unpack_32(type, w + ((ib + 1) / per) * bb, (int)((ib + 1) % per), &dw1, &cw1);
             for (int r = 0; r < R; r++) {
-                const char *row = (const char *)act + r * astride;
-                const __m256i t = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)(row + ib * 32)));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(dw * act32_d(row, K)[ib]), acc[r]);
-                cs[r] += cw * act32_s(row, K)[ib];
+                const float *d = act32_d(ROW(r), K) + ib, *sa = act32_s(ROW(r), K) + ib;
+                even[r] = q32_step(u0, ROW(r) + ib * 32, dw0 * d[0], even[r]);
+                odd[r] = q32_step(u1, ROW(r) + (ib + 1) * 32, dw1 * d[1], odd[r]);
+                cs_even[r] = fmaf(cw0, sa[0], cs_even[r]);
+                cs_odd[r] = fmaf(cw1, sa[1], cs_odd[r]);
+            }
+        }
+    } else {
+        /* Two blocks per zmm register: lanes 0-7 are the even sums, 8-15 the odd ones; the scales
+         * dw*d of a pair are formed together and spread to the lanes with one permute. */
+        const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        __m512 acc[LLK_RT];
+        __m128 accs[LLK_RT]; /* lane 0: cs_even, lane 1: cs_odd */
+        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), accs[r] = _mm_setzero_ps();
+        for (int64_t ib = 0; ib < pairs_end; ib += 2) {
+            float dw0, cw0, dw1, cw1;
+            if (ib % per == 0) prefetch_ahead(w + (ib / per) * bb, per == 1 ? 2 * bb : bb);
+            const __m256i u0 = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw0, &cw0);
+            const __m256i u1 = unpack_32(type, w + ((ib + 1) / per) * bb, (int)((ib + 1) % per), &dw1, &cw1);
+            const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
+            const __m128 dwv = _mm_unpacklo_ps(_mm_set_ss(dw0), _mm_set_ss(dw1)), cwv = _mm_unpacklo_ps(_mm_set_ss(cw0), _mm_set_ss(cw1));
+            for (int r = 0; r < R; r++) {
+                const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512((const void *)(ROW(r) + ib * 32)));
+                const __m128 dav = _mm_castpd_ps(_mm_load_sd((const double *)(act32_d(ROW(r), K) + ib)));
+                const __m128 sav = _mm_castpd_ps(_mm_load_sd((const double *)(act32_s(ROW(r), K) + ib)));
+                const __m512 dd = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(dwv, dav)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dd, acc[r]);
+                accs[r] = _mm_fmadd_ps(cwv, sav, accs[r]);
             }
         }
         for (int r = 0; r < R; r++) {
-            __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
-            v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-            v = _mm_add_ss(v, _mm_movehdup_ps(v));
-            out[r] = _mm_cvtss_f32(v) + cs[r];
+            even[r] = _mm512_castps512_ps256(acc[r]), odd[r] = _mm512_extractf32x8_ps(acc[r], 1);
+            cs_even[r] = _mm_cvtss_f32(accs[r]), cs_odd[r] = _mm_cvtss_f32(_mm_shuffle_ps(accs[r], accs[r], 1));
         }
-        return;
     }
-    /* Two blocks per zmm register: lanes 0-7 hold block ib's sums of 4 products, lanes 8-15 block
-     * ib+1's; their scales dw*d are formed as a pair and spread to the lanes with one permute. */
-    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m512 acc[LLK_RT];
-    __m128 accs[LLK_RT];
-    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), accs[r] = _mm_setzero_ps();
-    for (int64_t ib = 0; ib < nb; ib += 2) {
-        float dw0, cw0, dw1 = 0, cw1 = 0;
-        if (ib % per == 0) prefetch_ahead(w + (ib / per) * bb, bb);
-        const __m256i u0 = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw0, &cw0);
-        /* An odd last block pairs with zeros: its partner's activation bytes (the row's scale
-         * array, or padding after the last row) meet zero weights and a zero scale. */
-        const __m256i u1 = ib + 1 < nb ? unpack_32(type, w + ((ib + 1) / per) * bb, (int)((ib + 1) % per), &dw1, &cw1)
-                                       : _mm256_setzero_si256();
-        const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
-        const __m128 dwv = _mm_unpacklo_ps(_mm_set_ss(dw0), _mm_set_ss(dw1)), cwv = _mm_unpacklo_ps(_mm_set_ss(cw0), _mm_set_ss(cw1));
+    if (nb & 1) { /* the odd last block */
+        const int64_t ib = nb - 1;
+        float dw, cw;
+        const __m256i u = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw, &cw);
         for (int r = 0; r < R; r++) {
-            const char *row = (const char *)act + r * astride;
-            const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512((const void *)(row + ib * 32)));
-            const float *d = act32_d(row, K) + ib, *sa = act32_s(row, K) + ib;
-            /* (an odd last block loads one float only: what lies beyond need not be a number) */
-            const __m128 dav = ib + 1 < nb ? _mm_castpd_ps(_mm_load_sd((const double *)d)) : _mm_load_ss(d);
-            const __m128 sav = ib + 1 < nb ? _mm_castpd_ps(_mm_load_sd((const double *)sa)) : _mm_load_ss(sa);
-            const __m512 dd = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(dwv, dav)));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dd, acc[r]);
-            accs[r] = _mm_fmadd_ps(cwv, sav, accs[r]);
+            even[r] = q32_step(u, ROW(r) + ib * 32, dw * act32_d(ROW(r), K)[ib], even[r]);
+            cs_even[r] = fmaf(cw, act32_s(ROW(r), K)[ib], cs_even[r]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        const __m128 v = accs[r];
-        out[r] = _mm512_reduce_add_ps(acc[r]) + (_mm_cvtss_f32(v) + _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)));
-    }
+    for (int r = 0; r < R; r++) out[r] = q32_finish(even[r], odd[r], cs_even[r], cs_odd[r]);
+#undef ROW
 }
 #endif
 
