@@ -275,6 +275,7 @@ class Runner:
     output: str = ""
     quotes: list[str] = field(default_factory=list)
     structured: bool = False  # --json: the answer as data too (summarize --bullets: {"points"}, qa: {"answer", "quotes"})
+    bullets: bool = False  # summarize --bullets: the final summary held to '- ' lines (presets.BULLETS)
     data: Any = None  # that data (None when the answer was cut short)
 
     def count(self, text: str) -> int:
@@ -329,7 +330,7 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     _check_input(document)
     n, context = max_tokens, runner.context
     tokens = runner.whole(document)
-    spec = points_spec() if runner.structured else None  # the final summary only
+    spec = points_spec() if runner.bullets else None  # the final summary only
     if tokens + runner.overhead(SUMMARIZE, **fields) + n <= context:
         step = runner.step("summarize", 0, 1, SUMMARIZE, {**fields, "text": document.strip()}, n, final=True, chunks=(0,), constraint=spec)
         yield step

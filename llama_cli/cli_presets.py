@@ -348,6 +348,7 @@ def summarize(
     n = _positive(max_tokens, "--max-tokens") or presets.summary_tokens(length=length, words=words)
     document = read_documents(files)
     runner = make_runner(presets.SUMMARIZE, lookup, model=model, temperature=temperature, seed=seed, ctx=ctx, dtype=dtype, device=device, threads=threads, no_cache=no_cache, template=template, show_prompt=show_prompt, penalties=_penalties(repeat_penalty, frequency_penalty, presence_penalty, no_repeat_ngram))
+    runner.bullets = bullets  # '- ' lines, held by a constraint: a small model often answers "a list" with prose
     runner.structured = bullets and json_output  # the done event's "data": {"points": [...]}, each a string
     run_preset("summarize", runner, chunking.summarize(runner, document, fields, n), as_json=json_output, stats=stats, show_prompt=show_prompt)
 

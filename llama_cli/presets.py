@@ -84,15 +84,21 @@ LENGTHS: dict[str, tuple[str, int]] = {
 }
 
 
+# --length with --bullets: how many points.
+BULLET_POINTS = {"short": "two or three", "medium": "four to six", "long": "eight to twelve"}
+
+
 def summary_fields(*, length: str = "medium", words: int | None = None, bullets: bool = False, focus: str | None = None) -> dict[str, str]:
     """The {shape} and {focus} fields of the summarize recipes from the command's options."""
     if length not in LENGTHS:
         raise UsageError(f"unknown --length '{length}'; choose short, medium or long")
     if words is not None and words < 1:
         raise UsageError(f"--words must be >= 1, got {words}")
-    shape = f"Use at most {words} words." if words else LENGTHS[length][0]
-    if bullets:
-        shape += " Format it as a bulleted list, one '- ' line per point."
+    if bullets:  # the list's own instruction: "Write one paragraph. Format it as a list" got prose
+        size = f"at most {words} words in all" if words else f"{BULLET_POINTS[length]} points"
+        shape = f"Write a bulleted list of {size}, one '- ' line per point, and nothing else."
+    else:
+        shape = f"Use at most {words} words." if words else LENGTHS[length][0]
     return {"shape": shape, "focus": f", focusing on {focus.strip()}" if focus and focus.strip() else ""}
 
 

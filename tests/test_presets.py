@@ -221,6 +221,14 @@ def test_show_prompt_prints_the_rendered_prompt_without_running() -> None:
     assert long.stdout.count("--- prompt ") == long.stdout.count("<|im_start|>assistant") > 3
 
 
+def test_bullets_are_asked_for_alone_and_come_as_bullets() -> None:
+    prompt = run("summarize", "--show-prompt", "--bullets", str(DOCS / "report.txt")).stdout
+    assert "Write a bulleted list of four to six points" in prompt and "paragraph" not in prompt
+    result = run("summarize", "--bullets", str(DOCS / "report.txt"))
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0 and len(lines) >= 2 and all(line.startswith("- ") for line in lines), result.stdout
+
+
 def test_common_options_behave_as_in_generate() -> None:
     doc = str(DOCS / "story.txt")
     capped = events(run("summarize", "-n", "12", "--json", doc).stdout)
