@@ -177,7 +177,7 @@ def test_presets_give_data_with_json() -> None:
     no_answer = run("qa", "--json", "What is the population of Berlin?", "--context", docs + "eiffel.txt")
     assert json.loads(no_answer.stdout.splitlines()[-1])["data"] == {"answer": "I cannot tell from the context.", "quotes": []}
     notes = "The launch moved to Friday. Anna will bring the slides. The budget was approved at 40,000 euros.\n"
-    summary = run("summarize", "--bullets", "--json", "--length", "short", "-n", "60", input=notes)
+    summary = run("summarize", "--bullets", "--json", "--length", "short", "-n", "120", input=notes)
     assert summary.exit_code == 0, summary.stderr
     done = json.loads(summary.stdout.splitlines()[-1])
     assert done["data"]["points"] and all(isinstance(p, str) and p for p in done["data"]["points"])
