@@ -70,6 +70,7 @@ complete -c llama -n '__fish_seen_subcommand_from chat' -l template -x -a 'auto 
 complete -c llama -n '__fish_seen_subcommand_from chat' -l history -r -F -d 'Start from a conversation saved with /save (a JSON list of messages).'
 complete -c llama -n '__fish_seen_subcommand_from chat' -l tools -r -F -d 'A JSON file of tool schemas ({type - function, function - {...}}) for chat templates that take tools.'
 complete -c llama -n '__fish_seen_subcommand_from chat' -l markdown -d 'Render replies as Markdown (on a terminal only).'
+complete -c llama -n '__fish_seen_subcommand_from chat' -l json -d 'From a pipe - one JSON line per reply ({turn, text, stop_reason, ...}) instead of the text.'
 complete -c llama -n '__fish_seen_subcommand_from chat' -l stats -d 'After each reply, print its token counts and speeds on stderr.'
 complete -c llama -n '__fish_seen_subcommand_from chat' -l schema -r -F -d 'Output JSON matching this schema - inline JSON, a .json file, or fields like name, age int, bio - one sentence.'
 complete -c llama -n '__fish_seen_subcommand_from chat' -l schema-multi -r -F -d 'Output a JSON array of objects matching this schema (forms as --schema).'

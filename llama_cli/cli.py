@@ -254,6 +254,7 @@ def chat(
     history: Annotated[str | None, typer.Option("--history", help="Start from a conversation saved with /save (a JSON list of messages).", rich_help_panel="Prompt", show_default=False)] = None,
     tools: ToolsOpt = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Render replies as Markdown (on a terminal only).", rich_help_panel="Output")] = False,
+    json_lines: Annotated[bool, typer.Option("--json", help="From a pipe: one JSON line per reply ({\"turn\", \"text\", \"stop_reason\", ...}) instead of the text.", rich_help_panel="Output")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="After each reply, print its token counts and speeds on stderr.", rich_help_panel="Output")] = False,
     schema: SchemaOpt = None,
     schema_multi: SchemaMultiOpt = None,
@@ -296,6 +297,8 @@ def chat(
         repetition_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
         constraint=spec,
     )  # fmt: skip
+    if json_lines and sys.stdin.isatty():
+        raise UsageError("--json is for piped input (one JSON line per reply); on a terminal, chat interactively")
     messages = read_messages(history) if history is not None else []
     tool_list = _read_tools(tools, chat=True)
     llm = _load(model, dtype, device, threads, no_cache, adapter)
@@ -308,7 +311,7 @@ def chat(
     if sys.stdin.isatty():
         Repl(session, markdown=markdown and sys.stdout.isatty(), stats=stats).run()
     else:
-        run_scripted(session, stats=stats)
+        run_scripted(session, stats=stats, as_json=json_lines)
 
 
 @app.command()

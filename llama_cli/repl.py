@@ -11,6 +11,7 @@ replies, each followed by a newline; notices and stats go to stderr.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -114,8 +115,10 @@ class WordWrap:
         self.word = ""
 
 
-def run_scripted(session: ChatSession, lines: Iterable[str] | None = None, *, stats: bool = False) -> None:
-    """One user turn per non-empty input line; only the replies (each plus a newline) on stdout."""
+def run_scripted(session: ChatSession, lines: Iterable[str] | None = None, *, stats: bool = False, as_json: bool = False) -> None:
+    """One user turn per non-empty input line (slash commands included: they are REPL-only); only the
+    replies on stdout, each plus a newline, or with `as_json` one JSON line per reply (replies may
+    span lines: a script that needs them apart reads the JSON)."""
     source = lines if lines is not None else _stdin_lines()
     for line in source:
         text = line.rstrip("\r\n")
@@ -125,15 +128,25 @@ def run_scripted(session: ChatSession, lines: Iterable[str] | None = None, *, st
         start_notices(turn, session)
         try:
             for event in turn:
-                write_out(event.text)
+                if not as_json:
+                    write_out(event.text)
         except KeyboardInterrupt:
             turn.finish()
-            write_out("\n")
+            write_out("\n" if not as_json else reply_json(session, turn) + "\n")
             raise
-        write_out("\n")
+        write_out("\n" if not as_json else reply_json(session, turn) + "\n")
         end_notices(turn)
         if stats and turn.stats is not None:
             notice(turn_line(len(session.stats), turn.stats))
+
+
+def reply_json(session: ChatSession, turn: Turn) -> str:
+    turn.finish()
+    s = turn.stats
+    record = {"turn": len(session.stats), "text": turn.text, "stop_reason": turn.generation.results[0].stop_reason}
+    if s is not None:
+        record.update(prompt_tokens=s.prompt_tokens, cached_tokens=s.cached_tokens, generated_tokens=s.generated_tokens)
+    return json.dumps(record, ensure_ascii=False)
 
 
 def _stdin_lines() -> Iterator[str]:

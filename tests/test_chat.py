@@ -247,6 +247,14 @@ def test_tokenize_chat_marks_special_tokens(chat_cli, hf_tokenizer) -> None:  # 
     assert data["ids"] == list(hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
+def test_piped_json_gives_one_line_per_reply(chat_cli) -> None:  # type: ignore[no-untyped-def]
+    result = chat_cli("chat", "-t", "0", "-n", "40", "--json", input="Name three colours as a numbered list.\n/reset\n")
+    assert result.exit_code == 0, result.stderr
+    replies = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["turn"] for r in replies] == [1, 2]  # "/reset" from a pipe is a message, not a command
+    assert "\n" in replies[0]["text"] and replies[0]["stop_reason"] in ("eos", "length")
+
+
 def test_history_file_starts_the_conversation(chat_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     history = tmp_path / "talk.json"
     history.write_text(
