@@ -85,7 +85,7 @@ int llk_linear(int type, const float *x, int64_t M, int64_t K, const uint8_t *w,
     const size_t astride = act_row_bytes(fmt, K);
     void *act = (void *)x;
     if (fmt != ACT_F32) {
-        /* + 64: a 64-byte load of an odd last block reads past the end of the last row */
+        /* + 64: slack after the last row (no kernel reads there now; an older one did) */
         act = aligned_alloc(64, ((astride * M) + 64 + 63) / 64 * 64);
         if (!act) return -2;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (M * K >= 65536)

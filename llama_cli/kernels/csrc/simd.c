@@ -58,90 +58,124 @@ INLINE void kquant_rows(int type, int64_t K, const uint8_t *w, const void *act, 
 /* ---- 32-element blocks (VNNI) ----------------------------------------------------------------- */
 #ifdef __AVX512VNNI__
 
+/* Scales of the eight blocks ib..ib+7 (w = dw*u + cw), as unpack_32 computes them one at a time
+ * (the same float operations, so the same bits), from one gather of each block's first 4 bytes;
+ * for IQ4_XS the eight are one super-block's sub-blocks. */
+INLINE void scales8(int type, const uint8_t *w, int64_t ib, int bb, __m256 *dw, __m256 *cw) {
+    if (type == T_IQ4_XS) {
+        const uint8_t *b = w + (ib / 8) * bb;
+        uint32_t lo;
+        uint16_t hi;
+        memcpy(&hi, b + 2, 2);
+        memcpy(&lo, b + 4, 4);
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); /* sub-block j: low bits at 4j, high at 2j */
+        const __m256i l = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)lo), _mm256_slli_epi32(lane, 2)), _mm256_set1_epi32(0xF));
+        const __m256i h = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(hi), _mm256_slli_epi32(lane, 1)), _mm256_set1_epi32(3));
+        const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(l, _mm256_slli_epi32(h, 4)), _mm256_set1_epi32(32));
+        *dw = _mm256_mul_ps(_mm256_set1_ps(llk_f16(b)), _mm256_cvtepi32_ps(ls));
+        *cw = _mm256_mul_ps(_mm256_set1_ps(-128), *dw);
+        return;
+    }
+    const __m256i g = _mm256_i32gather_epi32((const int *)(w + ib * bb), _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bb)), 1);
+    *dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g)); /* d: bytes 0-1 */
+    if (type == T_Q4_1 || type == T_Q5_1) *cw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(g, 16))); /* m: bytes 2-3 */
+    else *cw = _mm256_mul_ps(_mm256_set1_ps(type == T_Q4_0 ? -8.0f : type == T_Q5_0 ? -16.0f : -128.0f), *dw);
+}
+
 /* A row's result is accumulated in one order whatever R is, so that a row computed in a batch is
  * bit-identical to the row computed alone (prompt-lookup decoding verifies drafted tokens in one
- * batch and must pick exactly the tokens plain decoding picks): 8 float lanes for the even blocks,
- * 8 for the odd ones, each updated by one fused multiply-add per block; two scalar sums of the
- * offset terms cw*s (fused), even and odd; an odd last block updates the even sums only; then
- * q32_finish. The paths below differ in how many registers hold that state, not in its maths. */
-INLINE float q32_finish(__m256 even, __m256 odd, float cs_even, float cs_odd) {
-    const __m256 v8 = _mm256_add_ps(even, odd);
+ * batch and must pick exactly the tokens plain decoding picks). Per row: four vectors of 8 float
+ * lanes, vector i%4 taking block i's 8 int32 partial dots times dw*d by one fused multiply-add
+ * (four independent chains: one chain was latency-bound at M = 1); a fifth vector whose lane i%8
+ * takes block i's offset term cw*s, fused; then q32_finish. The paths below differ in how
+ * registers hold that state, not in its maths. Blocks go eight at a time (their scales as vectors,
+ * scales8), the last nb % 8 one at a time. */
+INLINE float q32_finish(const __m256 *acc, __m256 cs) {
+    float c[8];
+    _mm256_storeu_ps(c, cs);
+    const __m256 v8 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
     __m128 v = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
     v = _mm_add_ps(v, _mm_movehl_ps(v, v));
     v = _mm_add_ss(v, _mm_movehdup_ps(v));
-    return _mm_cvtss_f32(v) + (cs_even + cs_odd);
+    return _mm_cvtss_f32(v) + (((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7])));
 }
 
-/* One block's step of a row's state: lanes += float(u . a) * (dw * d_act). */
-INLINE __m256 q32_step(__m256i u, const char *a, float dwd, __m256 acc) {
+/* One block's step of a row's state: lanes += float(u . a) * dwd. */
+INLINE __m256 q32_step(__m256i u, const char *a, __m256 dwd, __m256 acc) {
     const __m256i t = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)a));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(dwd), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), dwd, acc);
 }
 
 INLINE void q32_rows(int type, int64_t K, const uint8_t *w, const void *act, size_t astride, float *out, const int R) {
     const int per = type == T_IQ4_XS ? 8 : 1;
     const int bb = type == T_Q4_0 || type == T_IQ4_NL ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22
                  : type == T_Q5_1 ? 24 : type == T_Q8_0 ? 34 : 136;
-    const int64_t nb = K / 32, pairs_end = nb & ~(int64_t)1;
-    __m256 even[LLK_RT], odd[LLK_RT];
-    float cs_even[LLK_RT], cs_odd[LLK_RT];
+    const int64_t nb = K / 32, oct_end = nb & ~(int64_t)7;
+    __m256 acc[LLK_RT][4], cs[LLK_RT];
 #define ROW(r) ((const char *)act + (r) * astride)
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = cs[r] = _mm256_setzero_ps();
     if (R <= 2) {
         /* Decode: ymm registers. 256-bit VNNI issues on two ports where the 512-bit form has one,
-         * so this beats the paired form below when the unpacking is not shared by several rows
-         * (measured: 1.3-1.5x at M = 1). */
-        for (int r = 0; r < R; r++) even[r] = odd[r] = _mm256_setzero_ps(), cs_even[r] = cs_odd[r] = 0;
-        for (int64_t ib = 0; ib < pairs_end; ib += 2) {
-            float dw0, cw0, dw1, cw1;
-            if (ib % per == 0) prefetch_ahead(w + (ib / per) * bb, per == 1 ? 2 * bb : bb);
-            const __m256i u0 = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw0, &cw0);
-            const __m256i u1 = unpack_32(type, w + ((ib + 1) / per) * bb, (int)((ib + 1) % per), &dw1, &cw1);
+         * so this beats the paired form below when the unpacking is not shared by several rows. */
+        for (int64_t ib = 0; ib < oct_end; ib += 8) {
+            prefetch_ahead(w + (ib / per) * bb, 8 / per * bb);
+            __m256 dwv, cwv;
+            scales8(type, w, ib, bb, &dwv, &cwv);
+            __m256i u[8];
+            for (int j = 0; j < 8; j++) {
+                float dw, cw; /* unused: scales8 gave them */
+                u[j] = unpack_32(type, w + ((ib + j) / per) * bb, (int)((ib + j) % per), &dw, &cw);
+            }
             for (int r = 0; r < R; r++) {
-                const float *d = act32_d(ROW(r), K) + ib, *sa = act32_s(ROW(r), K) + ib;
-                even[r] = q32_step(u0, ROW(r) + ib * 32, dw0 * d[0], even[r]);
-                odd[r] = q32_step(u1, ROW(r) + (ib + 1) * 32, dw1 * d[1], odd[r]);
-                cs_even[r] = fmaf(cw0, sa[0], cs_even[r]);
-                cs_odd[r] = fmaf(cw1, sa[1], cs_odd[r]);
+                float sc[8];
+                _mm256_storeu_ps(sc, _mm256_mul_ps(dwv, _mm256_loadu_ps(act32_d(ROW(r), K) + ib)));
+                cs[r] = _mm256_fmadd_ps(cwv, _mm256_loadu_ps(act32_s(ROW(r), K) + ib), cs[r]);
+                for (int j = 0; j < 8; j++)
+                    acc[r][j & 3] = q32_step(u[j], ROW(r) + (ib + j) * 32, _mm256_broadcast_ss(sc + j), acc[r][j & 3]);
             }
         }
     } else {
-        /* Two blocks per zmm register: lanes 0-7 are the even sums, 8-15 the odd ones; the scales
-         * dw*d of a pair are formed together and spread to the lanes with one permute. */
-        const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        __m512 acc[LLK_RT];
-        __m128 accs[LLK_RT]; /* lane 0: cs_even, lane 1: cs_odd */
-        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), accs[r] = _mm_setzero_ps();
-        for (int64_t ib = 0; ib < pairs_end; ib += 2) {
-            float dw0, cw0, dw1, cw1;
-            if (ib % per == 0) prefetch_ahead(w + (ib / per) * bb, per == 1 ? 2 * bb : bb);
-            const __m256i u0 = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw0, &cw0);
-            const __m256i u1 = unpack_32(type, w + ((ib + 1) / per) * bb, (int)((ib + 1) % per), &dw1, &cw1);
-            const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
-            const __m128 dwv = _mm_unpacklo_ps(_mm_set_ss(dw0), _mm_set_ss(dw1)), cwv = _mm_unpacklo_ps(_mm_set_ss(cw0), _mm_set_ss(cw1));
+        /* Two blocks per zmm register: acc2[r][h] holds vectors 2h (lanes 0-7) and 2h+1 (8-15);
+         * the scales of a pair are spread to the lanes with one permute. */
+        __m512 acc2[LLK_RT][2]; /* [blocks 0|1 mod 4, blocks 2|3 mod 4] */
+        for (int r = 0; r < R; r++) acc2[r][0] = acc2[r][1] = _mm512_setzero_ps();
+        for (int64_t ib = 0; ib < oct_end; ib += 8) {
+            prefetch_ahead(w + (ib / per) * bb, 8 / per * bb);
+            __m256 dwv, cwv;
+            scales8(type, w, ib, bb, &dwv, &cwv);
+            __m512i u[4];
+            for (int p = 0; p < 4; p++) {
+                float dw, cw;
+                const __m256i u0 = unpack_32(type, w + ((ib + 2 * p) / per) * bb, (int)((ib + 2 * p) % per), &dw, &cw);
+                const __m256i u1 = unpack_32(type, w + ((ib + 2 * p + 1) / per) * bb, (int)((ib + 2 * p + 1) % per), &dw, &cw);
+                u[p] = _mm512_inserti64x4(_mm512_castsi256_si512(u0), u1, 1);
+            }
             for (int r = 0; r < R; r++) {
-                const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512((const void *)(ROW(r) + ib * 32)));
-                const __m128 dav = _mm_castpd_ps(_mm_load_sd((const double *)(act32_d(ROW(r), K) + ib)));
-                const __m128 sav = _mm_castpd_ps(_mm_load_sd((const double *)(act32_s(ROW(r), K) + ib)));
-                const __m512 dd = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(dwv, dav)));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dd, acc[r]);
-                accs[r] = _mm_fmadd_ps(cwv, sav, accs[r]);
+                const __m512 sc = _mm512_castps256_ps512(_mm256_mul_ps(dwv, _mm256_loadu_ps(act32_d(ROW(r), K) + ib)));
+                cs[r] = _mm256_fmadd_ps(cwv, _mm256_loadu_ps(act32_s(ROW(r), K) + ib), cs[r]);
+                for (int p = 0; p < 4; p++) {
+                    const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[p], _mm512_loadu_si512((const void *)(ROW(r) + (ib + 2 * p) * 32)));
+                    const __m512 dd = _mm512_permutexvar_ps(_mm512_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
+                                                                             2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p), sc);
+                    acc2[r][p & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dd, acc2[r][p & 1]);
+                }
             }
         }
-        for (int r = 0; r < R; r++) {
-            even[r] = _mm512_castps512_ps256(acc[r]), odd[r] = _mm512_extractf32x8_ps(acc[r], 1);
-            cs_even[r] = _mm_cvtss_f32(accs[r]), cs_odd[r] = _mm_cvtss_f32(_mm_shuffle_ps(accs[r], accs[r], 1));
-        }
+        for (int r = 0; r < R; r++)
+            for (int h = 0; h < 2; h++)
+                acc[r][2 * h] = _mm512_castps512_ps256(acc2[r][h]), acc[r][2 * h + 1] = _mm512_extractf32x8_ps(acc2[r][h], 1);
     }
-    if (nb & 1) { /* the odd last block */
-        const int64_t ib = nb - 1;
+    for (int64_t ib = oct_end; ib < nb; ib++) { /* the last nb % 8 blocks */
         float dw, cw;
         const __m256i u = unpack_32(type, w + (ib / per) * bb, (int)(ib % per), &dw, &cw);
+        const __mmask8 lane = (__mmask8)(1u << (ib & 7));
         for (int r = 0; r < R; r++) {
-            even[r] = q32_step(u, ROW(r) + ib * 32, dw * act32_d(ROW(r), K)[ib], even[r]);
-            cs_even[r] = fmaf(cw, act32_s(ROW(r), K)[ib], cs_even[r]);
+            const __m256 dd = _mm256_set1_ps(dw * act32_d(ROW(r), K)[ib]);
+            acc[r][ib & 3] = q32_step(u, ROW(r) + ib * 32, dd, acc[r][ib & 3]);
+            cs[r] = _mm256_mask3_fmadd_ps(_mm256_set1_ps(cw), _mm256_set1_ps(act32_s(ROW(r), K)[ib]), cs[r], lane);
         }
     }
-    for (int r = 0; r < R; r++) out[r] = q32_finish(even[r], odd[r], cs_even[r], cs_odd[r]);
+    for (int r = 0; r < R; r++) out[r] = q32_finish(acc[r], cs[r]);
 #undef ROW
 }
 #endif
