@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 
 from .errors import ContextOverflowError, ModelFormatError, UsageError
@@ -285,11 +286,13 @@ class Generation:
             banned = [t for t in self.tokenizer.special.stop_ids if t < logits.shape[-1]]
             logits = logits.clone()
             logits[banned] = float("-inf")
-        allowed = logits
+        allowed = self.constrain(state.rule, logits)
         if repeats := repeated_ngram_tokens(self.results[i].token_ids, self.settings.no_repeat_ngram):
-            allowed = logits.clone()
-            allowed[repeats] = float("-inf")  # logprobs (from `logits`) stay the model's own
-        token = sample(self.constrain(state.rule, allowed), self.settings.sampling, state.generator, state.counts)
+            unrepeated = allowed.clone()
+            unrepeated[repeats] = float("-inf")  # logprobs (from `logits`) stay the model's own
+            if state.rule is None or bool(np.isfinite(unrepeated.numpy()).any()):  # a constraint's forced token may repeat
+                allowed = unrepeated
+        token = sample(allowed, self.settings.sampling, state.generator, state.counts)
         return token, list(self._emit(i, token, logits, state.decoder, state.matcher, state.counts, state.rule))
 
     def _emit(

@@ -203,3 +203,11 @@ def test_a_sentencepiece_vocabulary_is_bridged(tmp_path) -> None:  # type: ignor
     for token in tokenizer.encode('{"name": "Ann", "age": 31}', bos=False)[1:]:  # without that prefix
         rule.advance(token)
     assert rule.complete and rule.allowed()[sp.eos_id()] and rule.allowed().sum() == 1
+
+
+def test_no_repeat_ngram_yields_to_forced_tokens(llm) -> None:  # type: ignore[no-untyped-def]
+    items = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": False}
+    spec = spec_from_options(schema=json.dumps({"type": "array", "items": items, "minItems": 3}))  # each item repeats the forced '{"name": "'
+    generation = llm.stream("List four people.", chat=True, temperature=0, max_tokens=40, constraint=spec, no_repeat_ngram=2)
+    text = "".join(event.text for event in generation)
+    assert text.startswith('[{"name": "') and text.count('{"name": "') >= 2
