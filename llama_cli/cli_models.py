@@ -235,7 +235,7 @@ def clear() -> None:
 @app.command()
 @handles_errors
 def completions(
-    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.")],
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")],
 ) -> None:
     """Print the shell completion script (the same files as in the repository's completions/ folder).
 

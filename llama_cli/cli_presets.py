@@ -46,7 +46,7 @@ TemplateOpt = Annotated[str, typer.Option("--template", help="Chat template: aut
 PresetTemperatureOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="0 = greedy (the presets' default).", rich_help_panel="Sampling", show_default=False)]
 NoRepeatNgramOpt = Annotated[int | None, typer.Option("--no-repeat-ngram", help="Never repeat a run of N generated tokens, which ends the loops a small model falls into (0 = off). Default: the preset's.", rich_help_panel="Sampling", show_default=False)]
 ShowPromptOpt = Annotated[bool, typer.Option("--show-prompt", help="Print the rendered prompt(s) instead of running the model.", rich_help_panel="Prompt")]
-FilesArg = Annotated[list[str] | None, typer.Argument(help="Text files, read in order; none or '-' reads stdin.", show_default=False)]
+FilesArg = Annotated[list[str] | None, typer.Argument(help="Text files, read in order; none or '-' reads stdin.", metavar="FILE", show_default=False)]
 
 
 class Trim:
@@ -400,7 +400,7 @@ def translate(
 @app.command()
 @handles_errors
 def qa(
-    question: Annotated[str, typer.Argument(help="The question to answer from the context.")],
+    question: Annotated[str, typer.Argument(help="The question to answer from the context.", metavar="QUESTION")],
     context_files: Annotated[list[str] | None, typer.Option("--context", "-c", help="A context file (repeatable; '-' is stdin). Default: stdin.", rich_help_panel=PRESET_PANEL, show_default=False)] = None,
     quote: Annotated[bool, typer.Option("--quote", help="After the answer, print the context sentences it rests on ('> ' lines).", rich_help_panel=PRESET_PANEL)] = False,
     model: ModelOpt = None,

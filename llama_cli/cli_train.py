@@ -66,7 +66,7 @@ def _finish(result: Any, out: Path, main: bool, what: str, hint: str) -> None:
 @app.command(rich_help_panel="Training")
 @handles_errors
 def train(
-    data: Annotated[list[str] | None, typer.Argument(help="Text files, folders of them (.txt .md .rst .jsonl), or JSONL with a \"text\" field. On --resume: the run's own by default.", show_default=False)] = None,
+    data: Annotated[list[str] | None, typer.Argument(help="Text files, folders of them (.txt .md .rst .jsonl), or JSONL with a \"text\" field. On --resume: the run's own by default.", metavar="DATA", show_default=False)] = None,
     out: OutOpt = ...,  # type: ignore[assignment]
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Model size and loop defaults: tiny, small, base or large (default tiny).", show_default=False)] = None,
     max_steps: MaxStepsOpt = None,
@@ -135,7 +135,7 @@ def train(
 @app.command(rich_help_panel="Training")
 @handles_errors
 def finetune(
-    data: Annotated[str | None, typer.Argument(help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line. On --resume: the run\'s own by default.', show_default=False)] = None,
+    data: Annotated[str | None, typer.Argument(help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line. On --resume: the run\'s own by default.', metavar="DATA", show_default=False)] = None,
     out: OutOpt = ...,  # type: ignore[assignment]
     model: ModelOpt = None,
     max_steps: MaxStepsOpt = None,
@@ -201,7 +201,7 @@ def finetune(
 @app.command(rich_help_panel="Training")
 @handles_errors
 def merge(
-    adapter: Annotated[Path, typer.Argument(help="Adapter folder written by llama finetune.")],
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder written by llama finetune.", metavar="ADAPTER")],
     out: OutOpt = ...,  # type: ignore[assignment]
     model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the one the adapter was trained on).", show_default=False)] = None,
     no_cache: NoCacheOpt = False,
