@@ -37,6 +37,27 @@ INLINE __m512i shr2(__m512i x, int lo, int hi) {
     return hi == lo ? x : _mm512_mask_srli_epi16(x, 0xFFFF0000u, x, (unsigned)(hi - lo));
 }
 
+/* In every byte of x, the n bits from bit `lo` (lower 256 bits) or from bit `hi` (upper 256 bits),
+ * moved to bit p; other bits zero. With GFNI one affine transform over GF(2) does it (result bit
+ * i of a byte is the parity of the byte ANDed with row byte 7-i of the lane's 8x8 bit matrix):
+ * one instruction where shifts, masks and a shift back took two to four. */
+#ifdef __GFNI__
+INLINE uint64_t bit_field_matrix(int from, int n, int p) {
+    uint64_t m = 0;
+    for (int k = 0; k < n; k++) m |= (uint64_t)(1u << (from + k)) << (8 * (7 - (p + k)));
+    return m;
+}
+#endif
+INLINE __m512i field2(__m512i x, int lo, int hi, int n, int p) {
+#ifdef __GFNI__
+    const long long ml = (long long)bit_field_matrix(lo, n, p), mh = (long long)bit_field_matrix(hi, n, p);
+    return _mm512_gf2p8affine_epi64_epi8(x, _mm512_set_epi64(mh, mh, mh, mh, ml, ml, ml, ml), 0);
+#else
+    x = _mm512_and_si512(shr2(x, lo, hi), _mm512_set1_epi8((char)((1 << n) - 1)));
+    return p ? _mm512_slli_epi16(x, (unsigned)p) : x;
+#endif
+}
+
 /* Broadcast the 32 bytes at p to both halves of a zmm register. */
 INLINE __m512i bcast32(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)); }
 
@@ -76,7 +97,6 @@ INLINE __m128i scales_mins_k4(const uint8_t *b) {
 #endif
 
 INLINE kblock_t unpack_k(int type, const uint8_t *b) {
-    const __m512i m0f = _mm512_set1_epi8(0x0F), m03 = _mm512_set1_epi8(3), m01 = _mm512_set1_epi8(1);
     kblock_t k;
     if (type == T_Q4_K || type == T_Q5_K) {
         const float dmin = llk_f16(b + 2);
@@ -104,13 +124,10 @@ INLINE kblock_t unpack_k(int type, const uint8_t *b) {
 #endif
         const uint8_t *qs = b + (type == T_Q4_K ? 16 : 48);
         /* chunk j: low nibbles of qs[32j..] then high nibbles */
-        for (int j = 0; j < 4; j++) k.u[j] = _mm512_and_si512(shr2(bcast32(qs + 32 * j), 0, 4), m0f);
+        for (int j = 0; j < 4; j++) k.u[j] = field2(bcast32(qs + 32 * j), 0, 4, 4, 0);
         if (type == T_Q5_K) { /* fifth bit of element 32s + i: bit s of qh[i] */
             const __m512i qh = bcast32(b + 16);
-            for (int j = 0; j < 4; j++) {
-                const __m512i h = _mm512_and_si512(shr2(qh, 2 * j, 2 * j + 1), m01);
-                k.u[j] = _mm512_or_si512(k.u[j], _mm512_slli_epi16(h, 4));
-            }
+            for (int j = 0; j < 4; j++) k.u[j] = _mm512_or_si512(k.u[j], field2(qh, 2 * j, 2 * j + 1, 1, 4));
         }
     } else if (type == T_Q6_K) {
         k.d = llk_f16(b + 208);
@@ -120,9 +137,8 @@ INLINE kblock_t unpack_k(int type, const uint8_t *b) {
         for (int c = 0; c < 4; c++) { /* chunk c: half h = c/2, nibble s = c%2 of ql[64h..] */
             const int h = c >> 1, s = c & 1;
             const __m512i x = _mm512_loadu_si512((const void *)(b + 64 * h));
-            const __m512i lo = _mm512_and_si512(s ? _mm512_srli_epi16(x, 4) : x, m0f);
-            const __m512i hb = _mm512_and_si512(shr2(bcast32(b + 128 + 32 * h), 4 * s, 4 * s + 2), m03);
-            k.u[c] = _mm512_or_si512(lo, _mm512_slli_epi16(hb, 4));
+            const __m512i lo = field2(x, 4 * s, 4 * s, 4, 0);
+            k.u[c] = _mm512_or_si512(lo, field2(bcast32(b + 128 + 32 * h), 4 * s, 4 * s + 2, 2, 4));
         }
     } else { /* Q2_K, Q3_K: 2-bit values, element 128h + 32k + i in bits 2k.. of qs[32h + i] */
         const uint8_t *qs;
@@ -144,10 +160,9 @@ INLINE kblock_t unpack_k(int type, const uint8_t *b) {
         }
         for (int c = 0; c < 4; c++) {
             const int h = c >> 1, s = c & 1;
-            k.u[c] = _mm512_and_si512(shr2(bcast32(qs + 32 * h), 4 * s, 4 * s + 2), m03);
+            k.u[c] = field2(bcast32(qs + 32 * h), 4 * s, 4 * s + 2, 2, 0);
             if (type == T_Q3_K) { /* high bit of element 32k' + i is bit k' of hmask[i]; chunk c: k' = 2c, 2c+1 */
-                const __m512i hb = _mm512_and_si512(shr2(bcast32(b), 2 * c, 2 * c + 1), m01);
-                k.u[c] = _mm512_or_si512(k.u[c], _mm512_slli_epi16(hb, 2));
+                k.u[c] = _mm512_or_si512(k.u[c], field2(bcast32(b), 2 * c, 2 * c + 1, 1, 2));
             }
         }
     }
