@@ -59,8 +59,9 @@ INLINE void kquant_rows(int type, int64_t K, const uint8_t *w, const void *act, 
 #ifdef __AVX512VNNI__
 
 /* Scales of the eight blocks ib..ib+7 (w = dw*u + cw), as unpack_32 computes them one at a time
- * (the same float operations, so the same bits), from one gather of each block's first 4 bytes;
- * for IQ4_XS the eight are one super-block's sub-blocks. */
+ * (the same float operations, so the same bits), from each block's first 4 bytes (eight plain
+ * loads: as fast as vpgatherdd here, and gathers are microcoded slow on CPUs with the Downfall
+ * mitigation); for IQ4_XS the eight are one super-block's sub-blocks. */
 INLINE void scales8(int type, const uint8_t *w, int64_t ib, int bb, __m256 *dw, __m256 *cw) {
     if (type == T_IQ4_XS) {
         const uint8_t *b = w + (ib / 8) * bb;
@@ -76,7 +77,10 @@ INLINE void scales8(int type, const uint8_t *w, int64_t ib, int bb, __m256 *dw, 
         *cw = _mm256_mul_ps(_mm256_set1_ps(-128), *dw);
         return;
     }
-    const __m256i g = _mm256_i32gather_epi32((const int *)(w + ib * bb), _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bb)), 1);
+    const uint8_t *b = w + ib * bb;
+    int f[8];
+    for (int j = 0; j < 8; j++) memcpy(f + j, b + j * bb, 4);
+    const __m256i g = _mm256_setr_epi32(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
     *dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g)); /* d: bytes 0-1 */
     if (type == T_Q4_1 || type == T_Q5_1) *cw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(g, 16))); /* m: bytes 2-3 */
     else *cw = _mm256_mul_ps(_mm256_set1_ps(type == T_Q4_0 ? -8.0f : type == T_Q5_0 ? -16.0f : -128.0f), *dw);
