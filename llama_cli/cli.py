@@ -5,11 +5,18 @@ torch and the model code are imported inside the commands, so `llama --help` sta
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if sys.argv and sys.argv[0].endswith("/llama") and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # The `llama` script imports this module before `main` runs: Ctrl-C during these imports exits
+    # 130 quietly (as `python -m llama_cli` does); `main` restores Python's handler.
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
 import atexit
 import functools
 import gc
 import json
-import sys
 from typing import Annotated
 
 import typer
@@ -398,6 +405,7 @@ from . import cli_serve  # noqa: F401  (serve)
 
 def main() -> None:
     """Entry point: usage errors as one line (exit 2) instead of click's boxed help."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is KeyboardInterrupt, handled per command
     atexit.register(gc.freeze)  # at exit, skip the final collection of torch's objects (~0.3 s of every command)
     try:
         result = app(standalone_mode=False)

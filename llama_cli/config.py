@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-
 MAX_CONTEXT = 1 << 24  # 16M positions: far beyond any released model, small enough that size arithmetic stays sane
 
 
@@ -50,7 +49,7 @@ class ModelConfig:
         for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim", "context_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"model config: {name} must be an integer, got {value!r}")
+                raise ValueError(f"model config: {name} must be an integer, got {value!r}")  # noqa: TRY004 (every loader reports ValueError as a format error)
             if value <= 0:
                 raise ValueError(f"model config: {name} must be positive, got {value}")
         if self.context_length > MAX_CONTEXT:

@@ -18,6 +18,8 @@ from torch import nn
 
 from .config import ModelConfig, RopeScaling
 
+ROW_BY_ROW_ATTENTION = 16  # queries after a cached prefix up to which attention runs one query at a time
+
 
 class KVCache(nn.Module):
     """Preallocated keys and values for every position up to `max_seq_len`.
@@ -136,7 +138,17 @@ class Attention(nn.Module):
         elif start_pos:
             raise ValueError("start_pos > 0 needs a KV cache (call setup_cache first)")
         causal = self.kv_cache is None and T > 1  # no cache: the sequence is the whole context
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads)
+        gqa = self.n_kv_heads != self.n_heads
+        if self.kv_cache is not None and start_pos > 0 and 1 < T <= ROW_BY_ROW_ATTENTION:
+            # A few queries after a cached prefix (prompt-lookup verification, a short chat turn): one
+            # query at a time, so each row's attention is the same bits as a one-token decode step
+            # (a masked multi-query pass sums in another order), and verified drafts repeat plain decoding.
+            y = torch.cat(
+                [F.scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, : start_pos + i + 1], v[:, :, : start_pos + i + 1], enable_gqa=gqa) for i in range(T)],
+                dim=2,
+            )  # (B, n_heads, T, head_dim)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*head_dim)
         return self.wo(y)
 

@@ -22,7 +22,6 @@ from . import kernels
 from .model import Transformer
 from .weights.quantized import QuantizedTensor
 
-
 FLOAT32_TILE_ROWS = 32  # a float32 head from this many positions on (whole windows); fewer run the int8 kernel
 TILE_BYTES = 32 << 20  # float32 weights dequantized at a time for it
 

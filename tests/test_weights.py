@@ -31,7 +31,6 @@ from llama_cli.errors import LlamaError, ModelFormatError, ModelNotFoundError
 from llama_cli.model import Transformer, rope_frequencies
 from llama_cli.tokenizer import tokenizer_from_gguf
 from llama_cli.weights import CacheWarning, Checkpoint, cache_root, load_checkpoint, save_native
-from llama_cli.weights import cache as cache_module
 from llama_cli.weights import gguf as gguf_module
 from llama_cli.weights.common import expected_shapes
 from llama_cli.weights.quantized import QuantizedTensor, dense

@@ -78,7 +78,7 @@ def load_gguf_cached(path: Path, *, cache: bool = True) -> Checkpoint:
         try:
             _write_entry(entry, key, path, info)
         except (OSError, LlamaError) as exc:
-            message = f"cannot cache the model's metadata under {cache_root()} ({exc}); set LLAMA_CACHE to a writable folder"
+            message = f"cannot cache the model's metadata under {cache_root()} ({exc}); running uncached: set LLAMA_CACHE to a writable folder"
             warnings.warn(CacheWarning(message), stacklevel=2)
     return checkpoint_from(path, header, info)
 
