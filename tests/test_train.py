@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -167,7 +168,8 @@ def ddp_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 
 def test_torchrun_two_cpu_processes_each_on_its_own_shard(ddp_run: tuple[Path, str]) -> None:
     out, stderr = ddp_run
-    shards = sorted(line.split("tokens ")[1].split(" of")[0] for line in stderr.splitlines() if "trains on tokens" in line)
+    # The two ranks share one stderr pipe, so their lines may interleave: find the phrases, not lines.
+    shards = sorted(re.findall(r"trains on tokens (\S+) of", stderr))
     assert len(shards) == 2, stderr  # one line from each rank, naming its own share
     (a0, a1), (b0, b1) = (tuple(int(n.replace(",", "")) for n in s.split("-")) for s in shards)
     assert a0 == 0 and a1 == b0 < b1  # disjoint, and together the whole training stream
