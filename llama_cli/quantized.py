@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import kernels
+from .kernels import SUPPORTED, available, dequantize, linear
 from .model import Transformer
 from .weights.quantized import QuantizedTensor
 
@@ -44,7 +44,7 @@ class QuantizedLinear(nn.Module):
         if self.float32_out and rows.shape[0] >= FLOAT32_TILE_ROWS:
             y = self._float32_tiles(rows)
         else:
-            y = kernels.linear(rows, self.blocks, self.qtype, self.out_features, self.in_features, float32_out=self.float32_out)  # (B*T, out)
+            y = linear(rows, self.blocks, self.qtype, self.out_features, self.in_features, float32_out=self.float32_out)  # (B*T, out)
         return y.view(*x.shape[:-1], self.out_features)
 
     def _float32_tiles(self, rows: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ class QuantizedLinear(nn.Module):
         step = max(1, TILE_BYTES // (4 * self.in_features))
         for start in range(0, self.out_features, step):
             stop = min(start + step, self.out_features)
-            weights = kernels.dequantize(self.blocks[start:stop], self.qtype, self.in_features)  # (tile, in) float32
+            weights = dequantize(self.blocks[start:stop], self.qtype, self.in_features)  # (tile, in) float32
             torch.matmul(rows, weights.T, out=out[:, start:stop])
         return out
 
@@ -74,7 +74,7 @@ class QuantizedEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         flat = tokens.reshape(-1)
-        rows = kernels.dequantize(self.blocks, self.qtype, self.embedding_dim, rows=flat)  # (B*T, dim)
+        rows = dequantize(self.blocks, self.qtype, self.embedding_dim, rows=flat)  # (B*T, dim)
         return rows.view(*tokens.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
@@ -83,7 +83,7 @@ class QuantizedEmbedding(nn.Module):
 
 def runs_quantized(weight: object) -> bool:
     """Whether the kernels multiply by this stored tensor directly."""
-    return isinstance(weight, QuantizedTensor) and weight.qtype in kernels.SUPPORTED and kernels.available()
+    return isinstance(weight, QuantizedTensor) and weight.qtype in SUPPORTED and available()
 
 
 def quantize_model(model: Transformer, weights: Mapping[str, torch.Tensor | QuantizedTensor]) -> dict[str, torch.Tensor | QuantizedTensor]:

@@ -69,7 +69,7 @@ def _build_key(cc: str) -> str:
 
 def _cache_dir(key: str) -> Path:
     try:
-        from ..weights.cache import cache_root
+        from ..paths import cache_root
     except ImportError:  # the weights package mid-change must not cost us the kernels
         return Path(os.environ.get("LLAMA_CACHE") or Path.home() / ".cache" / "llama").expanduser() / "kernels" / key
     return cache_root() / "kernels" / key

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..errors import LlamaError, ModelFormatError
+from ..paths import cache_root
 from .common import Checkpoint
 from .huggingface import NATIVE_CONFIG, ORIGIN, read_json
 
@@ -38,15 +39,6 @@ STALE_TEMP_SECONDS = 3600
 
 class CacheWarning(UserWarning):
     """The metadata cache could not be used; the model still loads."""
-
-
-def cache_root() -> Path:
-    """$LLAMA_CACHE, else $XDG_CACHE_HOME/llama, else ~/.cache/llama."""
-    if os.environ.get("LLAMA_CACHE"):
-        return Path(os.environ["LLAMA_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "llama"
-    return Path.home() / ".cache" / "llama"
 
 
 def cache_key(path: Path) -> str:

@@ -34,13 +34,13 @@ class QuantizedTensor:
 
     def dequantize(self) -> torch.Tensor:
         """float32 (rows, cols): the C kernels where they run, else the gguf package's numpy code."""
-        from .. import kernels
+        from ..kernels import SUPPORTED, available, dequantize
 
         if self.qtype in ("F16", "BF16"):
             dtype = torch.float16 if self.qtype == "F16" else torch.bfloat16
             return self.data.view(dtype).view(self.shape).float()
-        if self.qtype in kernels.SUPPORTED and kernels.available():
-            return kernels.dequantize(self.data, self.qtype, self.shape[1])
+        if self.qtype in SUPPORTED and available():
+            return dequantize(self.data, self.qtype, self.shape[1])
         import gguf
 
         values = gguf.quants.dequantize(self.data.numpy(), gguf.GGMLQuantizationType[self.qtype])
