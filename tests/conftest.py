@@ -1,8 +1,15 @@
-"""Shared fixtures: the default model, and transformers as an independent reference (loaded once)."""
+"""Shared fixtures: the `llama` command in-process, a tiny model folder, the default model, and
+transformers as an independent reference (each model loaded once)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +25,104 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bad_input: a case of the bad-input matrix (counted in the summary)")
     cache = Path(config.rootpath) / ".pytest_cache" / "llama-cache"
     os.environ.setdefault("LLAMA_CACHE", str(cache))
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one `llama` command did: its exit code and what it wrote (decoded as UTF-8)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_llama(*args: str | Path, input: str | bytes | None = None, env: dict[str, str] | None = None) -> Run:
+    """`llama ARGS` in this process, through the console script's own `main` (so usage errors are
+    the one-line `llama: error:` users see, not click's box), with `input` as stdin. An uncaught
+    exception propagates: the test fails with its traceback, as a user would have seen one."""
+    from typer.testing import CliRunner
+
+    from llama_cli.cli import main
+
+    argv = sys.argv
+    with CliRunner().isolation(input=input, env=env) as (stdout, stderr, _):
+        sys.argv = ["llama", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            sys.argv = argv
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return Run(code, stdout.getvalue().decode("utf-8", "replace"), stderr.getvalue().decode("utf-8", "replace"))
+
+
+def start_until(
+    args: list[str], ready: str, *, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Start `python -X importtime -m llama_cli ARGS` and return once its stderr says that module
+    `ready` has been imported, with the stderr read so far. Python's import-time lines (`import
+    time: ... | module`, written as each import finishes) tell how far the command has got
+    (importing, loading, generating) without guessing a delay."""
+    with tempfile.TemporaryFile() as data:
+        data.write(stdin)
+        data.seek(0)
+        command = [sys.executable, "-X", "importtime", "-m", "llama_cli", *args]
+        proc = subprocess.Popen(command, stdin=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    seen = b""
+    for line in proc.stderr:
+        seen += line
+        if line.startswith(b"import time:") and line.rsplit(b"|", 1)[-1].strip() == ready.encode():
+            return proc, seen
+    raise AssertionError(f"{ready!r} never appeared on stderr; exit {proc.wait()}: {seen.decode()[-2000:]}")
+
+
+def finish_after_sigint(proc: subprocess.Popen[bytes], seen: bytes) -> tuple[bytes, bytes]:
+    """Ctrl-C to a process `start_until` started: its whole stdout and stderr once it has exited."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return out, seen + err
+
+
+@pytest.fixture
+def llama() -> Callable[..., Run]:
+    """`llama(*args, input=None, env=None) -> Run`: the command in-process (see `run_llama`)."""
+    return run_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, default_model_path: Path) -> Path:
+    """A native model folder (llama.json, model.safetensors, tokenizer.json, chat_template.jinja):
+    a 2-layer llama with random float32 weights and the default model's real tokenizer and chat
+    template. Loads in well under a second; its text is noise, so it serves the tests of what the
+    commands do with text (contracts, errors, options), not of what the model says."""
+    import torch
+
+    from llama_cli.config import ModelConfig
+    from llama_cli.model import Transformer
+    from llama_cli.weights import load_checkpoint, save_native
+
+    default = load_checkpoint(default_model_path)
+    vocab = default.config.vocab_size
+    config = ModelConfig(
+        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, ffn_dim=128, rope_theta=10000.0, context_length=2048
+    )
+    torch.manual_seed(0)
+    weights = {name: tensor.detach().clone() for name, tensor in Transformer(config).state_dict().items()}
+    folder = tmp_path_factory.mktemp("tiny-model") / "tiny-llama"
+    save_native(folder, config, weights, default.tokenizer, default.chat_template)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_model_path: Path):  # type: ignore[no-untyped-def]
+    """The tiny model, loaded once (float32)."""
+    from llama_cli import load
+
+    return load(tiny_model_path, dtype="float32")
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +146,9 @@ def hf_model(default_model_path: Path):  # type: ignore[no-untyped-def]
     transformers = pytest.importorskip("transformers")
     import torch
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(default_model_path.parent), gguf_file=default_model_path.name, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(default_model_path.parent), gguf_file=default_model_path.name, dtype=torch.float32
+    )
     return model.eval()
 
 
@@ -52,6 +159,24 @@ def llm(default_model_path: Path):  # type: ignore[no-untyped-def]
     return load(default_model_path, dtype="float32")
 
 
+def gguf_files_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's GGUF files are made: $LLAMA_TEST_MODELS (kept between sessions), else a temporary folder."""
+    if os.environ.get("LLAMA_TEST_MODELS"):
+        return Path(os.environ["LLAMA_TEST_MODELS"])
+    return tmp_path_factory.getbasetemp() / "gguf-files"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An F16 GGUF of a 2-layer random llama with the default model's tokenizer (54 MB,
+    testing_models.write_tiny_random): a GGUF that loads in a fraction of the default model's time."""
+    from llama_cli.testing_models import base_file
+
+    folder = gguf_files_folder(tmp_path_factory)
+    folder.mkdir(parents=True, exist_ok=True)
+    return base_file(folder, "tiny")
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """`make(model, preset, engine="auto") -> Path`: GGUF files made as users get them
@@ -60,7 +185,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     $LLAMA_TEST_MODELS names a folder to keep them in between sessions."""
     from llama_cli.testing_models import QuantizerMissing, model_file
 
-    folder = Path(os.environ["LLAMA_TEST_MODELS"]) if os.environ.get("LLAMA_TEST_MODELS") else tmp_path_factory.mktemp("gguf-files")
+    folder = gguf_files_folder(tmp_path_factory)
 
     def make(model: str, preset: str, engine: str = "auto") -> Path:
         try:
@@ -73,10 +198,15 @@ def model_files(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
     """Print how many cases of the bad-input matrix ran, and how they ended."""
-    outcomes = {key: sum(1 for r in terminalreporter.stats.get(key, []) if "test_bad_input.py" in getattr(r, "nodeid", "")) for key in ("passed", "failed", "skipped")}
+    outcomes = {
+        key: sum(1 for r in terminalreporter.stats.get(key, []) if "test_bad_input.py" in getattr(r, "nodeid", ""))
+        for key in ("passed", "failed", "skipped")
+    }
     total = sum(outcomes.values())
     if total:
-        terminalreporter.write_line(f"bad-input matrix: {total} cases: {outcomes['passed']} passed, {outcomes['failed']} failed, {outcomes['skipped']} skipped")
+        terminalreporter.write_line(
+            f"bad-input matrix: {total} cases: {outcomes['passed']} passed, {outcomes['failed']} failed, {outcomes['skipped']} skipped"
+        )
 
 
 @pytest.fixture(autouse=True)

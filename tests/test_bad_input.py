@@ -1,4 +1,5 @@
-"""The bad-input matrix: the real `llama` command, in subprocesses, over every command.
+"""The bad-input matrix: the `llama` command over every command, in-process through its own
+`main` (conftest.py's `run_llama`), except what needs a real process: signals and closed pipes.
 
 Each case expects its documented exit code (2 usage, 1 runtime error, 130 interrupted), one line
 on stderr that says what was wrong, and never a traceback. The number of cases is printed at the
@@ -8,7 +9,6 @@ end of the test session (see conftest.py).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Run, finish_after_sigint, run_llama, start_until
 
 LLAMA = [sys.executable, "-m", "llama_cli"]
 pytestmark = pytest.mark.bad_input
@@ -35,14 +36,13 @@ MODEL_COMMANDS: dict[str, tuple[list[str], str | None]] = {
 }
 
 
-def run(args: list[str], *, stdin: bytes | str | None = None, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[bytes]:
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    return subprocess.run([*LLAMA, *args], input=data if data is not None else b"", capture_output=True, timeout=timeout, env=env)
+def run(args: list[str | Path], *, stdin: bytes | str | None = None, env: dict[str, str] | None = None) -> Run:
+    return run_llama(*args, input=stdin, env=env)
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess[bytes], code: int, *needles: str) -> None:
-    err = result.stderr.decode("utf-8", "replace")
-    assert result.returncode == code, f"exit {result.returncode}, stderr: {err}"
+def assert_clean_failure(result: Run, code: int, *needles: str) -> None:
+    err = result.stderr
+    assert result.exit_code == code, f"exit {result.exit_code}, stderr: {err}"
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("llama: error:"), err
@@ -78,7 +78,9 @@ def bad_models(tmp_path_factory: pytest.TempPathFactory, default_model_path: Pat
     files["huge-tensor-count"].write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**62, 1) + head[24:4096])
     hf = files["corrupt-safetensors"]
     hf.mkdir()
-    (hf / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 300}')
+    (hf / "config.json").write_text(
+        '{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 300}'
+    )
     (hf / "model.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{")
     return files
 
@@ -101,8 +103,8 @@ def test_unknown_option_is_a_usage_error(command: str) -> None:
 
 def test_bare_llama_prints_help_once() -> None:
     result = run([])
-    assert result.returncode == 0 and result.stderr == b""
-    assert result.stdout.decode().count("Usage:") == 1
+    assert result.exit_code == 0 and result.stderr == ""
+    assert result.stdout.count("Usage:") == 1
 
 
 @pytest.mark.parametrize("command,args", [
@@ -128,7 +130,9 @@ TEXT_COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("stdin,needle", [(b"", "empty"), (b"\x00\x01\x02binary\xff\xfe", ""), (b"caf\xe9 cr\xe8me", "UTF-8")], ids=["empty", "binary", "latin1"])
+@pytest.mark.parametrize(
+    "stdin,needle", [(b"", "empty"), (b"\x00\x01\x02binary\xff\xfe", ""), (b"caf\xe9 cr\xe8me", "UTF-8")], ids=["empty", "binary", "latin1"]
+)
 @pytest.mark.parametrize("command", list(TEXT_COMMANDS))
 def test_bad_stdin(command: str, stdin: bytes, needle: str) -> None:
     if command == "tokenize" and stdin == b"":
@@ -138,8 +142,8 @@ def test_bad_stdin(command: str, stdin: bytes, needle: str) -> None:
 
 
 @pytest.mark.parametrize("command", ["generate", "chat"])
-def test_prompt_longer_than_context(command: str) -> None:
-    args = ["--ctx", "32", "-n", "8"] + (["word " * 60] if command == "generate" else [])
+def test_prompt_longer_than_context(command: str, tiny_model_path: Path) -> None:
+    args = ["-m", tiny_model_path, "--ctx", "32", "-n", "8"] + (["word " * 60] if command == "generate" else [])
     stdin = None if command == "generate" else "word " * 60 + "\n"
     assert_clean_failure(run([command, *args], stdin=stdin), 1, "context")
 
@@ -152,25 +156,34 @@ def test_unreadable_input_file(command: str, tmp_path: Path) -> None:
     assert_clean_failure(run([command, *extra]), 1)
 
 
-def test_unwritable_cache_still_runs_uncached(tmp_path: Path) -> None:
+def test_unwritable_cache_still_runs_uncached(tmp_path: Path, tiny_gguf_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    env = dict(os.environ, LLAMA_CACHE=str(blocker / "cache"))
-    result = run(["generate", "-t", "0", "-n", "3", "Hello"], env=env)
-    err = result.stderr.decode()
-    assert result.returncode == 0, err
+    model = tmp_path / "model.gguf"  # a path of its own: in-process loads are memoised by path
+    model.symlink_to(tiny_gguf_path)
+    result = run(
+        ["generate", "-m", model, "--dtype", "float32", "-t", "0", "-n", "3", "Hello"], env={"LLAMA_CACHE": str(blocker / "cache")}
+    )
+    err = result.stderr
+    assert result.exit_code == 0, err
     assert "llama: warning:" in err and "uncached" in err and "Traceback" not in err
     assert result.stdout
 
 
 def test_interrupted_conversion_leaves_no_cache_entry(tmp_path: Path, default_model_path: Path) -> None:
-    """SIGINT while the model loads or runs: no half-written cache entry is ever left in place."""
-    model = tmp_path / "copy.gguf"
-    shutil.copy(default_model_path, model)
+    """SIGINT while the metadata entry is written: no half-written cache entry is ever left in place."""
+    model = tmp_path / "model.gguf"
+    model.symlink_to(default_model_path)
     cache = tmp_path / "cache"
     env = dict(os.environ, LLAMA_CACHE=str(cache))
-    proc = subprocess.Popen([*LLAMA, "generate", "-m", str(model), "-n", "2", "Hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    time.sleep(4.5)  # imports done; the metadata entry being written, or written and the model running
+    proc = subprocess.Popen(
+        [*LLAMA, "generate", "-m", str(model), "-n", "2", "Hi"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    while not (cache / "gguf").exists() and proc.poll() is None:  # created just before the entry is written
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err
@@ -178,17 +191,15 @@ def test_interrupted_conversion_leaves_no_cache_entry(tmp_path: Path, default_mo
         if ".tmp" not in str(config):
             assert (config.parent / "origin.json").is_file() and (config.parent / "tokenizer.json").is_file()
     # the next run converts cleanly either way
-    again = run(["generate", "-m", str(model), "-t", "0", "-n", "2", "Hi"], env=env)
-    assert again.returncode == 0, again.stderr.decode()
+    again = run(["generate", "-m", model, "-t", "0", "-n", "2", "Hi"], env={"LLAMA_CACHE": str(cache)})
+    assert again.exit_code == 0, again.stderr
 
 
-@pytest.mark.parametrize("delay", [0.3, 2.5])
-def test_sigint_while_starting_exits_130(delay: float) -> None:
+@pytest.mark.parametrize("ready", ["typer", "llama_cli.weights.gguf"], ids=["importing", "loading"])
+def test_sigint_while_starting_exits_130(ready: str) -> None:
     """Ctrl-C during imports or model loading: exit 130, no traceback."""
-    proc = subprocess.Popen([*LLAMA, "generate", "-n", "2", "Hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc, seen = start_until(["generate", "-n", "2", "Hi"], ready)
+    _, err = finish_after_sigint(proc, seen)
     if proc.returncode == 0:
         pytest.skip("finished before the signal arrived")
     assert proc.returncode == 130, err
@@ -199,7 +210,7 @@ def test_sigint_while_starting_exits_130(delay: float) -> None:
     (["generate", "-t", "0", "--ignore-eos", "-n", "300", "Tell me a story"], None),
     (["chat", "-t", "0", "-n", "300"], "Tell me a long story\n"),
     (["tokenize", "-"], "word " * 3000),
-])  # fmt: skip
+], ids=["generate", "chat", "tokenize"])  # fmt: skip
 def test_closed_pipe_is_quiet(command: list[str], stdin: str | None) -> None:
     cmd = " ".join(LLAMA + [f"'{c}'" for c in command]) + " | head -c 10"
     result = subprocess.run(cmd, shell=True, input=(stdin or "").encode(), capture_output=True, timeout=300)
@@ -235,5 +246,5 @@ def bad_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bad_training_data(args: list[str], needle: str, bad_data: Path, tmp_path: Path) -> None:
     command, name = args
     steps = [] if command == "merge" else ["--max-steps", "1"]
-    result = subprocess.run([*LLAMA, command, str(bad_data / name), "-o", str(tmp_path / "out"), *steps], capture_output=True, timeout=300)
+    result = run([command, bad_data / name, "-o", tmp_path / "out", *steps])
     assert_clean_failure(result, 1, needle)
