@@ -22,10 +22,10 @@ import torch
 
 from .chat_template import Message, render_prompt, template_text
 from .errors import ModelFormatError, UsageError
-from .generation import Generation, GenerationSettings
+from .generation import Generation
 from .model import Transformer
 from .registry import resolve_model
-from .sampling import SamplingSettings
+from .settings import SettingsError, make_settings
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
 from .weights.quantized import QuantizedTensor, dense
@@ -35,19 +35,24 @@ MAX_THREADS_PER_CORE = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _literal(text: str) -> str:
+    """`text` inside a SettingsError template, where braces name fields."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def pick_device(name: str) -> torch.device:
     """`auto` is the CPU; `cuda`/`mps` must actually be present."""
     if name in ("auto", "cpu"):
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
+            raise SettingsError(f"{{device}} {_literal(name)}: no CUDA device is available here; use {{device}} cpu")
         return torch.device(name)
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise UsageError("--device mps: MPS is not available here; use --device cpu")
+            raise SettingsError("{device} mps: MPS is not available here; use {device} cpu")
         return torch.device("mps")
-    raise UsageError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
+    raise SettingsError(f"unknown {{device}} '{_literal(name)}'; choose auto, cpu, cuda, cuda:N or mps")
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -55,7 +60,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
     if name not in DTYPES:
-        raise UsageError(f"unknown --dtype '{name}'; choose auto, float32, bfloat16 or float16")
+        raise SettingsError(f"unknown {{dtype}} '{_literal(name)}'; choose auto, float32, bfloat16 or float16")
     return DTYPES[name]
 
 
@@ -125,7 +130,9 @@ class LLM:
         # The template writes BOS itself when the model wants one, so none is added here.
         return self.tokenizer.encode(self.chat_prompt(messages, template=template), bos=False, parse_special=True)
 
-    def encode_prompt(self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None, template: str = "auto") -> list[int]:
+    def encode_prompt(
+        self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None, template: str = "auto"
+    ) -> list[int]:
         if not isinstance(prompt, str):
             return list(prompt)
         if chat or system is not None:
@@ -142,11 +149,19 @@ class LLM:
         system: str | None = None,
         template: str = "auto",
         context: int | None = None,
+        truncate: bool = False,
         **options: Any,
     ) -> Generation:
-        """A `Generation` to iterate over; options are GenerationSettings / SamplingSettings fields."""
-        ids = self.encode_prompt(prompt, chat=chat, system=system, template=template)
-        return Generation(self.model, self.tokenizer, ids, make_settings(**options), context=context)
+        """A `Generation` to iterate over; options are GenerationSettings / SamplingSettings fields.
+
+        A prompt that does not fit the context with room for `max_tokens` is an error, or with
+        `truncate` is cut to its end (with a warning)."""
+        settings = make_settings(**options)
+        context = min(context or self.context_length, self.context_length)
+        ids = fit_context(
+            self.encode_prompt(prompt, chat=chat, system=system, template=template), settings.max_tokens, context, truncate=truncate
+        )
+        return Generation(self.model, self.tokenizer, ids, settings, context=context)
 
     def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
         """The completion text of one sample (stream's options apply)."""
@@ -156,26 +171,25 @@ class LLM:
         return generation.text
 
 
+def fit_context(ids: list[int], max_tokens: int, context: int, *, truncate: bool = False) -> list[int]:
+    """The prompt `ids` if they fit `context` with room for `max_tokens`; else, with `truncate`, as
+    many of their last tokens as fit (the caller compares lengths to tell), without it a ContextOverflowError."""
+    from .generation import context_budget
+
+    if truncate and len(ids) + max_tokens > context and context - max_tokens >= 1:
+        return ids[-(context - max_tokens) :]
+    context_budget(len(ids), max_tokens, context)
+    return ids
+
+
 def _has_quantized(checkpoint: Checkpoint) -> bool:
     return any(isinstance(t, QuantizedTensor) for t in checkpoint.weights.values())
-
-
-def make_settings(**options: Any) -> GenerationSettings:
-    """GenerationSettings from flat keyword options (`temperature=0`, `max_tokens=50`, `stop=[...]`)."""
-    sampling_fields = set(SamplingSettings.__dataclass_fields__)
-    sampling = {k: options.pop(k) for k in list(options) if k in sampling_fields}
-    unknown = set(options) - set(GenerationSettings.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown generation options: {sorted(unknown)}")
-    if "stop" in options:
-        options["stop"] = tuple(options["stop"] or ())
-    return GenerationSettings(sampling=SamplingSettings(**sampling), **options)
 
 
 def set_threads(threads: int | None) -> None:
     """Use `threads` CPU threads, else $LLAMA_THREADS, else the cores other work leaves free (threads.py)."""
     if threads is not None and threads <= 0:
-        raise UsageError(f"threads must be at least 1, got {threads}")
+        raise SettingsError(f"{{threads}} must be at least 1, got {threads}")
     if threads is None and os.environ.get("LLAMA_THREADS", "").strip():
         try:
             threads = int(os.environ["LLAMA_THREADS"])
@@ -186,7 +200,7 @@ def set_threads(threads: int | None) -> None:
     cores = _cores()
     if threads is not None and threads > MAX_THREADS_PER_CORE * cores:
         # Far more threads than cores only makes every barrier wait (20,000 drove the load to 360, 100,000 crashed libgomp).
-        raise UsageError(f"{threads} threads on {cores} cores: use at most {MAX_THREADS_PER_CORE * cores}")
+        raise SettingsError(f"{threads} {{threads}} on {cores} cores: use at most {MAX_THREADS_PER_CORE * cores}")
     if threads is None:
         from .threads import default_threads
 

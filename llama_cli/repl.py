@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .chat import ChatSession, Turn, TurnStats
-from .cli_common import write_out
 from .errors import LlamaError
+from .textio import write_out
 
 PROMPT, CONTINUATION = ">>> ", "... "
 BLOCK = '"""'

@@ -8,47 +8,11 @@ a run exactly. Temperature 0 means greedy (argmax) and ignores the other filters
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 40  # 0 = off
-    top_p: float = 0.95  # 1 = off
-    min_p: float = 0.05  # 0 = off; keeps tokens with p >= min_p * p(most likely)
-    repetition_penalty: float = 1.0  # 1 = off; CTRL-style: divides positive logits of seen tokens
-    frequency_penalty: float = 0.0  # subtracts count * penalty (OpenAI style)
-    presence_penalty: float = 0.0  # subtracts penalty once for every token already seen
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def uses_penalties(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
-
-
-def check_settings(s: SamplingSettings) -> None:
-    """Raise UsageError (exit 2) for values that have no meaning."""
-    if not s.temperature >= 0:
-        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {s.temperature}")
-    if s.top_k < 0:
-        raise UsageError(f"--top-k must be >= 0 (0 = off), got {s.top_k}")
-    if not 0 < s.top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {s.top_p}")
-    if not 0 <= s.min_p <= 1:
-        raise UsageError(f"--min-p must be in [0, 1], got {s.min_p}")
-    if not s.repetition_penalty > 0:
-        raise UsageError(f"--repeat-penalty must be > 0 (1 = off), got {s.repetition_penalty}")
+from .settings import SamplingSettings as SamplingSettings  # noqa: PLC0414 (re-exported: defined torch-free in settings.py)
+from .settings import check_settings as check_settings  # noqa: PLC0414
 
 
 def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, s: SamplingSettings) -> torch.Tensor:

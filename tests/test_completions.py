@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llama_cli.completions import FILENAMES, SHELLS, commands, render
+from llama_cli.cli.app import root_command
+from llama_cli.cli.completions import FILENAMES, SHELLS, commands, render
 
 FOLDER = Path(__file__).resolve().parent.parent / "completions"
 
@@ -15,13 +16,13 @@ FOLDER = Path(__file__).resolve().parent.parent / "completions"
 @pytest.mark.parametrize("shell", SHELLS)
 def test_committed_scripts_are_up_to_date(shell: str) -> None:
     committed = (FOLDER / FILENAMES[shell]).read_text(encoding="utf-8")
-    assert committed == render(shell), f"completions/{FILENAMES[shell]} is stale: run `python -m llama_cli.completions completions/`"
+    assert committed == render(shell, root_command()), f"completions/{FILENAMES[shell]} is stale: run `python -m llama_cli.cli.write_completions completions/`"
 
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_every_command_and_option_is_in_the_script(shell: str) -> None:
-    script = render(shell)
-    for command in commands():
+    script = render(shell, root_command())
+    for command in commands(root_command()):
         assert command.name in script
         for option in command.options:
             long = next(n for n in option.names if n.startswith("--"))

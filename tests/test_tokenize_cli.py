@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llama_cli import cli
+from llama_cli.cli import loader
 from llama_cli.conversation import HistoryError, ToolsError, parse_messages, parse_tools
 from llama_cli.gguf_metadata import _KeyValues
 
@@ -144,7 +145,7 @@ def _prompt_tokens(*args: str) -> int:
 
 
 def test_generate_and_chat_take_tools(llm, monkeypatch, files: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(cli, "_load", lambda *args: llm)
+    monkeypatch.setattr(loader, "DEFAULT_LOADER", loader.FixedModel(llm))
     plain = _prompt_tokens("--template", str(LLAMA31))
     assert _prompt_tokens("--template", str(LLAMA31), "--tools", str(files["tools"])) > plain + 40  # the tool list, in the prompt
     assert _prompt_tokens("--tools", str(files["tools"])) == _prompt_tokens()  # SmolLM2's own template ignores tools

@@ -22,8 +22,8 @@ from typing import Any
 
 import typer
 
-from ..cli_common import write_out
 from ..errors import ContextOverflowError, LlamaError, UsageError
+from ..textio import write_out
 
 
 def server_url(option: str | None) -> str | None:

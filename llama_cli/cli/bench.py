@@ -5,31 +5,32 @@ Figures and progress go to stderr; the result (the table, the perplexity line, o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Annotated
 
 import typer
 
-from .cli import _load, app
-from .cli_common import DeviceOpt, DtypeOpt, JsonDocOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors, read_documents, write_out
-from .errors import UsageError
+from ..errors import UsageError
+from ..textio import write_out
+from .errors import handles_errors
+from .inputs import read_documents
+from .loader import ModelOptions, load_model
+from .options import JsonDocOpt, bundled, model_bundle
 
 
-@app.command()
 @handles_errors
+@bundled(model_options=model_bundle(ctx=False))
 def bench(
-    model: ModelOpt = None,
+    *,
     prompt_tokens: Annotated[
         int, typer.Option("--prompt-tokens", "-p", help="Prompt length for the prompt-processing test (0 = skip).")
     ] = 512,
     gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", help="Tokens to generate in the generation test (0 = skip).")] = 128,
     repeats: Annotated[int, typer.Option("--repeats", "-r", help="Timed runs of each test, after one warm-up run.")] = 5,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of the table.")] = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    threads: ThreadsOpt = None,
-    no_cache: NoCacheOpt = False,
+    model_options: ModelOptions,
 ) -> None:
     """Prompt processing (ppN) and generation (tgN) speed in tokens/s: median of repeats, with the spread.
 
@@ -51,9 +52,9 @@ def bench(
         raise UsageError(f"--repeats must be >= 1, got {repeats}")
     import torch
 
-    from .benchmark import bench as run_bench
+    from ..benchmark import bench as run_bench
 
-    llm = _load(model, dtype, device, threads, no_cache)
+    llm = load_model(model_options)
     context = llm.context_length
     if prompt_tokens + 1 > context or gen_tokens + 1 > context:
         raise UsageError(f"tests longer than the model's context of {context} tokens")
@@ -75,11 +76,11 @@ def bench(
     write_out("\n".join(rows) + "\n")
 
 
-@app.command()
 @handles_errors
+@bundled(model_options=model_bundle(ctx=False))
 def perplexity(
+    *,
     file: Annotated[str | None, typer.Argument(help="Text file to score; '-' or absent reads stdin.", metavar="FILE", show_default=False)] = None,
-    model: ModelOpt = None,
     ctx: Annotated[
         int, typer.Option("--ctx", help="Window length in tokens: the text is scored in non-overlapping windows of this size.")
     ] = 512,
@@ -91,10 +92,7 @@ def perplexity(
         ),
     ] = False,
     json_output: JsonDocOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    threads: ThreadsOpt = None,
-    no_cache: NoCacheOpt = False,
+    model_options: ModelOptions,
 ) -> None:
     """Perplexity of the model over a text, in non-overlapping windows of --ctx tokens.
 
@@ -119,10 +117,10 @@ def perplexity(
       llama perplexity -m model.Q4_K_M.gguf --kl-divergence wiki.test.raw
     """
 
-    from .perplexity import perplexity as score
+    from ..perplexity import perplexity as score
 
     text = read_documents([file] if file else None)  # empty, binary or non-UTF-8 text: one-line errors before loading
-    llm = _load(model, dtype, device, threads, no_cache)
+    llm = load_model(model_options)
     window = min(ctx, llm.context_length)
     ids = llm.tokenizer.encode(text)
     interactive = sys.stderr.isatty()
@@ -133,7 +131,7 @@ def perplexity(
 
     if kl_divergence:
         _kl_divergence(
-            llm, _load(model, "float32", device, threads, no_cache), ids, window, json_output=json_output, interactive=interactive
+            llm, load_model(dataclasses.replace(model_options, dtype="float32")), ids, window, json_output=json_output, interactive=interactive
         )
         return
     result = score(llm.model, ids, window, progress=progress)
@@ -148,7 +146,7 @@ def perplexity(
 
 
 def _kl_divergence(llm, reference, ids: list[int], window: int, *, json_output: bool, interactive: bool) -> None:  # type: ignore[no-untyped-def]
-    from .perplexity import kl_compare, kl_summary
+    from ..perplexity import kl_compare, kl_summary
 
     def progress(done: int, total: int, running: float, kl: float) -> None:
         line = f"[{done}/{total}] windows of {window} tokens, perplexity so far {running:.4f}, mean KL so far {kl:.6f}"

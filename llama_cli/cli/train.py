@@ -2,7 +2,7 @@
 
 Options left out mean "the preset's" (train) or "the default" (finetune), and on --resume "the
 run's own": a resumed run continues with exactly the settings it was started with. Under torchrun
-every rank runs the same command; only rank 0 prints. Registered on cli.py's `app`.
+every rank runs the same command; only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -16,36 +16,20 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import app
-from .cli_common import ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors
-from .errors import UsageError
+from ..errors import UsageError
+from .errors import handles_errors
+from .options import LOOP, LoopOptions, ModelOpt, NoCacheOpt, bundled
 
-LOOP_PANEL, MODEL_SHAPE_PANEL, DATA_PANEL, LORA_PANEL = "Training loop", "Model shape", "Data", "LoRA"
+MODEL_SHAPE_PANEL, DATA_PANEL, LORA_PANEL = "Model shape", "Data", "LoRA"
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).", show_default=False)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its own settings.")]
-MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps in all (on --resume: raise it to train further).", rich_help_panel=LOOP_PANEL, show_default=False)]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Sequences per micro-batch on each process.", rich_help_panel=LOOP_PANEL, show_default=False)]
-AccumOpt = Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimizer step.", rich_help_panel=LOOP_PANEL, show_default=False)]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW).", rich_help_panel=LOOP_PANEL, show_default=False)]
-MinLrOpt = Annotated[float | None, typer.Option("--min-lr", help="Learning rate at the end of the cosine decay.", rich_help_panel=LOOP_PANEL, show_default=False)]
-WarmupOpt = Annotated[int | None, typer.Option("--warmup", help="Steps of linear warmup.", rich_help_panel=LOOP_PANEL, show_default=False)]
-DecayOpt = Annotated[float | None, typer.Option("--weight-decay", help="AdamW weight decay (matrices only).", rich_help_panel=LOOP_PANEL, show_default=False)]
-ClipOpt = Annotated[float | None, typer.Option("--grad-clip", help="Clip the gradient norm to this (0 = off).", rich_help_panel=LOOP_PANEL, show_default=False)]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for initialisation, data order and the held-out split.", rich_help_panel=LOOP_PANEL, show_default=False)]
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="auto (bfloat16 autocast on CUDA, float32 on CPU), float32 or bfloat16.", rich_help_panel=LOOP_PANEL, show_default=False)]
-EvalEveryOpt = Annotated[int | None, typer.Option("--eval-every", help="Steps between validation losses.", rich_help_panel=LOOP_PANEL, show_default=False)]
-EvalBatchesOpt = Annotated[int | None, typer.Option("--eval-batches", help="Batches in each validation.", rich_help_panel=LOOP_PANEL, show_default=False)]
-LogEveryOpt = Annotated[int | None, typer.Option("--log-every", help="Steps between lines of metrics.jsonl.", rich_help_panel=LOOP_PANEL, show_default=False)]
-SaveEveryOpt = Annotated[int | None, typer.Option("--save-every", help="Steps between checkpoints.", rich_help_panel=LOOP_PANEL, show_default=False)]
 ValFractionOpt = Annotated[float | None, typer.Option("--val-fraction", help="Share of the data held out for validation.", rich_help_panel=DATA_PANEL, show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, under torchrun the rank's GPU), cpu, cuda or cuda:N.", rich_help_panel=LOOP_PANEL)]
-FsdpOpt = Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard the model, gradients and optimizer state over the processes (FSDP) instead of replicating them (DDP).", rich_help_panel=LOOP_PANEL)]
 
 
 def _setup(threads: int | None) -> bool:
     """Threads for this process; True on the process that prints (rank 0)."""
-    from .api import set_threads
+    from ..api import set_threads
 
     set_threads(threads)
     return os.environ.get("RANK", "0") == "0"
@@ -63,13 +47,13 @@ def _finish(result: Any, out: Path, main: bool, what: str, hint: str) -> None:
     print(f"llama: step {result.step} done{val}: {out}\nllama: try: {hint}", file=sys.stderr)
 
 
-@app.command(rich_help_panel="Training")
 @handles_errors
+@bundled(run=LOOP)
 def train(
+    *,
     data: Annotated[list[str] | None, typer.Argument(help="Text files, folders of them (.txt .md .rst .jsonl), or JSONL with a \"text\" field. On --resume: the run's own by default.", metavar="DATA", show_default=False)] = None,
-    out: OutOpt = ...,  # type: ignore[assignment]
+    out: OutOpt,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Model size and loop defaults: tiny, small, base or large (default tiny).", show_default=False)] = None,
-    max_steps: MaxStepsOpt = None,
     resume: ResumeOpt = False,
     dim: Annotated[int | None, typer.Option("--dim", help="Width of the residual stream.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
     layers: Annotated[int | None, typer.Option("--layers", help="Transformer blocks.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
@@ -80,22 +64,7 @@ def train(
     tokenizer_type: Annotated[str | None, typer.Option("--tokenizer-type", help="bpe or unigram (with byte fallback).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="Reuse this tokenizer instead of training one: a tokenizer.model, a model folder, a GGUF or a known model name.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
     val_fraction: ValFractionOpt = None,
-    batch_size: BatchOpt = None,
-    grad_accum: AccumOpt = None,
-    lr: LrOpt = None,
-    min_lr: MinLrOpt = None,
-    warmup: WarmupOpt = None,
-    weight_decay: DecayOpt = None,
-    grad_clip: ClipOpt = None,
-    seed: SeedOpt = None,
-    precision: PrecisionOpt = None,
-    eval_every: EvalEveryOpt = None,
-    eval_batches: EvalBatchesOpt = None,
-    log_every: LogEveryOpt = None,
-    save_every: SaveEveryOpt = None,
-    device: DeviceOpt = "auto",
-    fsdp: FsdpOpt = False,
-    threads: ThreadsOpt = None,
+    run: LoopOptions,
 ) -> None:
     """Pretrain a model from scratch: train a tokenizer on the corpus, then the model; OUT loads in generate, chat and the presets.
 
@@ -113,32 +82,27 @@ def train(
 
       torchrun --nproc_per_node 8 -m llama_cli train corpus/ -o big --preset large --fsdp
     """
-    from .train import pretrain, resolve
+    from ..train import pretrain, resolve
 
-    main = _setup(threads)
+    main = _setup(run.threads)
     cli = {
         "data": data, "preset": preset, "dim": dim, "n_layers": layers, "n_heads": heads, "n_kv_heads": kv_heads, "context_length": ctx,
         "vocab_size": vocab_size, "tokenizer": tokenizer, "tokenizer_kind": tokenizer_type, "val_fraction": val_fraction,
     }  # fmt: skip
-    loop = {
-        "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "min_lr": min_lr, "warmup": warmup,
-        "weight_decay": weight_decay, "grad_clip": grad_clip, "seed": seed, "precision": precision, "eval_every": eval_every,
-        "eval_batches": eval_batches, "log_every": log_every, "save_every": save_every,
-    }  # fmt: skip
-    settings = resolve(cli, loop, out, resume=resume)
-    result = pretrain(settings, resume=resume, device=device, fsdp=fsdp)
+    settings = resolve(cli, run.loop, out, resume=resume)
+    result = pretrain(settings, resume=resume, device=run.device, fsdp=run.fsdp)
     shape = out / "llama.json"
     context = json.loads(shape.read_text(encoding="utf-8"))["context_length"] if shape.exists() else 128
     _finish(result, out, main, "llama train", f'llama generate -m {out} -t 0.8 -n {min(100, context // 2)} "The"')  # -n within the context
 
 
-@app.command(rich_help_panel="Training")
 @handles_errors
+@bundled(run=LOOP)
 def finetune(
+    *,
     data: Annotated[str | None, typer.Argument(help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line. On --resume: the run\'s own by default.', metavar="DATA", show_default=False)] = None,
-    out: OutOpt = ...,  # type: ignore[assignment]
+    out: OutOpt,
     model: ModelOpt = None,
-    max_steps: MaxStepsOpt = None,
     full: Annotated[bool, typer.Option("--full", help="Train every weight instead of LoRA adapters; OUT is then a whole model.")] = False,
     merge: Annotated[bool, typer.Option("--merge", help="After LoRA training, also write the merged model into OUT (a standalone model folder).")] = False,
     resume: ResumeOpt = False,
@@ -149,22 +113,7 @@ def finetune(
     val_fraction: ValFractionOpt = None,
     max_len: Annotated[int | None, typer.Option("--max-len", help="Longest example in tokens (default: the model's context); longer ones are an error.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
     template: Annotated[str | None, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
-    batch_size: BatchOpt = None,
-    grad_accum: AccumOpt = None,
-    lr: LrOpt = None,
-    min_lr: MinLrOpt = None,
-    warmup: WarmupOpt = None,
-    weight_decay: DecayOpt = None,
-    grad_clip: ClipOpt = None,
-    seed: SeedOpt = None,
-    precision: PrecisionOpt = None,
-    eval_every: EvalEveryOpt = None,
-    eval_batches: EvalBatchesOpt = None,
-    log_every: LogEveryOpt = None,
-    save_every: SaveEveryOpt = None,
-    device: DeviceOpt = "auto",
-    fsdp: FsdpOpt = False,
-    threads: ThreadsOpt = None,
+    run: LoopOptions,
 ) -> None:
     """Fine-tune a model on chat examples, with LoRA adapters by default; loss only on the assistant's tokens.
 
@@ -178,27 +127,21 @@ def finetune(
 
       llama finetune chats.jsonl -o merged --merge -m my-model
     """
-    from .finetune import finetune as run_finetune
-    from .finetune import resolve
+    from ..finetune import finetune as run_finetune
+    from ..finetune import resolve
 
-    main = _setup(threads)
+    main = _setup(run.threads)
     targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets is not None else None
     cli = {
         "data": data, "model": model, "full": True if full else None, "merge": True if merge else None, "rank": lora_rank,
         "alpha": lora_alpha, "targets": targets, "val": val, "val_fraction": val_fraction, "max_len": max_len, "template": template,
     }  # fmt: skip
-    loop = {
-        "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "min_lr": min_lr, "warmup": warmup,
-        "weight_decay": weight_decay, "grad_clip": grad_clip, "seed": seed, "precision": precision, "eval_every": eval_every,
-        "eval_batches": eval_batches, "log_every": log_every, "save_every": save_every,
-    }  # fmt: skip
-    settings = resolve(cli, loop, out, resume=resume)
-    result = run_finetune(settings, resume=resume, device=device, fsdp=fsdp)
+    settings = resolve(cli, run.loop, out, resume=resume)
+    result = run_finetune(settings, resume=resume, device=run.device, fsdp=run.fsdp)
     use = f"llama chat -m {out}" if settings.full or settings.merge else f"llama chat{' -m ' + settings.model if settings.model else ''} --adapter {out}"
     _finish(result, out, main, "llama finetune", use)
 
 
-@app.command(rich_help_panel="Training")
 @handles_errors
 def merge(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder written by llama finetune.", metavar="ADAPTER")],
@@ -212,10 +155,10 @@ def merge(
 
       llama merge fmt-adapter -o fmt-model && llama chat -m fmt-model
     """
-    from .lora import load_adapter
-    from .registry import resolve_model
-    from .weights import load_checkpoint, save_native
-    from .weights.quantized import dense
+    from ..lora import load_adapter
+    from ..registry import resolve_model
+    from ..weights import load_checkpoint, save_native
+    from ..weights.quantized import dense
 
     loaded = load_adapter(adapter)
     if (out / "llama.json").exists():

@@ -1,4 +1,4 @@
-"""Running a Generation to stdout: plain streamed text or JSON lines, and stats on stderr.
+"""What the commands print: a Generation as streamed text or JSON lines, stats on stderr, warnings as lines.
 
 Shared by `generate`, the presets and anything else that prints a completion. Ctrl-C stops the
 generation, keeps what was printed, still prints the stats or the final JSON event, and exits 130.
@@ -11,12 +11,30 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from .cli_common import write_out
-from .generation import Generation, SampleResult, TokenEvent
-from .tokenizer import Tokenizer
+from ..textio import write_out
+
+if TYPE_CHECKING:
+    from ..generation import Generation, SampleResult, TokenEvent
+    from ..tokenizer import Tokenizer
+
+
+def ensure_utf8_stdout() -> None:
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")
+
+
+def print_warnings_as_lines() -> None:
+    """Show library warnings (e.g. an unwritable cache, a prompt cut to fit) as `llama: warning: ...` lines on stderr."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+        print(f"llama: warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
 
 
 def token_json(event: TokenEvent, tokenizer: Tokenizer) -> str:
@@ -49,28 +67,26 @@ def cut_short(generation: Generation) -> str | None:
 
 
 def summary(generation: Generation) -> dict[str, object]:
-    prefill_rate = generation.prefilled_tokens / generation.prefill_seconds if generation.prefill_seconds else 0.0
-    decoded = max(generation.generated_tokens - len(generation.results), 0)  # the first token of each sample comes from prefill
-    decode_rate = decoded / generation.decode_seconds if generation.decode_seconds else 0.0
+    stats = generation.stats
     record: dict[str, object] = {
         "event": "done",
         "text": generation.text,
         "stop_reason": generation.results[0].stop_reason,
-        "prompt_tokens": generation.prompt_tokens,
-        "prefilled_tokens": generation.prefilled_tokens,
-        "generated_tokens": generation.generated_tokens,
-        "prefill_seconds": round(generation.prefill_seconds, 4),
-        "decode_seconds": round(generation.decode_seconds, 4),
-        "prefill_tokens_per_s": round(prefill_rate, 2),
-        "decode_tokens_per_s": round(decode_rate, 2),
+        "prompt_tokens": stats.prompt_tokens,
+        "prefilled_tokens": stats.prefilled_tokens,
+        "generated_tokens": stats.generated_tokens,
+        "prefill_seconds": round(stats.prefill_seconds, 4),
+        "decode_seconds": round(stats.decode_seconds, 4),
+        "prefill_tokens_per_s": round(stats.prefill_rate, 2),
+        "decode_tokens_per_s": round(stats.decode_rate, 2),
         "seed": generation.seed,
     }
     if generation.settings.lookup:
-        record["drafted_tokens"], record["accepted_tokens"] = generation.drafted_tokens, generation.accepted_tokens
+        record["drafted_tokens"], record["accepted_tokens"] = stats.drafted_tokens, stats.accepted_tokens
     if generation.settings.constraint is not None:
         record["data"] = structured_value(generation, generation.results[0])
         record["complete"] = bool(generation.results[0].complete)
-        record["constraint_seconds"] = round(generation.constraint_seconds, 4)  # masks and matcher steps, within decode_seconds
+        record["constraint_seconds"] = round(stats.constraint_seconds, 4)  # masks and matcher steps, within decode_seconds
     if len(generation.results) > 1:
         record["samples"] = [{"text": r.text, "stop_reason": r.stop_reason, "tokens": len(r.token_ids)} for r in generation.results]
         if generation.settings.constraint is not None:
@@ -80,11 +96,11 @@ def summary(generation: Generation) -> dict[str, object]:
 
 
 def stats_line(generation: Generation) -> str:
-    s = summary(generation)
+    s, stats = summary(generation), generation.stats
     reasons = ", ".join(sorted({str(r.stop_reason) for r in generation.results}))
-    lookup = f" | lookup: {generation.accepted_tokens} of {generation.drafted_tokens} drafted tokens accepted" if generation.settings.lookup else ""
+    lookup = f" | lookup: {stats.accepted_tokens} of {stats.drafted_tokens} drafted tokens accepted" if generation.settings.lookup else ""
     if generation.settings.constraint is not None:
-        lookup += f" | constraint: {1e3 * generation.constraint_seconds / max(generation.generated_tokens, 1):.2f} ms/token"
+        lookup += f" | constraint: {1e3 * stats.constraint_seconds / max(stats.generated_tokens, 1):.2f} ms/token"
     return (
         f"prompt: {s['prompt_tokens']} tokens ({s['prefilled_tokens']} prefilled, {s['prefill_tokens_per_s']:.1f} tok/s) | "
         f"generated: {s['generated_tokens']} tokens ({s['decode_tokens_per_s']:.1f} tok/s){lookup} | stop: {reasons}"

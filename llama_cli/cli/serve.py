@@ -17,17 +17,18 @@ from typing import Annotated
 
 import typer
 
-from .cli import app
-from .cli_common import CtxOpt, DeviceOpt, DtypeOpt, ModelOpt, NoCacheOpt, ThreadsOpt, handles_errors
-from .errors import LlamaError, UsageError
+from ..errors import LlamaError, UsageError
+from .errors import handles_errors
+from .loader import ModelOptions
+from .options import bundled, check_template, model_bundle
 
 SERVER_PANEL = "Server"
 
 
-@app.command()
 @handles_errors
+@bundled(model_options=model_bundle())
 def serve(
-    model: ModelOpt = None,
+    *,
     host: Annotated[
         str,
         typer.Option(
@@ -74,13 +75,10 @@ def serve(
             "--template",
             help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.",
             rich_help_panel=SERVER_PANEL,
+            callback=check_template,
         ),
     ] = "auto",
-    ctx: CtxOpt = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    threads: ThreadsOpt = None,
-    no_cache: NoCacheOpt = False,
+    model_options: ModelOptions,
 ) -> None:
     """Serve the model over OpenAI's HTTP API: /v1/chat/completions, /v1/completions, /v1/models.
 
@@ -102,13 +100,13 @@ def serve(
         raise UsageError(f"--parallel must be >= 1, got {parallel}")
     if queue < 0:
         raise UsageError(f"--queue must be >= 0, got {queue}")
-    if ctx is not None and ctx < 2:
-        raise UsageError(f"--ctx must be >= 2, got {ctx}")
-    from .chat_template import template_text
-
-    template_text(None, template)  # an unknown --template fails before the load
-    run_server(model=model, host=host, port=port, api_key=api_key or None, parallel=parallel, queue=queue, cors_origin=cors_origin,
-               template=template, ctx=ctx or 2048, dtype=dtype, device=device, threads=threads, cache=not no_cache)  # fmt: skip
+    m = model_options
+    if m.ctx is not None and m.ctx < 2:
+        raise UsageError(f"--ctx must be >= 2, got {m.ctx}")
+    run_server(
+        model=m.model, host=host, port=port, api_key=api_key or None, parallel=parallel, queue=queue, cors_origin=cors_origin,
+        template=template, ctx=m.ctx or 2048, dtype=m.dtype, device=m.device, threads=m.threads, cache=not m.no_cache,
+    )  # fmt: skip
 
 
 def run_server(*, host: str, port: int, **options: object) -> None:
@@ -117,7 +115,7 @@ def run_server(*, host: str, port: int, **options: object) -> None:
 
     import uvicorn
 
-    from .serve.app import ServeConfig, create_app
+    from ..serve.app import ServeConfig, create_app
 
     config = ServeConfig(**options)  # type: ignore[arg-type]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

