@@ -30,17 +30,11 @@ from .distributed import Dist, close_distributed, full_state, init_distributed
 from .errors import UsageError
 from .lora import ADAPTER_CONFIG, Adapter, LoRAConfig, add_lora, save_adapter
 from .tokenizer import Tokenizer
-from .trainer import IGNORE, STATE_FILE, LoopResult, LoopSettings, run_loop, saved_settings
+from .train_settings import DEFAULT_LOOP, FULL_LOOP, LoopSettings
+from .trainer import IGNORE, STATE_FILE, LoopResult, run_loop, saved_settings
 
 ROLES = ("system", "user", "assistant")
 FINETUNE_FILE = "finetune.json"
-DEFAULT_LOOP = {  # LoRA: few parameters, a large step
-    "max_steps": 100, "batch_size": 4, "lr": 1e-3, "min_lr": 1e-4, "warmup": 10, "weight_decay": 0.0,
-    "eval_every": 25, "eval_batches": 4, "log_every": 5, "save_every": 50,
-}  # fmt: skip
-FULL_LOOP = {**DEFAULT_LOOP, "lr": 5e-5, "min_lr": 5e-6}  # all weights move: a much smaller step
-
-
 @dataclass(frozen=True)
 class Example:
     source: str  # "data.jsonl line 7"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,96 +31,12 @@ from .distributed import Dist, close_distributed, init_distributed
 from .errors import UsageError
 from .model import Transformer
 from .tokenizer import Tokenizer
-from .trainer import STATE_FILE, LoopResult, LoopSettings, run_loop, saved_settings
+from .train_settings import PRESETS, LoopSettings, PretrainSettings
+from .trainer import STATE_FILE, LoopResult, run_loop, saved_settings
 
 TRAIN_FILE = "train.json"
 OPTION_NAMES = {"n_layers": "--layers", "n_heads": "--heads", "n_kv_heads": "--kv-heads", "context_length": "--ctx", "tokenizer_kind": "--tokenizer-type"}
 FIXED_ON_RESUME = ("preset", "dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size", "tokenizer", "tokenizer_kind", "val_fraction")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A model shape plus the loop settings that suit it."""
-
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    context_length: int
-    vocab_size: int
-    loop: dict[str, Any]
-    about: str
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        64, 2, 4, 2, context_length=64, vocab_size=512, about="tests and demos: 0.13M parameters, seconds on a laptop CPU",
-        loop={"batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "warmup": 20, "max_steps": 300, "eval_every": 50, "save_every": 100},
-    ),
-    "small": Preset(
-        288, 6, 6, 6, context_length=256, vocab_size=4096, about="llama2.c's stories15M shape, a 4k vocabulary: ~7M parameters",
-        loop={"batch_size": 32, "lr": 1e-3, "min_lr": 1e-4, "warmup": 200, "max_steps": 5000, "eval_every": 250, "save_every": 500},
-    ),
-    "base": Preset(
-        512, 8, 8, 8, context_length=512, vocab_size=8192, about="llama2.c's stories42M shape: ~30M parameters, for a GPU",
-        loop={"batch_size": 32, "lr": 6e-4, "min_lr": 6e-5, "warmup": 500, "max_steps": 20000, "eval_every": 500, "save_every": 1000},
-    ),
-    "large": Preset(
-        768, 12, 12, 12, context_length=1024, vocab_size=32000, about="GPT-2 small's shape in LLaMA blocks: ~110M parameters, GPUs",
-        loop={"batch_size": 16, "grad_accum": 4, "lr": 3e-4, "min_lr": 3e-5, "warmup": 1000, "max_steps": 50000, "eval_every": 1000, "save_every": 1000},
-    ),
-}  # fmt: skip
-
-
-def ffn_width(dim: int, multiple_of: int = 32) -> int:
-    """LLaMA's SwiGLU width: 2/3 of 4*dim (same parameters as a 4*dim MLP), rounded up to multiple_of."""
-    hidden = int(2 * 4 * dim / 3)
-    return multiple_of * math.ceil(hidden / multiple_of)
-
-
-@dataclass
-class PretrainSettings:
-    """What `llama train` was asked to do; None means "the preset's" (or, on --resume, the run's)."""
-
-    data: list[str]
-    out: Path
-    preset: str = "tiny"
-    dim: int | None = None
-    n_layers: int | None = None
-    n_heads: int | None = None
-    n_kv_heads: int | None = None
-    context_length: int | None = None
-    vocab_size: int | None = None
-    tokenizer: str | None = None  # reuse this model's (or tokenizer file's) tokenizer instead of training one
-    tokenizer_kind: str = "bpe"
-    val_fraction: float = 0.1
-    loop: LoopSettings = None  # type: ignore[assignment]  # None: the preset's
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise UsageError(f"unknown --preset '{self.preset}'; choose {', '.join(PRESETS)}")
-        if self.loop is None:
-            self.loop = LoopSettings.from_dict(PRESETS[self.preset].loop)
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        p = PRESETS[self.preset]
-
-        def pick(value: int | None, default: int) -> int:
-            return default if value is None else value
-
-        dim = pick(self.dim, p.dim)
-        heads = pick(self.n_heads, p.n_heads if self.dim is None else max(1, dim // 64))  # a new width: 64-wide heads
-        kv_heads = pick(self.n_kv_heads, p.n_kv_heads if self.n_heads is None and self.dim is None else heads)
-        try:
-            config = ModelConfig(
-                dim=dim, n_layers=pick(self.n_layers, p.n_layers), n_heads=heads, n_kv_heads=kv_heads, vocab_size=vocab_size,
-                ffn_dim=ffn_width(dim), context_length=pick(self.context_length, p.context_length), tie_embeddings=True,
-            )  # fmt: skip
-        except (ValueError, ZeroDivisionError) as error:
-            raise UsageError(f"impossible model shape: {error}") from None
-        if dim % heads or config.head_dim % 2:
-            raise UsageError(f"--dim {dim} must split into --heads {heads} heads of an even width")
-        return config
 
 
 def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume: bool) -> PretrainSettings:

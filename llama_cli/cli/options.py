@@ -414,47 +414,50 @@ def _loop(*, device: str, fsdp: bool, threads: int | None, precision: Precision 
     return LoopOptions({**loop, "precision": None if precision is None else precision.value}, device, fsdp, threads)
 
 
-def _loop_value(name: str, help: str, kind: Any) -> Any:
-    return Annotated[kind | None, value(name, help=help, panel=LOOP_PANEL, show_default=False)]
+def loop_bundle(default: Callable[[str], str]) -> Bundle:
+    """The loop options, each showing `default(field)` as its default in the help (the options themselves default to None)."""
 
+    def loop_value(field: str, help: str, kind: Any) -> inspect.Parameter:
+        flag_name = "--" + field.replace("_", "-")
+        return option(field, Annotated[kind | None, value(flag_name, help=help, panel=LOOP_PANEL, show_default=default(field))], None)
 
-LOOP = Bundle(
-    _loop,
-    [
-        option("max_steps", _loop_value("--max-steps", "Optimizer steps in all (on --resume: raise it to train further).", int), None),
-        option("batch_size", _loop_value("--batch-size", "Sequences per micro-batch on each process.", int), None),
-        option("grad_accum", _loop_value("--grad-accum", "Micro-batches per optimizer step.", int), None),
-        option("lr", _loop_value("--lr", "Peak learning rate (AdamW).", float), None),
-        option("min_lr", _loop_value("--min-lr", "Learning rate at the end of the cosine decay.", float), None),
-        option("warmup", _loop_value("--warmup", "Steps of linear warmup.", int), None),
-        option("weight_decay", _loop_value("--weight-decay", "AdamW weight decay (matrices only).", float), None),
-        option("grad_clip", _loop_value("--grad-clip", "Clip the gradient norm to this (0 = off).", float), None),
-        option("seed", _loop_value("--seed", "Seed for initialisation, data order and the held-out split.", int), None),
-        option("precision", _loop_value("--precision", "auto (bfloat16 autocast on CUDA, float32 on CPU), float32 or bfloat16.", Precision), None),
-        option("eval_every", _loop_value("--eval-every", "Steps between validation losses.", int), None),
-        option("eval_batches", _loop_value("--eval-batches", "Batches in each validation.", int), None),
-        option("log_every", _loop_value("--log-every", "Steps between lines of metrics.jsonl.", int), None),
-        option("save_every", _loop_value("--save-every", "Steps between checkpoints.", int), None),
-        option(
-            "device",
-            Annotated[
-                str,
-                value("--device", help="auto (CUDA when present, under torchrun the rank's GPU), cpu, cuda or cuda:N.", panel=LOOP_PANEL, callback=check_device),
-            ],
-            "auto",
-        ),
-        option(
-            "fsdp",
-            Annotated[
-                bool,
-                flag(
-                    "--fsdp",
-                    help="Under torchrun: shard the model, gradients and optimizer state over the processes (FSDP) instead of replicating them (DDP).",
-                    panel=LOOP_PANEL,
-                ),
-            ],
-            False,
-        ),
-        option("threads", ThreadsOpt, None),
-    ],
-)
+    return Bundle(
+        _loop,
+        [
+            loop_value("max_steps", "Optimizer steps in all (on --resume: raise it to train further).", int),
+            loop_value("batch_size", "Sequences per micro-batch on each process.", int),
+            loop_value("grad_accum", "Micro-batches per optimizer step.", int),
+            loop_value("lr", "Peak learning rate (AdamW).", float),
+            loop_value("min_lr", "Learning rate at the end of the cosine decay.", float),
+            loop_value("warmup", "Steps of linear warmup.", int),
+            loop_value("weight_decay", "AdamW weight decay (matrices only).", float),
+            loop_value("grad_clip", "Clip the gradient norm to this (0 = off).", float),
+            loop_value("seed", "Seed for initialisation, data order and the held-out split.", int),
+            loop_value("precision", "bfloat16 autocast on CUDA with auto, float32 on CPU.", Precision),
+            loop_value("eval_every", "Steps between validation losses.", int),
+            loop_value("eval_batches", "Batches in each validation.", int),
+            loop_value("log_every", "Steps between lines of metrics.jsonl.", int),
+            loop_value("save_every", "Steps between checkpoints.", int),
+            option(
+                "device",
+                Annotated[
+                    str,
+                    value("--device", help="auto (CUDA when present, under torchrun the rank's GPU), cpu, cuda or cuda:N.", panel=LOOP_PANEL, callback=check_device),
+                ],
+                "auto",
+            ),
+            option(
+                "fsdp",
+                Annotated[
+                    bool,
+                    flag(
+                        "--fsdp",
+                        help="Under torchrun: shard the model, gradients and optimizer state over the processes (FSDP) instead of replicating them (DDP).",
+                        panel=LOOP_PANEL,
+                    ),
+                ],
+                False,
+            ),
+            option("threads", ThreadsOpt, None),
+        ],
+    )

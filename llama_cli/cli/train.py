@@ -11,20 +11,49 @@ import json
 import math
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import UsageError
+from ..train_settings import DEFAULT_LOOP, FULL_LOOP, PRESETS, LoopSettings, PretrainSettings
 from .errors import handles_errors
-from .options import LOOP, LoopOptions, ModelOpt, NoCacheOpt, bundled
+from .options import LoopOptions, ModelOpt, NoCacheOpt, bundled, check_template, loop_bundle, value
 
 MODEL_SHAPE_PANEL, DATA_PANEL, LORA_PANEL = "Model shape", "Data", "LoRA"
+TrainPreset = Enum("TrainPreset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
+TokenizerType = Enum("TokenizerType", {name: name for name in ("bpe", "unigram")}, type=str)  # type: ignore[misc]
+
+
+def _setting_default(settings: type, field: str) -> str:
+    return str(settings.__dataclass_fields__[field].default)
+
+
+def _preset_default(field: str) -> str:
+    """A training default as `--help` shows it: the one value, or each preset's ("tiny 300, small 5000, ...")."""
+    values = [getattr(p, field) if hasattr(p, field) else p.loop.get(field, _setting_default(LoopSettings, field)) for p in PRESETS.values()]
+    if len(set(map(str, values))) == 1:
+        return str(values[0])
+    return ", ".join(f"{name} {v}" for name, v in zip(PRESETS, values))
+
+
+def _finetune_default(field: str) -> str:
+    lora, full = DEFAULT_LOOP.get(field, _setting_default(LoopSettings, field)), FULL_LOOP.get(field, _setting_default(LoopSettings, field))
+    return str(lora) if lora == full else f"{lora}, with --full {full}"
+
+
+def _shape(name: str, field: str, help: str, panel: str = MODEL_SHAPE_PANEL) -> Any:
+    return Annotated[int | None, value(name, help=help, panel=panel, show_default=_preset_default(field))]
+
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).", show_default=False)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its own settings.")]
-ValFractionOpt = Annotated[float | None, typer.Option("--val-fraction", help="Share of the data held out for validation.", rich_help_panel=DATA_PANEL, show_default=False)]
+
+
+def _val_fraction(default: str) -> Any:
+    return Annotated[float | None, value("--val-fraction", help="Share of the data held out for validation.", panel=DATA_PANEL, show_default=default)]
 
 
 def _setup(threads: int | None) -> bool:
@@ -48,22 +77,36 @@ def _finish(result: Any, out: Path, main: bool, what: str, hint: str) -> None:
 
 
 @handles_errors
-@bundled(run=LOOP)
+@bundled(run=loop_bundle(_preset_default))
 def train(
     *,
     data: Annotated[list[str] | None, typer.Argument(help="Text files, folders of them (.txt .md .rst .jsonl), or JSONL with a \"text\" field. On --resume: the run's own by default.", metavar="DATA", show_default=False)] = None,
     out: OutOpt,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Model size and loop defaults: tiny, small, base or large (default tiny).", show_default=False)] = None,
+    preset: Annotated[
+        TrainPreset | None,
+        value("--preset", "-p", help="Model size and loop defaults.", show_default=_setting_default(PretrainSettings, "preset")),
+    ] = None,
     resume: ResumeOpt = False,
-    dim: Annotated[int | None, typer.Option("--dim", help="Width of the residual stream.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
-    layers: Annotated[int | None, typer.Option("--layers", help="Transformer blocks.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
-    heads: Annotated[int | None, typer.Option("--heads", help="Attention heads.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
-    kv_heads: Annotated[int | None, typer.Option("--kv-heads", help="Key/value heads (fewer than --heads: grouped-query attention).", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length: the training sequence length.", rich_help_panel=MODEL_SHAPE_PANEL, show_default=False)] = None,
-    vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="Pieces of the sentencepiece tokenizer trained on the corpus.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
-    tokenizer_type: Annotated[str | None, typer.Option("--tokenizer-type", help="bpe or unigram (with byte fallback).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
-    tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="Reuse this tokenizer instead of training one: a tokenizer.model, a model folder, a GGUF or a known model name.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
-    val_fraction: ValFractionOpt = None,
+    dim: _shape("--dim", "dim", "Width of the residual stream.") = None,
+    layers: _shape("--layers", "n_layers", "Transformer blocks.") = None,
+    heads: _shape("--heads", "n_heads", "Attention heads.") = None,
+    kv_heads: _shape("--kv-heads", "n_kv_heads", "Key/value heads (fewer than --heads: grouped-query attention).") = None,
+    ctx: _shape("--ctx", "context_length", "Context length: the training sequence length.") = None,
+    vocab_size: _shape("--vocab-size", "vocab_size", "Pieces of the sentencepiece tokenizer trained on the corpus.", DATA_PANEL) = None,
+    tokenizer_type: Annotated[
+        TokenizerType | None,
+        value("--tokenizer-type", help="unigram has byte fallback too.", panel=DATA_PANEL, show_default=_setting_default(PretrainSettings, "tokenizer_kind")),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        value(
+            "--tokenizer",
+            help="Reuse this tokenizer instead of training one: a tokenizer.model, a model folder, a GGUF or a known model name.",
+            panel=DATA_PANEL,
+            show_default=False,
+        ),
+    ] = None,
+    val_fraction: _val_fraction(_setting_default(PretrainSettings, "val_fraction")) = None,
     run: LoopOptions,
 ) -> None:
     """Pretrain a model from scratch: train a tokenizer on the corpus, then the model; OUT loads in generate, chat and the presets.
@@ -86,8 +129,8 @@ def train(
 
     main = _setup(run.threads)
     cli = {
-        "data": data, "preset": preset, "dim": dim, "n_layers": layers, "n_heads": heads, "n_kv_heads": kv_heads, "context_length": ctx,
-        "vocab_size": vocab_size, "tokenizer": tokenizer, "tokenizer_kind": tokenizer_type, "val_fraction": val_fraction,
+        "data": data, "preset": preset and preset.value, "dim": dim, "n_layers": layers, "n_heads": heads, "n_kv_heads": kv_heads, "context_length": ctx,
+        "vocab_size": vocab_size, "tokenizer": tokenizer, "tokenizer_kind": tokenizer_type and tokenizer_type.value, "val_fraction": val_fraction,
     }  # fmt: skip
     settings = resolve(cli, run.loop, out, resume=resume)
     result = pretrain(settings, resume=resume, device=run.device, fsdp=run.fsdp)
@@ -97,7 +140,7 @@ def train(
 
 
 @handles_errors
-@bundled(run=LOOP)
+@bundled(run=loop_bundle(_finetune_default))
 def finetune(
     *,
     data: Annotated[str | None, typer.Argument(help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line. On --resume: the run\'s own by default.', metavar="DATA", show_default=False)] = None,
@@ -110,9 +153,18 @@ def finetune(
     lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="Adapter scale numerator: updates are scaled by alpha/rank (default 16).", rich_help_panel=LORA_PANEL, show_default=False)] = None,
     lora_targets: Annotated[str | None, typer.Option("--lora-targets", help="Comma-separated layers to adapt (default all: wq,wk,wv,wo,w1,w2,w3).", rich_help_panel=LORA_PANEL, show_default=False)] = None,
     val: Annotated[str | None, typer.Option("--val", help="Held-out examples (JSONL) instead of a share of DATA.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
-    val_fraction: ValFractionOpt = None,
+    val_fraction: _val_fraction("0.1") = None,  # finetune.FinetuneSettings.val_fraction (finetune.py imports torch)
     max_len: Annotated[int | None, typer.Option("--max-len", help="Longest example in tokens (default: the model's context); longer ones are an error.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
-    template: Annotated[str | None, typer.Option("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    template: Annotated[
+        str | None,
+        value(
+            "--template",
+            help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.",
+            panel=DATA_PANEL,
+            show_default="auto",
+            callback=check_template,
+        ),
+    ] = None,
     run: LoopOptions,
 ) -> None:
     """Fine-tune a model on chat examples, with LoRA adapters by default; loss only on the assistant's tokens.
