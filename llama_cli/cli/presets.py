@@ -1,4 +1,4 @@
-"""`llama summarize`, `llama translate` and `llama qa`: the recipes of presets.py, run through chunking.py.
+"""`llama summarize`, `llama translate` and `llama qa`: the recipes of presets/recipes.py, run by presets/run.py.
 
 Built for pipes: input from files or stdin, the answer alone on stdout (ending in a newline),
 progress, notes and stats on stderr (render_presets.py). Greedy unless -t is given; prompt-lookup
@@ -20,8 +20,8 @@ from .options import PRESET, PRESET_PANEL, Length, PresetOptions, bundled
 from .render_presets import run_preset
 
 if TYPE_CHECKING:
-    from ..chunking import Runner
-    from ..presets import Recipe
+    from ..presets.recipes import Recipe
+    from ..presets.run import Runner
 
 FilesArg = Annotated[list[str] | None, typer.Argument(help="Text files, read in order; none or '-' reads stdin.", metavar="FILE", show_default=False)]
 
@@ -29,7 +29,7 @@ FilesArg = Annotated[list[str] | None, typer.Argument(help="Text files, read in 
 def make_runner(recipe: Recipe, options: PresetOptions) -> Runner:
     """Load the model and set up a Runner with `recipe`'s defaults for what the options leave out."""
     from ..chat_template import check_builtin_template
-    from ..chunking import Runner
+    from ..presets.run import Runner
     from ..settings import make_settings
 
     penalties = dict(options.penalties)
@@ -74,15 +74,15 @@ def summarize(
 
       llama summarize --bullets --json notes.md | tail -1 | jq -r '.data.points[]'
     """
-    from .. import chunking, presets
+    from ..presets import recipes, run
 
-    fields = presets.summary_fields(length=length.value, words=words, bullets=bullets, focus=focus)
-    n = options.max_tokens or presets.summary_tokens(length=length.value, words=words)
+    fields = recipes.summary_fields(length=length.value, words=words, bullets=bullets, focus=focus)
+    n = options.max_tokens or recipes.summary_tokens(length=length.value, words=words)
     document = read_documents(files)
-    runner = make_runner(presets.SUMMARIZE, options)
+    runner = make_runner(recipes.SUMMARIZE, options)
     runner.bullets = bullets  # '- ' lines, held by a constraint: a small model often answers "a list" with prose
     runner.structured = bullets and options.json_output  # the done event's "data": {"points": [...]}, each a string
-    _run("summarize", runner, chunking.summarize(runner, document, fields, n), options)
+    _run("summarize", runner, run.summarize(runner, document, fields, n), options)
 
 
 @handles_errors
@@ -104,12 +104,12 @@ def translate(
 
       llama translate --from German --to English brief.txt > brief.en.txt
     """
-    from .. import chunking, presets
+    from ..presets import recipes, run
 
-    fields = presets.translate_fields(target=to, source=source)
+    fields = recipes.translate_fields(target=to, source=source)
     document = read_documents(files)
-    runner = make_runner(presets.TRANSLATE, options)
-    _run("translate", runner, chunking.translate(runner, document, fields, options.max_tokens), options)
+    runner = make_runner(recipes.TRANSLATE, options)
+    _run("translate", runner, run.translate(runner, document, fields, options.max_tokens), options)
 
 
 @handles_errors
@@ -138,12 +138,12 @@ def qa(
 
       llama qa --json "Who built it?" -c eiffel.txt | tail -1 | jq .data
     """
-    from .. import chunking, presets
+    from ..presets import recipes, run
 
     if not question.strip():
         raise UsageError("the question is empty")
-    n = options.max_tokens or presets.QA.max_tokens
+    n = options.max_tokens or recipes.QA.max_tokens
     document = read_documents(context_files, option="--context FILE")
-    runner = make_runner(presets.QA, options)
+    runner = make_runner(recipes.QA, options)
     runner.structured = options.json_output  # the done event's "data": {"answer": ..., "quotes": [context sentences, verbatim]}
-    _run("qa", runner, chunking.answer(runner, document, question, n, quote=quote), options)
+    _run("qa", runner, run.answer(runner, document, question, n, quote=quote), options)

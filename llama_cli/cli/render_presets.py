@@ -16,7 +16,7 @@ import typer
 from ..textio import write_out
 
 if TYPE_CHECKING:
-    from ..chunking import Runner, Step
+    from ..presets.run import Runner, Step
 
 
 class Trim:
@@ -147,7 +147,7 @@ def _run_step(step: Step, number: int, *, as_json: bool) -> str:
             record = json.loads(token_json(event, generation.tokenizer))
             write_out(json.dumps({**record, "step": number}, ensure_ascii=False) + "\n")
         return ""
-    from ..chunking import WHOLE_SENTENCE_END, whole_sentences
+    from ..presets.split import WHOLE_SENTENCE_END, whole_sentences
 
     # Released a whole sentence (or line) at a time, so that an answer cut at -n can end at its last
     # whole sentence (Step.text, what --json and the next steps see, ends there too).

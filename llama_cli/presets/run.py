@@ -1,212 +1,39 @@
-"""Inputs of any length for the presets: count tokens, split, and run the recipes chunk by chunk.
+"""Running the recipes over inputs of any length: each preset is a generator of `Step`s.
 
-Input that fits the context window (with room for the answer) is sent whole. Longer input is cut
-into consecutive chunks at paragraph breaks, else line breaks, else sentence ends, else spaces
-(else, for a run of text with no space at all, at any character); the chunks cover every
-character of the input, so nothing is dropped silently. Then:
+Input that fits the context window (with room for the answer) is sent whole. Longer input is
+split (split.py), then:
 
 - summarize maps each chunk to a partial summary and reduces the partial summaries, in order,
   to one summary (in several rounds when they do not fit together);
 - translate goes paragraph by paragraph (long paragraphs chunk by chunk) and joins the
   translations with the input's own whitespace, so the layout is kept whatever the model does;
-- qa ranks the chunks by BM25 against the question and answers from the best ones that fit,
-  saying on stderr how many were left out.
+- qa ranks the chunks by BM25 (rank.py) against the question and answers from the best ones
+  that fit, saying on stderr how many were left out.
 
-Each preset is a generator of `Step`s: the caller runs (or streams) `step.generation` between
-steps, and the generator reads its text when it resumes. Reference for BM25: Robertson and
-Zaragoza, "The Probabilistic Relevance Framework: BM25 and Beyond" (2009).
+The caller runs (or streams) `step.generation` between steps, and the generator reads its text
+when it resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import re
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .chat_template import Message
-from .errors import LlamaError, UsageError
-from .presets import CANNOT_TELL, COMBINE, QA, SUMMARIZE, SUMMARIZE_PART, TRANSLATE, Recipe, points, points_spec
+from ..chat_template import Message
+from ..errors import LlamaError, UsageError
+from .rank import bm25_scores, supporting_sentences, terms
+from .recipes import CANNOT_TELL, COMBINE, QA, SUMMARIZE, SUMMARIZE_PART, TRANSLATE, Recipe, points, points_spec
+from .split import BLANK_LINE, MARGIN, MIN_CHUNK, Chunk, pack, split_text, whole_sentences
 
 if TYPE_CHECKING:
-    from .api import LLM
-    from .generation import Generation, GenerationSettings
-    from .schema import Spec
+    from ..api import LLM
+    from ..generation import Generation, GenerationSettings
+    from ..schema import Spec
 
 Stage = Literal["summarize", "map", "reduce", "translate", "answer"]
-Count = Callable[[str], int]
-
-MARGIN = 8  # tokens kept free: counts of joined pieces can differ slightly from the sum of their parts
-MIN_CHUNK = 32  # a context that leaves less room than this per chunk is too small to be useful
-# Cut points, coarsest first; each cut falls after the separator, so chunks keep their whitespace.
-SEPARATORS = (re.compile(r"\n[ \t]*\n\s*"), re.compile(r"\n\s*"), re.compile(r"(?<=[.!?;:。！？])\s+"), re.compile(r"\s+"))
-SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n\s*")
-BLANK_LINE = re.compile(r"\n[ \t]*\n")
-# Where a whole sentence (or line) ends: closing punctuation and any quotes or brackets after it,
-# then whitespace; or a line break. An answer cut at -n is cut back to the last one.
-WHOLE_SENTENCE_END = re.compile(r"[.!?。！？][\"'”’)\]]*(?=\s)|[.!?。！？][\"'”’)\]]*$|(?=\n)")
-
-
-@dataclass(frozen=True)
-class Chunk:
-    index: int
-    start: int  # character offsets in the input: chunk i ends where chunk i+1 starts
-    end: int
-    text: str  # input[start:end], surrounding whitespace included
-    tokens: int  # of the text without its surrounding whitespace
-
-
-def split_text(text: str, max_tokens: int, count: Count, *, merge_paragraphs: bool = True) -> list[Chunk]:
-    """Consecutive chunks covering all of `text`, each at most `max_tokens` tokens (without its whitespace).
-
-    Pieces are merged back up to `max_tokens`; with `merge_paragraphs=False` every paragraph stays
-    a chunk of its own (long ones are still split), which is how translate keeps the layout.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    spans = _split(text, 0, len(text), 0, max_tokens, count, merge=merge_paragraphs)
-    return [Chunk(i, s, e, text[s:e], n) for i, (s, e, n) in enumerate(spans)]
-
-
-def _split(text: str, start: int, end: int, level: int, budget: int, count: Count, *, merge: bool) -> list[tuple[int, int, int]]:
-    tokens = count(text[start:end].strip())
-    if tokens <= budget and (merge or level > 0):
-        return [(start, end, tokens)]
-    if level == len(SEPARATORS):
-        return _cut_anywhere(text, start, end, budget, count)
-    pieces: list[tuple[int, int, int]] = []
-    for s, e in _cuts(text, start, end, SEPARATORS[level]):
-        pieces.extend(_split(text, s, e, level + 1, budget, count, merge=True))
-    if not merge and level == 0:
-        return pieces
-    return _pack(text, pieces, budget, count)
-
-
-def _cuts(text: str, start: int, end: int, separator: re.Pattern[str]) -> list[tuple[int, int]]:
-    """text[start:end] cut after each separator; whitespace-only pieces join their neighbour."""
-    bounds = [start] + [m.end() for m in separator.finditer(text, start, end) if start < m.end() < end] + [end]
-    spans = [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
-    merged: list[tuple[int, int]] = []
-    for a, b in spans:
-        if merged and not text[merged[-1][0] : merged[-1][1]].strip():
-            merged[-1] = (merged[-1][0], b)  # a leading blank piece joins the next one
-        else:
-            merged.append((a, b))
-    return merged
-
-
-def _cut_anywhere(text: str, start: int, end: int, budget: int, count: Count) -> list[tuple[int, int, int]]:
-    """Text without usable separators: cut at the longest prefix that fits (binary search on characters)."""
-    out: list[tuple[int, int, int]] = []
-    while start < end:
-        lo, hi = start + 1, end
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if count(text[start:mid].strip()) <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        out.append((start, lo, count(text[start:lo].strip())))
-        start = lo
-    return out
-
-
-def pack(sizes: Sequence[int], budget: int, *, joiner: int = 1) -> list[list[int]]:
-    """Group consecutive items (by index) so that each group's sizes, plus `joiner` between items, fit `budget`."""
-    groups: list[list[int]] = []
-    total = 0
-    for i, size in enumerate(sizes):
-        if groups and total + joiner + size <= budget:
-            groups[-1].append(i)
-            total += joiner + size
-        else:
-            groups.append([i])
-            total = size
-    return groups
-
-
-def _pack(text: str, pieces: list[tuple[int, int, int]], budget: int, count: Count) -> list[tuple[int, int, int]]:
-    out: list[tuple[int, int, int]] = []
-    queue = [[pieces[i] for i in group] for group in pack([n for _, _, n in pieces], budget)]
-    while queue:
-        group = queue.pop(0)
-        start, end = group[0][0], group[-1][1]
-        tokens = count(text[start:end].strip()) if len(group) > 1 else group[0][2]
-        if tokens > budget:  # rare: the joined text counts more than its parts; give back the last piece
-            queue[:0] = [group[:-1], group[-1:]]
-            continue
-        out.append((start, end, tokens))
-    return out
-
-
-# --- BM25 ranking -----------------------------------------------------------------------------
-
-STOPWORD_TEXT = (
-    "a an and are as at be been by did do does for from had has have he her his how i if in into is it its "
-    "me my no not of on or our she so than that the their them then there these they this to was we were "
-    "what when where which who whom why will with you your"
-)
-STOPWORDS = frozenset(STOPWORD_TEXT.split())
-
-
-def terms(text: str) -> list[str]:
-    """Lower-cased words without stop words, crudely stemmed (completed, completes -> complet)."""
-    out = []
-    for word in re.findall(r"\w+", text.lower()):
-        if word in STOPWORDS:
-            continue
-        for suffix in ("ing", "ed", "es", "s"):
-            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-                word = word[: -len(suffix)]
-                break
-        out.append(word)
-    return out
-
-
-def bm25_scores(query: str, documents: Sequence[str], *, k1: float = 1.5, b: float = 0.75) -> list[float]:
-    """Okapi BM25 score of each document for the query's terms (0 when none occurs)."""
-    docs = [Counter(terms(d)) for d in documents]
-    lengths = [sum(d.values()) for d in docs]
-    average = (sum(lengths) / len(docs) if docs else 0) or 1.0
-    df = Counter(t for d in docs for t in d)
-    wanted = set(terms(query))
-    scores = []
-    for doc, length in zip(docs, lengths):
-        score = 0.0
-        for term in wanted & doc.keys():
-            idf = math.log((len(docs) - df[term] + 0.5) / (df[term] + 0.5) + 1)
-            tf = doc[term]
-            score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average))
-        scores.append(score)
-    return scores
-
-
-# A line break inside a sentence (hard-wrapped text: licences, READMEs, e-mail): not after closing
-# punctuation or a colon, and not before a blank line, a list item, a heading or a quote.
-WRAPPED_LINE_BREAK = re.compile(r"(?<![.!?:。！？\n])[ \t]*\n[ \t]*(?!\n|[-*•#>]|\d+[.)]\s)")
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of `text`, hard-wrapped lines joined with a space (otherwise verbatim)."""
-    return [s.strip() for s in SENTENCE_END.split(WRAPPED_LINE_BREAK.sub(" ", text)) if s.strip()]
-
-
-def supporting_sentences(answer: str, question: str, context: str, *, limit: int = 2) -> list[str]:
-    """The context sentences that share the most (rare) words with the answer, in context order."""
-    units = sentences(context)
-    if not units or not terms(answer):
-        return []
-    by_answer = bm25_scores(answer, units)
-    by_question = bm25_scores(question, units)
-    ranked = sorted((i for i in range(len(units)) if by_answer[i] > 0), key=lambda i: -(by_answer[i] + 0.5 * by_question[i]))
-    return [units[i] for i in sorted(ranked[:limit])]
-
-
-# --- Running the recipes ----------------------------------------------------------------------
 
 
 @dataclass
@@ -239,18 +66,12 @@ class Step:
         return whole_sentences(text) if self.cut_back else text
 
 
-def whole_sentences(text: str) -> str:
-    """`text` up to the end of its last whole sentence or line; all of it when none ends in it."""
-    ends = [m.end() for m in WHOLE_SENTENCE_END.finditer(text) if m.end() > 0]
-    return text[: ends[-1]].rstrip() if ends else text
-
-
 def match_layout(source: str) -> Callable[[str], str]:
     """A function that removes line breaks (or blank lines) from a translation where `source` has none.
 
     Small models like to start new paragraphs; the translation of one paragraph stays one
     paragraph, so that the input's layout is the output's. Works on streamed pieces too, as long
-    as each whitespace run arrives whole (cli_presets.Trim holds trailing whitespace back).
+    as each whitespace run arrives whole (cli/render_presets.Trim holds trailing whitespace back).
     """
     if "\n" not in source.strip():
         return lambda text: re.sub(r"[ \t]*\n\s*", " ", text)
@@ -291,7 +112,7 @@ class Runner:
     def step(
         self, stage: Stage, index: int, total: int, recipe: Recipe, fields: dict[str, str], max_tokens: int, *, final: bool, constraint: Spec | None = None, **extra: object
     ) -> Step:
-        from .generation import Generation
+        from ..generation import Generation
 
         messages = recipe.messages(**fields)
         ids = self.llm.encode_chat(messages, template=self.template)

@@ -3,7 +3,7 @@
 A recipe is data: a system message and a user message (both `str.format` templates), the answer
 length it expects and its sampling defaults (greedy). Any model's chat template renders the two
 messages, so the same recipe serves every model; `--show-prompt` prints the rendered result.
-How long inputs are split and recombined is chunking.py's job, not this module's.
+How long inputs are split and recombined is split.py's and run.py's job, not this module's.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .chat_template import Message
-from .errors import UsageError
-from .schema import Spec, regex_spec
+from ..chat_template import Message
+from ..errors import UsageError
+from ..schema import Spec, regex_spec
 
 Length = Literal["short", "medium", "long"]
 
