@@ -5,7 +5,7 @@
 
 Formats, by what the path is:
 - a `.gguf` file (architecture llama), or a folder holding exactly one: gguf.py, cached by cache.py;
-- a folder with llama.json: our native format (huggingface.py), what the cache and training write;
+- a folder with llama.json: our native format (native.py), what the cache and training write;
 - a folder with config.json and safetensors: a Hugging Face Llama checkpoint (huggingface.py);
 - a folder with params.json and consolidated.*.pth: a Meta checkpoint (meta.py).
 A file inside such a folder (config.json, model.safetensors, ...) loads its folder.
@@ -19,8 +19,9 @@ from ..errors import ModelFormatError, ModelNotFoundError
 from .cache import CacheWarning, cache_root, load_gguf_cached
 from .common import Checkpoint
 from .gguf_header import MAGIC
-from .huggingface import NATIVE_CONFIG, load_huggingface, load_native, save_native
+from .huggingface import load_huggingface
 from .meta import load_meta
+from .native import NATIVE_CONFIG, load_native, save_native
 
 __all__ = ["CacheWarning", "Checkpoint", "cache_root", "load_checkpoint", "save_native"]
 

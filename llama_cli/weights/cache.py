@@ -31,7 +31,8 @@ from ..config import ModelConfig
 from ..errors import LlamaError, ModelFormatError
 from ..paths import cache_root
 from .common import Checkpoint
-from .huggingface import NATIVE_CONFIG, ORIGIN, read_json
+from .huggingface import read_json
+from .native import NATIVE_CONFIG, ORIGIN
 
 CONVERTER_VERSION = 2  # bump when an entry's contents change: old entries are then ignored (and pruned)
 STALE_TEMP_SECONDS = 3600

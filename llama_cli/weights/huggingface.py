@@ -1,13 +1,9 @@
-"""Safetensors model folders: Hugging Face `LlamaForCausalLM` checkpoints, and our own "native" folders.
+"""Hugging Face `LlamaForCausalLM` folders, and the safetensors reading they share with native.py.
 
 A Hugging Face folder holds config.json, model.safetensors (or shards listed in
 model.safetensors.index.json) and tokenizer files. Its q/k rows are already in the "rotate half"
-layout the model uses, so tensors only need renaming.
-
-A native folder is what the GGUF cache (and later, training) writes: llama.json (`ModelConfig`
-as JSON), model.safetensors under internal names, tokenizer files as `Tokenizer.save` writes
-them, optionally chat_template.jinja and origin.json (where a converted model came from).
-Both are memory-mapped by safetensors: loading takes milliseconds. No pickle, no remote code.
+layout the model uses, so tensors only need renaming. The tensors are memory-mapped by
+safetensors: loading takes milliseconds. No pickle, no remote code.
 """
 
 from __future__ import annotations
@@ -19,15 +15,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..config import ModelConfig
 from ..errors import ModelFormatError
-from ..tokenizer import Tokenizer, chat_template_from_folder, load_tokenizer
+from ..tokenizer import chat_template_from_folder, load_tokenizer
 from .common import Checkpoint, check_tokenizer, check_weights, dtype_label, rename, rope_scaling_from_dict
 
-NATIVE_CONFIG = "llama.json"
-ORIGIN = "origin.json"
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 # Hugging Face tensor name -> internal name ({i} is the layer number).
@@ -133,45 +126,10 @@ def load_huggingface(folder: Path) -> Checkpoint:
     if config.tie_embeddings:
         names.pop("output.weight", None)  # some tied checkpoints store a copy of the embedding
     weights = {internal: tensors[name] for internal, name in names.items()}
-    return _finish(folder, config, weights, "huggingface", dtype_label(weights))
+    return finish_checkpoint(folder, config, weights, "huggingface", dtype_label(weights))
 
 
-# ---------------------------------------------------------------- native
-
-
-def load_native(folder: Path) -> Checkpoint:
-    """A folder `save_native` wrote; `quantization` comes from origin.json when it was converted."""
-    try:
-        config = ModelConfig.from_dict(read_json(folder / NATIVE_CONFIG))
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        raise ModelFormatError(f"{folder / NATIVE_CONFIG}: not a valid model config: {exc}") from exc
-    weights = load_safetensors(folder)
-    origin = read_json(folder / ORIGIN) if (folder / ORIGIN).is_file() else {}
-    label = origin.get("quantization")
-    return _finish(folder, config, weights, "native", label if isinstance(label, str) else dtype_label(weights))
-
-
-def save_native(
-    folder: Path,
-    config: ModelConfig,
-    weights: Mapping[str, torch.Tensor],
-    tokenizer: Tokenizer,
-    chat_template: str | None,
-    *,
-    origin: Mapping[str, Any] | None = None,
-) -> None:
-    """Write a native folder into `folder` (created if needed): `load_native(folder)` gives the model back."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / NATIVE_CONFIG).write_text(config.to_json() + "\n", encoding="utf-8")
-    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(folder / SINGLE), metadata={"format": "pt"})
-    tokenizer.save(folder)
-    if chat_template is not None:
-        (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
-    if origin is not None:
-        (folder / ORIGIN).write_text(json.dumps(dict(origin), indent=1) + "\n", encoding="utf-8")
-
-
-def _finish(folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], kind: str, quantization: str) -> Checkpoint:
+def finish_checkpoint(folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], kind: str, quantization: str) -> Checkpoint:
     check_weights(config, weights, folder)
     tokenizer = load_tokenizer(folder)
     check_tokenizer(config, tokenizer, folder)
