@@ -98,7 +98,17 @@ cache_app.command(cls=Command)(models.prune)
 cache_app.command(cls=Command)(models.clear)
 
 # The order of `llama --help`.
-for command in (generate.generate, chat.chat, tokenize.tokenize, models.pull, presets.summarize, presets.translate, presets.qa, models.models, models.show):
+for command in (
+    generate.generate,
+    chat.chat,
+    tokenize.tokenize,
+    models.pull,
+    presets.summarize,
+    presets.translate,
+    presets.qa,
+    models.models,
+    models.show,
+):
     app.command(cls=Command)(command)
 app.add_typer(cache_app, name="cache")
 app.command(cls=Command)(models.completions)

@@ -14,10 +14,11 @@ import typer
 
 from ..errors import UsageError
 from ..textio import write_out
+from .bundles import bundled
 from .errors import handles_errors
 from .inputs import read_documents
 from .loader import ModelOptions, load_model
-from .options import JsonDocOpt, bundled, model_bundle
+from .options import JsonDocOpt, model_bundle
 
 
 @handles_errors
@@ -61,9 +62,13 @@ def bench(
     results = run_bench(llm.model, llm.tokenizer, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats)
     config = llm.model.config
     info = {
-        "model": llm.checkpoint.source.name, "quantization": llm.checkpoint.quantization, "params": config.n_params,
-        "path": llm.path_label, "threads": torch.get_num_threads(), "repeats": repeats,
-    }  # fmt: skip
+        "model": llm.checkpoint.source.name,
+        "quantization": llm.checkpoint.quantization,
+        "params": config.n_params,
+        "path": llm.path_label,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
     if json_output:
         write_out(json.dumps({**info, "results": [m.as_dict() for m in results]}) + "\n")
         return
@@ -80,7 +85,9 @@ def bench(
 @bundled(model_options=model_bundle(ctx=False))
 def perplexity(
     *,
-    file: Annotated[str | None, typer.Argument(help="Text file to score; '-' or absent reads stdin.", metavar="FILE", show_default=False)] = None,
+    file: Annotated[
+        str | None, typer.Argument(help="Text file to score; '-' or absent reads stdin.", metavar="FILE", show_default=False)
+    ] = None,
     ctx: Annotated[
         int, typer.Option("--ctx", help="Window length in tokens: the text is scored in non-overlapping windows of this size.")
     ] = 512,
@@ -88,7 +95,10 @@ def perplexity(
         bool,
         typer.Option(
             "--kl-divergence",
-            help="Also run the float32 reference of the same file on the same windows; report KL(reference || this path) and top-1 agreement.",
+            help=(
+                "Also run the float32 reference of the same file on the same windows; report KL(reference || this path) and top-1 "
+                "agreement."
+            ),
         ),
     ] = False,
     json_output: JsonDocOpt = False,
@@ -131,7 +141,12 @@ def perplexity(
 
     if kl_divergence:
         _kl_divergence(
-            llm, load_model(dataclasses.replace(model_options, dtype="float32")), ids, window, json_output=json_output, interactive=interactive
+            llm,
+            load_model(dataclasses.replace(model_options, dtype="float32")),
+            ids,
+            window,
+            json_output=json_output,
+            interactive=interactive,
         )
         return
     result = score(llm.model, ids, window, progress=progress)
@@ -139,7 +154,8 @@ def perplexity(
         write_out(json.dumps({"model": llm.checkpoint.source.name, "path": llm.path_label, **result.as_dict()}) + "\n")
         return
     print(
-        f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s ({llm.path_label})",
+        f"{result.tokens} tokens in {result.windows} window{'s' if result.windows != 1 else ''} of {window}, {result.seconds:.1f} s "
+        f"({llm.path_label})",
         file=sys.stderr,
     )
     write_out(f"perplexity: {result.perplexity:.4f}\n")

@@ -6,6 +6,7 @@ import sys
 from typing import Annotated, Any
 
 from ..errors import UsageError
+from .bundles import bundled
 from .errors import handles_errors
 from .inputs import read_tools
 from .loader import ModelOptions, load_model
@@ -18,7 +19,6 @@ from .options import (
     StructuredOptions,
     TemplateOpt,
     ToolsOpt,
-    bundled,
     flag,
     model_bundle,
     value,
@@ -37,14 +37,27 @@ def chat(
     sampling: dict[str, Any],
     template: TemplateOpt = "auto",
     history: Annotated[
-        str | None, value("--history", help="Start from a conversation saved with /save (a JSON list of messages).", panel=PROMPT_PANEL, show_default=False)
+        str | None,
+        value(
+            "--history",
+            help="Start from a conversation saved with /save (a JSON list of messages).",
+            panel=PROMPT_PANEL,
+            show_default=False,
+        ),
     ] = None,
     tools: ToolsOpt = None,
     markdown: Annotated[bool, flag("--markdown", help="Render replies as Markdown (on a terminal only).", panel=OUTPUT_PANEL)] = False,
     json_lines: Annotated[
-        bool, flag("--json", help='From a pipe: one JSON line per reply ({"turn", "text", "stop_reason", ...}) instead of the text.', panel=OUTPUT_PANEL)
+        bool,
+        flag(
+            "--json",
+            help='From a pipe: one JSON line per reply ({"turn", "text", "stop_reason", ...}) instead of the text.',
+            panel=OUTPUT_PANEL,
+        ),
     ] = False,
-    stats: Annotated[bool, flag("--stats", help="After each reply, print its token counts and speeds on stderr.", panel=OUTPUT_PANEL)] = False,
+    stats: Annotated[
+        bool, flag("--stats", help="After each reply, print its token counts and speeds on stderr.", panel=OUTPUT_PANEL)
+    ] = False,
     structured: StructuredOptions,
     model_options: ModelOptions,
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import LlamaError, UsageError
+from .bundles import bundled
 from .errors import handles_errors
 from .inputs import prompt_from, read_tools
 from .loader import ModelOptions, load_model
@@ -23,7 +24,6 @@ from .options import (
     StructuredOptions,
     TemplateOpt,
     ToolsOpt,
-    bundled,
     flag,
     model_bundle,
     value,
@@ -35,29 +35,39 @@ from .options import (
 @bundled(sampling=SAMPLING, structured=STRUCTURED, model_options=model_bundle(adapter=True))
 def generate(
     *,
-    prompt: Annotated[str | None, typer.Argument(help="Text to continue; '-' or absent reads stdin.", metavar="PROMPT", show_default=False)] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="Text to continue; '-' or absent reads stdin.", metavar="PROMPT", show_default=False)
+    ] = None,
     max_tokens: Annotated[int, value("--max-tokens", "-n", help="Most tokens to generate.", panel=SAMPLING_PANEL)] = 256,
     sampling: dict[str, Any],
     stop: Annotated[
-        list[str] | None, value("--stop", help="End the text at this string (repeatable); it is not printed.", panel=SAMPLING_PANEL, show_default=False)
+        list[str] | None,
+        value("--stop", help="End the text at this string (repeatable); it is not printed.", panel=SAMPLING_PANEL, show_default=False),
     ] = None,
-    ignore_eos: Annotated[bool, flag("--ignore-eos", help="Never stop at end-of-sequence: produce exactly -n tokens.", panel=SAMPLING_PANEL)] = False,
+    ignore_eos: Annotated[
+        bool, flag("--ignore-eos", help="Never stop at end-of-sequence: produce exactly -n tokens.", panel=SAMPLING_PANEL)
+    ] = False,
     samples: Annotated[int, value("--samples", help="Completions of the same prompt (sample i uses seed+i).", panel=SAMPLING_PANEL)] = 1,
     lookup: Annotated[
         int,
         value(
             "--lookup",
-            help="Prompt-lookup decoding: draft up to N tokens copied from the prompt and verify them in one pass (0 = off). Faster when the"
-            " text repeats its prompt; the same text with --dtype float32 (on the int4 fast path rounding can change it).",
+            help="Prompt-lookup decoding: draft up to N tokens copied from the prompt and verify them in one pass (0 = off). Faster"
+            " when the text repeats its prompt; the same text with --dtype float32 (on the int4 fast path rounding can change it).",
             panel=SAMPLING_PANEL,
         ),
     ] = 0,
     chat: Annotated[bool, flag("--chat", help="Wrap the prompt as a user turn in the model's chat template.", panel=PROMPT_PANEL)] = False,
-    system: Annotated[str | None, value("--system", "-s", help="System message (implies --chat).", panel=PROMPT_PANEL, show_default=False)] = None,
+    system: Annotated[
+        str | None, value("--system", "-s", help="System message (implies --chat).", panel=PROMPT_PANEL, show_default=False)
+    ] = None,
     template: TemplateOpt = "auto",
     tools: ToolsOpt = None,
     truncate: Annotated[
-        bool, flag("--truncate", help="If the prompt does not fit the context, keep its end (and say so) instead of refusing.", panel=PROMPT_PANEL)
+        bool,
+        flag(
+            "--truncate", help="If the prompt does not fit the context, keep its end (and say so) instead of refusing.", panel=PROMPT_PANEL
+        ),
     ] = False,
     json_output: JsonOpt = False,
     logprobs: Annotated[
@@ -71,7 +81,8 @@ def generate(
     stats: StatsOpt = False,
     structured: StructuredOptions,
     truncate_ok: Annotated[
-        bool, flag("--truncate-ok", help="Exit 0 even when -n cuts the constrained value short (it is then not valid).", panel=STRUCTURED_PANEL)
+        bool,
+        flag("--truncate-ok", help="Exit 0 even when -n cuts the constrained value short (it is then not valid).", panel=STRUCTURED_PANEL),
     ] = False,
     model_options: ModelOptions,
     server: Annotated[
@@ -107,18 +118,45 @@ def generate(
 
         s = structured
         refuse_local_only(
-            model=model_options.model, adapter=model_options.adapter, lookup=lookup, logprobs=logprobs, tools=tools, template=template,
-            schema=s.schema, schema_multi=s.schema_multi, regex=s.regex, choice=s.choice, grammar=s.grammar, json_output=s.json_object,
-        )  # fmt: skip
+            model=model_options.model,
+            adapter=model_options.adapter,
+            lookup=lookup,
+            logprobs=logprobs,
+            tools=tools,
+            template=template,
+            schema=s.schema,
+            schema_multi=s.schema_multi,
+            regex=s.regex,
+            choice=s.choice,
+            grammar=s.grammar,
+            json_output=s.json_object,
+        )
         options = {"max_tokens": max_tokens, **sampling, "stop": stop or None, "ignore_eos": ignore_eos}
         options["repeat_penalty"] = options.pop("repetition_penalty")  # the server's request field
         text = prompt_from(prompt)
-        return remote_generate(server, text, chat=chat, system=system, samples=samples, options=options, json_output=json_output, stats=stats, truncate=truncate)
+        return remote_generate(
+            server,
+            text,
+            chat=chat,
+            system=system,
+            samples=samples,
+            options=options,
+            json_output=json_output,
+            stats=stats,
+            truncate=truncate,
+        )
     from ..settings import make_settings
 
     spec = structured.spec()
     settings = make_settings(
-        max_tokens=max_tokens, **sampling, stop=stop, ignore_eos=ignore_eos, samples=samples, logprobs=logprobs, lookup=lookup, constraint=spec
+        max_tokens=max_tokens,
+        **sampling,
+        stop=stop,
+        ignore_eos=ignore_eos,
+        samples=samples,
+        logprobs=logprobs,
+        lookup=lookup,
+        constraint=spec,
     )
     wants_chat = chat or system is not None
     if spec is not None and wants_chat and not structured.no_schema_prompt:
@@ -145,7 +183,8 @@ def generate(
     kept = fit_context(ids, settings.max_tokens, context, truncate=truncate)
     if len(kept) < len(ids):
         print(
-            f"llama: warning: prompt of {len(ids)} tokens cut to its last {len(kept)} to fit the {context}-token context with -n {settings.max_tokens}",
+            f"llama: warning: prompt of {len(ids)} tokens cut to its last {len(kept)} to fit the {context}-token context with -n "
+            f"{settings.max_tokens}",
             file=sys.stderr,
         )
 

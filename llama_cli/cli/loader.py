@@ -38,7 +38,9 @@ class ModelLoader:
 
         path = resolve_model(options.model)
         if (path / ADAPTER_CONFIG).is_file():
-            raise UsageError(f"{path} is a LoRA adapter, not a model: give it as --adapter {path} (with -m its base model, if not the default)")
+            raise UsageError(
+                f"{path} is a LoRA adapter, not a model: give it as --adapter {path} (with -m its base model, if not the default)"
+            )
         return _load_path(str(path), options.dtype, options.device, options.threads, options.no_cache, options.adapter)
 
 

@@ -29,9 +29,24 @@ def _human(n_bytes: float) -> str:
 # llama.cpp's file types (`general.file_type`, llama_ftype) as the type most matrices are stored in:
 # what `quantization_label` finds from the tensor list, read from the key/values without torch.
 FILE_TYPE_LABELS = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K", 12: "Q3_K", 13: "Q3_K",
-    14: "Q4_K", 15: "Q4_K", 16: "Q5_K", 17: "Q5_K", 18: "Q6_K", 32: "BF16",
-}  # fmt: skip
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K",
+    12: "Q3_K",
+    13: "Q3_K",
+    14: "Q4_K",
+    15: "Q4_K",
+    16: "Q5_K",
+    17: "Q5_K",
+    18: "Q6_K",
+    32: "BF16",
+}
 
 
 def _quantization(path: Path, metadata: dict[str, Any]) -> str:
@@ -86,7 +101,10 @@ def models(json_output: JsonDocOpt = False) -> None:
         return
     for row in rows:
         if row["installed"]:
-            write_out(f"{row['name']}\tinstalled\t{_human(row['size_bytes'])}\t{row['quantization']}\tctx {row['context_length']}\t{row['path']}\n")
+            write_out(
+                f"{row['name']}\tinstalled\t{_human(row['size_bytes'])}\t{row['quantization']}\tctx "
+                f"{row['context_length']}\t{row['path']}\n"
+            )
         else:
             write_out(f"{row['name']}\tnot installed\t(get it with `{row['install']}`)\n")
 
@@ -119,7 +137,14 @@ def _describe(model: str | None, cache: bool) -> dict[str, Any]:
         "vocab_size": config.vocab_size,
         "tied_embeddings": config.tie_embeddings,
         "rope_theta": config.rope_theta,
-        "rope_scaling": None if scaling is None else {"factor": scaling.factor, "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor, "original_context": scaling.original_context},
+        "rope_scaling": None
+        if scaling is None
+        else {
+            "factor": scaling.factor,
+            "low_freq_factor": scaling.low_freq_factor,
+            "high_freq_factor": scaling.high_freq_factor,
+            "original_context": scaling.original_context,
+        },
         "norm_eps": config.norm_eps,
         "quantization": checkpoint.quantization,
         "tokenizer": type(tokenizer).__name__,
@@ -208,7 +233,9 @@ def prune() -> None:
     removed = prune_entries()
     for e in removed:
         print(f"llama: removed {e.state} {e.path} ({_human(e.size)})", file=sys.stderr)
-    print(f"llama: pruned {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr)
+    print(
+        f"llama: pruned {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr
+    )
 
 
 @handles_errors
@@ -217,7 +244,9 @@ def clear() -> None:
     from ..weights.cache import clear as clear_entries
 
     removed = clear_entries()
-    print(f"llama: cleared {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr)
+    print(
+        f"llama: cleared {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_human(sum(e.size for e in removed))}", file=sys.stderr
+    )
 
 
 @handles_errors

@@ -1,30 +1,25 @@
 """The options commands share, defined once: Enum choices, option types, and the bundles a command takes whole.
 
-A bundle is a group of options that travel together (the model to load, sampling, the training
-loop...). A command names it as one parameter, `@bundled` puts the bundle's options into the
-command's signature for Typer, and the command receives the object the bundle builds from them.
+A bundle (bundles.py) is a group of options that travel together: the model to load, sampling,
+structured output, the presets' options (the training loop's are in train.py).
 Choices are Enums, so that validation, `--help` and the completion scripts read the same list.
 Nothing here imports torch: a bad value is answered before any heavy import.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import UsageError
 from ..settings import GenerationSettings, SamplingSettings
+from .bundles import Bundle, option
 from .loader import ModelOptions
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 MODEL_PANEL = "Model"
 SAMPLING_PANEL = "Sampling"
@@ -110,22 +105,45 @@ def value(*names: str, help: str, panel: str | None = None, show_default: bool |
 # Options that commands take one by one.
 ModelOpt = Annotated[
     str | None,
-    value("--model", "-m", help="GGUF file, model folder, or known model name. Default: $LLAMA_MODEL or smollm2-135m-instruct.", panel=MODEL_PANEL, show_default=False),
+    value(
+        "--model",
+        "-m",
+        help="GGUF file, model folder, or known model name. Default: $LLAMA_MODEL or smollm2-135m-instruct.",
+        panel=MODEL_PANEL,
+        show_default=False,
+    ),
 ]
 DtypeOpt = Annotated[
     Dtype,
-    value("--dtype", help="auto on the CPU: the int4 fast path for Q4/Q8 GGUF files, else float32; float32 is the exact reference.", panel=MODEL_PANEL),
+    value(
+        "--dtype",
+        help="auto on the CPU: the int4 fast path for Q4/Q8 GGUF files, else float32; float32 is the exact reference.",
+        panel=MODEL_PANEL,
+    ),
 ]
 DeviceOpt = Annotated[str, value("--device", help="auto, cpu, cuda, cuda:N or mps.", panel=MODEL_PANEL, callback=check_device)]
 ThreadsOpt = Annotated[
     int | None,
-    value("--threads", help="CPU threads (default: $LLAMA_THREADS, else the cores not busy with other work).", panel=MODEL_PANEL, show_default=False),
+    value(
+        "--threads",
+        help="CPU threads (default: $LLAMA_THREADS, else the cores not busy with other work).",
+        panel=MODEL_PANEL,
+        show_default=False,
+    ),
 ]
 CtxOpt = Annotated[int | None, value("--ctx", help="Context window to use (default: the model's).", panel=MODEL_PANEL, show_default=False)]
 NoCacheOpt = Annotated[bool, flag("--no-cache", help="Do not read or write the converted-weights cache.", panel=MODEL_PANEL)]
-AdapterOpt = Annotated[str | None, value("--adapter", help="Apply a LoRA adapter folder written by llama finetune.", panel=MODEL_PANEL, show_default=False)]
+AdapterOpt = Annotated[
+    str | None, value("--adapter", help="Apply a LoRA adapter folder written by llama finetune.", panel=MODEL_PANEL, show_default=False)
+]
 TemplateOpt = Annotated[
-    str, value("--template", help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.", panel=PROMPT_PANEL, callback=check_template)
+    str,
+    value(
+        "--template",
+        help="Chat template: auto (the model's own), chatml, llama3, llama2, or a Jinja file.",
+        panel=PROMPT_PANEL,
+        callback=check_template,
+    ),
 ]
 ToolsOpt = Annotated[
     str | None,
@@ -136,55 +154,14 @@ ToolsOpt = Annotated[
         show_default=False,
     ),
 ]
-SeedOpt = Annotated[int | None, value("--seed", help="Seed for reproducible sampling (default: random).", panel=SAMPLING_PANEL, show_default=False)]
+SeedOpt = Annotated[
+    int | None, value("--seed", help="Seed for reproducible sampling (default: random).", panel=SAMPLING_PANEL, show_default=False)
+]
 StatsOpt = Annotated[bool, flag("--stats", help="Print token counts, speeds and the stop reason on stderr.", panel=OUTPUT_PANEL)]
 JsonOpt = Annotated[bool, flag("--json", help="JSON lines on stdout: one event per token, then a summary.", panel=OUTPUT_PANEL)]
-JsonDocOpt = Annotated[bool, flag("--json", help="One JSON document on stdout instead of text.", panel=OUTPUT_PANEL)]  # commands that do not stream
-
-
-class Bundle:
-    """Options that travel together: the parameters Typer shows, and `build`, which makes one object of their values."""
-
-    def __init__(self, build: Callable[..., Any], parameters: Sequence[inspect.Parameter]) -> None:
-        self.build, self.parameters = build, tuple(parameters)
-
-    def __add__(self, other: Bundle) -> Bundle:
-        """Both bundles' options; builds the pair of their objects."""
-        mine = {p.name for p in self.parameters}
-
-        def build(**values: Any) -> tuple[Any, Any]:
-            return self.build(**{k: v for k, v in values.items() if k in mine}), other.build(**{k: v for k, v in values.items() if k not in mine})
-
-        return Bundle(build, [*self.parameters, *other.parameters])
-
-
-def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-
-
-def bundled(**bundles: Bundle) -> Callable[[F], F]:
-    """Give each named parameter of the command its bundle's options; the command receives the built object."""
-
-    def decorate(command: F) -> F:
-        signature = inspect.signature(command, eval_str=True)
-        parameters: list[inspect.Parameter] = []
-        for parameter in signature.parameters.values():
-            if parameter.name in bundles:
-                parameters.extend(bundles[parameter.name].parameters)
-            else:
-                parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-
-        @functools.wraps(command)
-        def wrapper(**values: Any) -> Any:
-            for name, bundle in bundles.items():
-                values[name] = bundle.build(**{p.name: values.pop(p.name) for p in bundle.parameters})
-            return command(**values)
-
-        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+JsonDocOpt = Annotated[
+    bool, flag("--json", help="One JSON document on stdout instead of text.", panel=OUTPUT_PANEL)
+]  # commands that do not stream
 
 
 # --- The model to load ---------------------------------------------------------------------------------------------
@@ -214,10 +191,16 @@ _SAMPLING = SamplingSettings()
 TemperatureOpt = Annotated[float, value("--temperature", "-t", help="0 = greedy (deterministic).", panel=SAMPLING_PANEL)]
 TopKOpt = Annotated[int, value("--top-k", help="Keep the K most likely tokens (0 = off).", panel=SAMPLING_PANEL)]
 TopPOpt = Annotated[float, value("--top-p", help="Nucleus sampling mass in (0, 1] (1 = off).", panel=SAMPLING_PANEL)]
-MinPOpt = Annotated[float, value("--min-p", help="Drop tokens below this fraction of the top token's probability (0 = off).", panel=SAMPLING_PANEL)]
+MinPOpt = Annotated[
+    float, value("--min-p", help="Drop tokens below this fraction of the top token's probability (0 = off).", panel=SAMPLING_PANEL)
+]
 RepeatPenaltyOpt = Annotated[float, value("--repeat-penalty", help="Penalise tokens already seen (1 = off).", panel=SAMPLING_PANEL)]
-FrequencyPenaltyOpt = Annotated[float, value("--frequency-penalty", help="Subtract count x this from a seen token's logit.", panel=SAMPLING_PANEL)]
-PresencePenaltyOpt = Annotated[float, value("--presence-penalty", help="Subtract this once from every seen token's logit.", panel=SAMPLING_PANEL)]
+FrequencyPenaltyOpt = Annotated[
+    float, value("--frequency-penalty", help="Subtract count x this from a seen token's logit.", panel=SAMPLING_PANEL)
+]
+PresencePenaltyOpt = Annotated[
+    float, value("--presence-penalty", help="Subtract this once from every seen token's logit.", panel=SAMPLING_PANEL)
+]
 PENALTIES = [
     option("repeat_penalty", RepeatPenaltyOpt, _SAMPLING.repetition_penalty),
     option("frequency_penalty", FrequencyPenaltyOpt, _SAMPLING.frequency_penalty),
@@ -263,7 +246,12 @@ class StructuredOptions:
         from ..schema import spec_from_options
 
         return spec_from_options(
-            schema=self.schema, schema_multi=self.schema_multi, regex=self.regex, choice=self.choice, grammar=self.grammar, json_object=self.json_object
+            schema=self.schema,
+            schema_multi=self.schema_multi,
+            regex=self.regex,
+            choice=self.choice,
+            grammar=self.grammar,
+            json_object=self.json_object,
         )
 
 
@@ -276,16 +264,26 @@ STRUCTURED = Bundle(
     [
         option(
             "schema",
-            _text_option("--schema", "Output JSON matching this schema: inline JSON, a .json file, or fields like 'name, age int, bio: one sentence'."),
+            _text_option(
+                "--schema",
+                "Output JSON matching this schema: inline JSON, a .json file, or fields like 'name, age int, bio: one sentence'.",
+            ),
             None,
         ),
-        option("schema_multi", _text_option("--schema-multi", "Output a JSON array of objects matching this schema (forms as --schema)."), None),
+        option(
+            "schema_multi", _text_option("--schema-multi", "Output a JSON array of objects matching this schema (forms as --schema)."), None
+        ),
         option("regex", _text_option("--regex", "Output text matching this regular expression (whole)."), None),
         option("choice", _text_option("--choice", "Output exactly one of these comma-separated items, e.g. yes,no,maybe."), None),
         option("grammar", _text_option("--grammar", "Output text in this grammar: a Lark (or llama.cpp GBNF) file."), None),
         option(
             "json_object",
-            Annotated[bool, flag("--json-output", help='Output any JSON object (shorthand for --schema \'{"type": "object"}\').', panel=STRUCTURED_PANEL)],
+            Annotated[
+                bool,
+                flag(
+                    "--json-output", help='Output any JSON object (shorthand for --schema \'{"type": "object"}\').', panel=STRUCTURED_PANEL
+                ),
+            ],
             False,
         ),
         option(
@@ -328,10 +326,15 @@ class PresetOptions:
     stats: bool
 
 
-def _preset(*, max_tokens: int | None, temperature: float | None, seed: int | None, lookup: int | None, no_repeat_ngram: int | None, **values: Any) -> PresetOptions:
+def _preset(
+    *, max_tokens: int | None, temperature: float | None, seed: int | None, lookup: int | None, no_repeat_ngram: int | None, **values: Any
+) -> PresetOptions:
     if max_tokens is not None and max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
-    penalties = {**_sampling(**{k: values.pop(k) for k in ("repeat_penalty", "frequency_penalty", "presence_penalty")}), "no_repeat_ngram": no_repeat_ngram}
+    penalties = {
+        **_sampling(**{k: values.pop(k) for k in ("repeat_penalty", "frequency_penalty", "presence_penalty")}),
+        "no_repeat_ngram": no_repeat_ngram,
+    }
     model = MODEL.build(**{p.name: values.pop(p.name) for p in MODEL.parameters})
     if model.ctx is not None and model.ctx < 1:
         raise UsageError(f"--ctx must be >= 1, got {model.ctx}")
@@ -346,11 +349,24 @@ PRESET = Bundle(
             "max_tokens",
             Annotated[
                 int | None,
-                value("--max-tokens", "-n", help="Most tokens per answer (and per partial summary). Default: the preset's.", panel=SAMPLING_PANEL, show_default=False),
+                value(
+                    "--max-tokens",
+                    "-n",
+                    help="Most tokens per answer (and per partial summary). Default: the preset's.",
+                    panel=SAMPLING_PANEL,
+                    show_default=False,
+                ),
             ],
             None,
         ),
-        option("temperature", Annotated[float | None, value("--temperature", "-t", help="0 = greedy (the presets' default).", panel=SAMPLING_PANEL, show_default=False)], None),
+        option(
+            "temperature",
+            Annotated[
+                float | None,
+                value("--temperature", "-t", help="0 = greedy (the presets' default).", panel=SAMPLING_PANEL, show_default=False),
+            ],
+            None,
+        ),
         option("seed", SeedOpt, None),
         option(
             "lookup",
@@ -358,8 +374,8 @@ PRESET = Bundle(
                 int | None,
                 value(
                     "--lookup",
-                    help="Prompt-lookup decoding: at most N tokens drafted from the input per step (0 = off). Default: 8 with --dtype float32,"
-                    " where the text stays the same; off on the int4 fast path, where rounding can change it.",
+                    help="Prompt-lookup decoding: at most N tokens drafted from the input per step (0 = off). Default: 8 with"
+                    " --dtype float32, where the text stays the same; off on the int4 fast path, where rounding can change it.",
                     panel=SAMPLING_PANEL,
                     show_default=False,
                 ),
@@ -373,7 +389,10 @@ PRESET = Bundle(
                 int | None,
                 value(
                     "--no-repeat-ngram",
-                    help="Never repeat a run of N generated tokens, which ends the loops a small model falls into (0 = off). Default: the preset's.",
+                    help=(
+                        "Never repeat a run of N generated tokens, which ends the loops a small model falls into (0 = off). "
+                        "Default: the preset's."
+                    ),
                     panel=SAMPLING_PANEL,
                     show_default=False,
                 ),
@@ -381,83 +400,13 @@ PRESET = Bundle(
             None,
         ),
         option("template", TemplateOpt, "auto"),
-        option("show_prompt", Annotated[bool, flag("--show-prompt", help="Print the rendered prompt(s) instead of running the model.", panel=PROMPT_PANEL)], False),
+        option(
+            "show_prompt",
+            Annotated[bool, flag("--show-prompt", help="Print the rendered prompt(s) instead of running the model.", panel=PROMPT_PANEL)],
+            False,
+        ),
         option("json_output", JsonOpt, False),
         option("stats", StatsOpt, False),
         *MODEL.parameters,
     ],
 )
-
-
-# --- The training loop (train, finetune) ---------------------------------------------------------------------------
-
-LOOP_PANEL = "Training loop"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    """The loop settings given (None: the run's default, see train.py and finetune.py), and where to run."""
-
-    loop: dict[str, Any]  # LoopSettings fields
-    device: str
-    fsdp: bool
-    threads: int | None
-
-
-def _loop(*, device: str, fsdp: bool, threads: int | None, precision: Precision | None, **loop: Any) -> LoopOptions:
-    return LoopOptions({**loop, "precision": None if precision is None else precision.value}, device, fsdp, threads)
-
-
-def loop_bundle(default: Callable[[str], str]) -> Bundle:
-    """The loop options, each showing `default(field)` as its default in the help (the options themselves default to None)."""
-
-    def loop_value(field: str, help: str, kind: Any) -> inspect.Parameter:
-        flag_name = "--" + field.replace("_", "-")
-        return option(field, Annotated[kind | None, value(flag_name, help=help, panel=LOOP_PANEL, show_default=default(field))], None)
-
-    return Bundle(
-        _loop,
-        [
-            loop_value("max_steps", "Optimizer steps in all (on --resume: raise it to train further).", int),
-            loop_value("batch_size", "Sequences per micro-batch on each process.", int),
-            loop_value("grad_accum", "Micro-batches per optimizer step.", int),
-            loop_value("lr", "Peak learning rate (AdamW).", float),
-            loop_value("min_lr", "Learning rate at the end of the cosine decay.", float),
-            loop_value("warmup", "Steps of linear warmup.", int),
-            loop_value("weight_decay", "AdamW weight decay (matrices only).", float),
-            loop_value("grad_clip", "Clip the gradient norm to this (0 = off).", float),
-            loop_value("seed", "Seed for initialisation, data order and the held-out split.", int),
-            loop_value("precision", "bfloat16 autocast on CUDA with auto, float32 on CPU.", Precision),
-            loop_value("eval_every", "Steps between validation losses.", int),
-            loop_value("eval_batches", "Batches in each validation.", int),
-            loop_value("log_every", "Steps between lines of metrics.jsonl.", int),
-            loop_value("save_every", "Steps between checkpoints.", int),
-            option(
-                "device",
-                Annotated[
-                    str,
-                    value("--device", help="auto (CUDA when present, under torchrun the rank's GPU), cpu, cuda or cuda:N.", panel=LOOP_PANEL, callback=check_device),
-                ],
-                "auto",
-            ),
-            option(
-                "fsdp",
-                Annotated[
-                    bool,
-                    flag(
-                        "--fsdp",
-                        help="Under torchrun: shard the model, gradients and optimizer state over the processes (FSDP) instead of replicating them (DDP).",
-                        panel=LOOP_PANEL,
-                    ),
-                ],
-                False,
-            ),
-            option("threads", ThreadsOpt, None),
-        ],
-    )

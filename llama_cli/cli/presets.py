@@ -13,17 +13,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import UsageError
+from .bundles import bundled
 from .errors import handles_errors
 from .inputs import read_documents
 from .loader import load_model
-from .options import PRESET, PRESET_PANEL, Length, PresetOptions, bundled
+from .options import PRESET, PRESET_PANEL, Length, PresetOptions
 from .render_presets import run_preset
 
 if TYPE_CHECKING:
     from ..presets.recipes import Recipe
     from ..presets.run import Runner
 
-FilesArg = Annotated[list[str] | None, typer.Argument(help="Text files, read in order; none or '-' reads stdin.", metavar="FILE", show_default=False)]
+FilesArg = Annotated[
+    list[str] | None, typer.Argument(help="Text files, read in order; none or '-' reads stdin.", metavar="FILE", show_default=False)
+]
 
 
 def make_runner(recipe: Recipe, options: PresetOptions) -> Runner:
@@ -56,10 +59,18 @@ def _run(name: str, runner: Runner, steps, options: PresetOptions) -> None:  # t
 def summarize(
     *,
     files: FilesArg = None,
-    length: Annotated[Length, typer.Option("--length", "-l", help="short (1-2 sentences), medium (a paragraph) or long.", rich_help_panel=PRESET_PANEL)] = Length.medium,
-    words: Annotated[int | None, typer.Option("--words", help="At most about N words (instead of --length).", rich_help_panel=PRESET_PANEL, show_default=False)] = None,
+    length: Annotated[
+        Length, typer.Option("--length", "-l", help="short (1-2 sentences), medium (a paragraph) or long.", rich_help_panel=PRESET_PANEL)
+    ] = Length.medium,
+    words: Annotated[
+        int | None,
+        typer.Option("--words", help="At most about N words (instead of --length).", rich_help_panel=PRESET_PANEL, show_default=False),
+    ] = None,
     bullets: Annotated[bool, typer.Option("--bullets", help="A bulleted list, one line per point.", rich_help_panel=PRESET_PANEL)] = False,
-    focus: Annotated[str | None, typer.Option("--focus", help="What the summary should concentrate on.", rich_help_panel=PRESET_PANEL, show_default=False)] = None,
+    focus: Annotated[
+        str | None,
+        typer.Option("--focus", help="What the summary should concentrate on.", rich_help_panel=PRESET_PANEL, show_default=False),
+    ] = None,
     options: PresetOptions,
 ) -> None:
     """Summarize text from files or stdin; long input is summarized in chunks, then combined.
@@ -91,7 +102,12 @@ def translate(
     *,
     to: Annotated[str, typer.Option("--to", help="The language to translate into.", rich_help_panel=PRESET_PANEL, show_default=False)],
     files: FilesArg = None,
-    source: Annotated[str | None, typer.Option("--from", help="The language of the input (default: the model guesses).", rich_help_panel=PRESET_PANEL, show_default=False)] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="The language of the input (default: the model guesses).", rich_help_panel=PRESET_PANEL, show_default=False
+        ),
+    ] = None,
     options: PresetOptions,
 ) -> None:
     """Translate text from files or stdin, paragraph by paragraph, keeping blank lines and line breaks in place.
@@ -119,10 +135,19 @@ def qa(
     question: Annotated[str, typer.Argument(help="The question to answer from the context.", metavar="QUESTION")],
     context_files: Annotated[
         list[str] | None,
-        typer.Option("--context", "-c", help="A context file (repeatable; '-' is stdin). Default: stdin.", rich_help_panel=PRESET_PANEL, show_default=False),
+        typer.Option(
+            "--context",
+            "-c",
+            help="A context file (repeatable; '-' is stdin). Default: stdin.",
+            rich_help_panel=PRESET_PANEL,
+            show_default=False,
+        ),
     ] = None,
     quote: Annotated[
-        bool, typer.Option("--quote", help="After the answer, print the context sentences it rests on ('> ' lines).", rich_help_panel=PRESET_PANEL)
+        bool,
+        typer.Option(
+            "--quote", help="After the answer, print the context sentences it rests on ('> ' lines).", rich_help_panel=PRESET_PANEL
+        ),
     ] = False,
     options: PresetOptions,
 ) -> None:

@@ -31,7 +31,9 @@ def print_warnings_as_lines() -> None:
     """Show library warnings (e.g. an unwritable cache, a prompt cut to fit) as `llama: warning: ...` lines on stderr."""
     import warnings
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    def show(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None
+    ) -> None:
         print(f"llama: warning: {message}", file=sys.stderr, flush=True)
 
     warnings.showwarning = show
@@ -61,7 +63,13 @@ def cut_short(generation: Generation) -> str | None:
     if not bad:
         return None
     reason = bad[0].stop_reason
-    why = f"stopped at -n {generation.settings.max_tokens} tokens" if reason == "length" else "was cut by a --stop string" if reason == "stop" else "ended early"
+    why = (
+        f"stopped at -n {generation.settings.max_tokens} tokens"
+        if reason == "length"
+        else "was cut by a --stop string"
+        if reason == "stop"
+        else "ended early"
+    )
     which = "the output" if len(generation.results) == 1 else f"{len(bad)} of {len(generation.results)} samples"
     return f"{which} {why} inside the {spec.option} value, so it is not valid"  # type: ignore[union-attr]
 

@@ -50,7 +50,11 @@ class Progress:
     def show(self, step: Step, runner: Runner) -> None:
         if len(runner.chunks) <= 1 and step.stage != "reduce":
             return
-        what = f"combining summaries, round {step.level}: {step.index + 1} of {step.total}" if step.stage == "reduce" else f"chunk {step.index + 1} of {step.total}"
+        what = (
+            f"combining summaries, round {step.level}: {step.index + 1} of {step.total}"
+            if step.stage == "reduce"
+            else f"chunk {step.index + 1} of {step.total}"
+        )
         if not self.terminal:
             print(f"llama: {self.preset}: {what}", file=sys.stderr, flush=True)
             return
@@ -61,7 +65,9 @@ class Progress:
         from rich.console import Console
 
         if self.bar is None:
-            self.bar = rich.progress.Progress(*rich.progress.Progress.get_default_columns()[:-1], console=Console(stderr=True), transient=True, redirect_stdout=False)
+            self.bar = rich.progress.Progress(
+                *rich.progress.Progress.get_default_columns()[:-1], console=Console(stderr=True), transient=True, redirect_stdout=False
+            )
             self.bar.start()
         if self.task is None or step.index == 0:
             self.task = self.bar.add_task(what, total=step.total)
@@ -81,7 +87,10 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
             header = f"--- prompt {i + 1} of {len(shown)} ({step.stage}) ---\n" if len(shown) > 1 else ""
             write_out(header + runner.llm.chat_prompt(step.messages, template=runner.template) + ("\n" if len(shown) > 1 else ""))
         if any(s.stage == "map" for s in shown):
-            print("llama: note: the summaries of these chunks are then combined (presets.COMBINE); those prompts depend on the answers", file=sys.stderr)
+            print(
+                "llama: note: the summaries of these chunks are then combined (presets.COMBINE); those prompts depend on the answers",
+                file=sys.stderr,
+            )
         return
     progress, notes_seen, last = Progress(preset), 0, "\n"
     interrupted = False
@@ -95,7 +104,12 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
             reason = step.generation.results[0].stop_reason if step.generation else None
             if reason == "length":
                 what = "its text ends at its last whole sentence" if step.cut_back else "its text may be cut short"
-                print(f"llama: warning: {preset}: {step.stage} step {step.index + 1} of {step.total} stopped at -n {step.generation.settings.max_tokens} tokens; {what} (raise -n for more)", file=sys.stderr, flush=True)  # type: ignore[union-attr]
+                print(
+                    f"llama: warning: {preset}: {step.stage} step {step.index + 1} of {step.total} stopped at -n "
+                    f"{step.generation.settings.max_tokens} tokens; {what} (raise -n for more)",
+                    file=sys.stderr,
+                    flush=True,
+                )  # type: ignore[union-attr]
     except KeyboardInterrupt:
         interrupted = True
         for step in runner.steps:
@@ -121,7 +135,7 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
         print("llama: interrupted", file=sys.stderr, flush=True)
         raise typer.Exit(130)
     if runner.structured and runner.data is None and not show_prompt:
-        print(f"llama: error: {preset}: the answer was cut short at -n tokens, so it has no \"data\"; raise -n", file=sys.stderr, flush=True)
+        print(f'llama: error: {preset}: the answer was cut short at -n tokens, so it has no "data"; raise -n', file=sys.stderr, flush=True)
         raise typer.Exit(1)
 
 
@@ -177,11 +191,18 @@ def step_record(step: Step, number: int) -> dict[str, Any]:
     generation = step.generation
     assert generation is not None
     record: dict[str, Any] = {
-        "event": "step", "step": number, "stage": step.stage, "index": step.index, "of": step.total,
-        "chunks": list(step.chunks), "final": step.final, "text": step.text,
-        "prompt_tokens": generation.stats.prompt_tokens, "generated_tokens": generation.stats.generated_tokens,
+        "event": "step",
+        "step": number,
+        "stage": step.stage,
+        "index": step.index,
+        "of": step.total,
+        "chunks": list(step.chunks),
+        "final": step.final,
+        "text": step.text,
+        "prompt_tokens": generation.stats.prompt_tokens,
+        "generated_tokens": generation.stats.generated_tokens,
         "stop_reason": generation.results[0].stop_reason,
-    }  # fmt: skip
+    }
     if step.stage == "reduce":
         record["level"] = step.level
     return record
@@ -194,13 +215,16 @@ def _totals(runner: Runner) -> dict[str, float]:
     decoded = sum(max(g.generated_tokens - 1, 0) for g in gens)  # each step's first token comes from its prefill
     decode_s = sum(g.decode_seconds for g in gens)
     return {
-        "prompt_tokens": sum(g.prompt_tokens for g in gens), "prefilled_tokens": prefilled,
+        "prompt_tokens": sum(g.prompt_tokens for g in gens),
+        "prefilled_tokens": prefilled,
         "generated_tokens": sum(g.generated_tokens for g in gens),
-        "prefill_seconds": round(prefill_s, 4), "decode_seconds": round(decode_s, 4),
+        "prefill_seconds": round(prefill_s, 4),
+        "decode_seconds": round(decode_s, 4),
         "prefill_tokens_per_s": round(prefilled / prefill_s, 2) if prefill_s else 0.0,
         "decode_tokens_per_s": round(decoded / decode_s, 2) if decode_s else 0.0,
-        "drafted_tokens": sum(g.drafted_tokens for g in gens), "accepted_tokens": sum(g.accepted_tokens for g in gens),
-    }  # fmt: skip
+        "drafted_tokens": sum(g.drafted_tokens for g in gens),
+        "accepted_tokens": sum(g.accepted_tokens for g in gens),
+    }
 
 
 def done_record(preset: str, runner: Runner) -> dict[str, Any]:
@@ -214,11 +238,15 @@ def done_record(preset: str, runner: Runner) -> dict[str, Any]:
         entry["steps"] = [i for i, s in enumerate(runner.steps) if chunk.index in s.chunks]
         chunks.append(entry)
     record: dict[str, Any] = {
-        "event": "done", "preset": preset, "text": runner.output,
+        "event": "done",
+        "preset": preset,
+        "text": runner.output,
         "stop_reason": "length" if "length" in reasons else (reasons[-1] if reasons else None),
-        **_totals(runner), "steps": len(runner.steps), "chunks": chunks,
+        **_totals(runner),
+        "steps": len(runner.steps),
+        "chunks": chunks,
         "seed": runner.steps[0].generation.seed if runner.steps and runner.steps[0].generation else None,
-    }  # fmt: skip
+    }
     if runner.structured:
         record["data"] = runner.data
     if runner.quotes:
@@ -235,5 +263,6 @@ def stats_line(preset: str, runner: Runner) -> str:
     return (
         f"{preset}: {len(runner.chunks)} chunk(s), {len(runner.steps)} step(s) | "
         f"prompt: {t['prompt_tokens']} tokens ({t['prefill_tokens_per_s']:.1f} tok/s) | "
-        f"generated: {t['generated_tokens']} tokens ({t['decode_tokens_per_s']:.1f} tok/s){lookup} | stop: {', '.join(reasons) or '- (the model was not run)'}"
+        f"generated: {t['generated_tokens']} tokens ({t['decode_tokens_per_s']:.1f} tok/s){lookup} | stop: "
+        f"{', '.join(reasons) or '- (the model was not run)'}"
     )

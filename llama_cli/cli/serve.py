@@ -18,9 +18,10 @@ from typing import Annotated
 import typer
 
 from ..errors import LlamaError, UsageError
+from .bundles import bundled
 from .errors import handles_errors
 from .loader import ModelOptions
-from .options import bundled, check_template, model_bundle
+from .options import check_template, model_bundle
 
 SERVER_PANEL = "Server"
 
@@ -104,9 +105,20 @@ def serve(
     if m.ctx is not None and m.ctx < 2:
         raise UsageError(f"--ctx must be >= 2, got {m.ctx}")
     run_server(
-        model=m.model, host=host, port=port, api_key=api_key or None, parallel=parallel, queue=queue, cors_origin=cors_origin,
-        template=template, ctx=m.ctx or 2048, dtype=m.dtype, device=m.device, threads=m.threads, cache=not m.no_cache,
-    )  # fmt: skip
+        model=m.model,
+        host=host,
+        port=port,
+        api_key=api_key or None,
+        parallel=parallel,
+        queue=queue,
+        cors_origin=cors_origin,
+        template=template,
+        ctx=m.ctx or 2048,
+        dtype=m.dtype,
+        device=m.device,
+        threads=m.threads,
+        cache=not m.no_cache,
+    )
 
 
 def run_server(*, host: str, port: int, **options: object) -> None:

@@ -16,7 +16,9 @@ from .options import ModelOpt, TemplateOpt, flag
 
 @handles_errors
 def tokenize(
-    text: Annotated[str | None, typer.Argument(help="Text to tokenize; '-' or absent reads stdin.", metavar="TEXT", show_default=False)] = None,
+    text: Annotated[
+        str | None, typer.Argument(help="Text to tokenize; '-' or absent reads stdin.", metavar="TEXT", show_default=False)
+    ] = None,
     model: ModelOpt = None,
     json_output: Annotated[bool, flag("--json", help='Print {"ids": [...], "tokens": [...]}.')] = False,
     count: Annotated[bool, flag("--count", help="Print only the number of tokens.")] = False,
@@ -29,8 +31,13 @@ def tokenize(
         ),
     ] = False,
     template: TemplateOpt = "auto",
-    tools: Annotated[str | None, typer.Option("--tools", help="With --chat: a JSON file of tool schemas for templates that take tools.", show_default=False)] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Accepted for symmetry with the other commands; tokenize reads no weights.", hidden=True)] = False,
+    tools: Annotated[
+        str | None,
+        typer.Option("--tools", help="With --chat: a JSON file of tool schemas for templates that take tools.", show_default=False),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Accepted for symmetry with the other commands; tokenize reads no weights.", hidden=True)
+    ] = False,
 ) -> None:
     """Show the token ids the model sees for TEXT as a raw prompt (BOS included when the model adds one).
 

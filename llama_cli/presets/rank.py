@@ -61,5 +61,3 @@ def supporting_sentences(answer: str, question: str, context: str, *, limit: int
     by_question = bm25_scores(question, units)
     ranked = sorted((i for i in range(len(units)) if by_answer[i] > 0), key=lambda i: -(by_answer[i] + 0.5 * by_question[i]))
     return [units[i] for i in sorted(ranked[:limit])]
-
-

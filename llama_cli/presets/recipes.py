@@ -62,13 +62,19 @@ SUMMARIZE_PART = Recipe(
 COMBINE = Recipe(
     name="summarize-combine",
     system=SUMMARY_SYSTEM,
-    user="{text}\n\nThe notes above summarize consecutive parts of one document, in order. Write one summary of the whole document{focus}. {shape}",
+    user=(
+        "{text}\n\nThe notes above summarize consecutive parts of one document, in order. Write one summary of the whole "
+        "document{focus}. {shape}"
+    ),
     max_tokens=200,
     no_repeat_ngram=4,
 )
 TRANSLATE = Recipe(
     name="translate",
-    system="You are a translator. Translate the user's text {source}into {target}. Keep the line breaks. Reply with the translation only, without notes or explanations.",
+    system=(
+        "You are a translator. Translate the user's text {source}into {target}. Keep the line breaks. Reply with the "
+        "translation only, without notes or explanations."
+    ),
     user="{text}",
     max_tokens=0,  # 0: sized to each chunk (twice its tokens, plus a margin)
     no_repeat_ngram=8,

@@ -110,7 +110,17 @@ class Runner:
         return len(self.encode(recipe, **{**fields, "text": ""}))
 
     def step(
-        self, stage: Stage, index: int, total: int, recipe: Recipe, fields: dict[str, str], max_tokens: int, *, final: bool, constraint: Spec | None = None, **extra: object
+        self,
+        stage: Stage,
+        index: int,
+        total: int,
+        recipe: Recipe,
+        fields: dict[str, str],
+        max_tokens: int,
+        *,
+        final: bool,
+        constraint: Spec | None = None,
+        **extra: object,
     ) -> Step:
         from ..generation import Generation
 
@@ -143,7 +153,10 @@ def _check_input(document: str) -> None:
 
 
 def _too_small(runner: Runner, tokens: int, max_tokens: int) -> UsageError:
-    return UsageError(f"the input ({tokens} tokens) must be split, but a {runner.context}-token context leaves too little room with -n {max_tokens}; raise --ctx or lower -n")
+    return UsageError(
+        f"the input ({tokens} tokens) must be split, but a {runner.context}-token context leaves too little room with -n "
+        f"{max_tokens}; raise --ctx or lower -n"
+    )
 
 
 def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens: int) -> Iterator[Step]:
@@ -164,7 +177,16 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     runner.chunks = split_text(document, map_budget, runner.count)
     partials: list[str] = []
     for chunk in runner.chunks:
-        step = runner.step("map", chunk.index, len(runner.chunks), SUMMARIZE_PART, {"focus": fields["focus"], "text": chunk.text.strip()}, n, final=False, chunks=(chunk.index,))
+        step = runner.step(
+            "map",
+            chunk.index,
+            len(runner.chunks),
+            SUMMARIZE_PART,
+            {"focus": fields["focus"], "text": chunk.text.strip()},
+            n,
+            final=False,
+            chunks=(chunk.index,),
+        )
         yield step
         partials.append(finish(step))
     if runner.dry_run:
@@ -195,7 +217,9 @@ def _summary_output(runner: Runner, step: Step) -> None:
     data = points(runner.output)
     if result.stop_reason == "length":  # the last point is probably cut mid-sentence: keep the whole ones
         data["points"] = data["points"][:-1]
-        runner.notes.append(f"the last point was cut at -n {step.generation.settings.max_tokens} tokens and is left out of the data (raise -n)")  # type: ignore[union-attr]
+        runner.notes.append(
+            f"the last point was cut at -n {step.generation.settings.max_tokens} tokens and is left out of the data (raise -n)"
+        )  # type: ignore[union-attr]
     runner.data = data if data["points"] else None
 
 
@@ -217,7 +241,19 @@ def translate(runner: Runner, document: str, fields: dict[str, str], max_tokens:
         lead = chunk.text[: len(chunk.text) - len(chunk.text.lstrip())]
         trail = chunk.text[len(chunk.text.rstrip()) :]
         n = max_tokens or min(2 * chunk.tokens + 16, runner.context - overhead - chunk.tokens - 1)
-        step = runner.step("translate", chunk.index, len(runner.chunks), TRANSLATE, {**fields, "text": body}, n, final=True, chunks=(chunk.index,), prefix=lead, suffix=trail, layout=match_layout(body))
+        step = runner.step(
+            "translate",
+            chunk.index,
+            len(runner.chunks),
+            TRANSLATE,
+            {**fields, "text": body},
+            n,
+            final=True,
+            chunks=(chunk.index,),
+            prefix=lead,
+            suffix=trail,
+            layout=match_layout(body),
+        )
         yield step
         out.append(lead + finish(step) + trail)
     runner.output = "".join(out)
@@ -251,7 +287,10 @@ def answer(runner: Runner, document: str, question: str, max_tokens: int, *, quo
                 used.append(i)
                 total += runner.chunks[i].tokens + 2
         used.sort()
-        runner.notes.append(f"the context ({tokens} tokens) does not fit a {runner.context}-token window with -n {n}; answering from the {len(used)} of {len(runner.chunks)} chunks that best match the question")
+        runner.notes.append(
+            f"the context ({tokens} tokens) does not fit a {runner.context}-token window with -n {n}; answering from the "
+            f"{len(used)} of {len(runner.chunks)} chunks that best match the question"
+        )
     context_text = "\n\n".join(runner.chunks[i].text.strip() for i in used)
     step = runner.step("answer", 0, 1, QA, {**fields, "text": context_text}, n, final=True, chunks=tuple(used))
     yield step

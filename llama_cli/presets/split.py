@@ -131,5 +131,3 @@ def whole_sentences(text: str) -> str:
     """`text` up to the end of its last whole sentence or line; all of it when none ends in it."""
     ends = [m.end() for m in WHOLE_SENTENCE_END.finditer(text) if m.end() > 0]
     return text[: ends[-1]].rstrip() if ends else text
-
-
