@@ -5,9 +5,13 @@ _llama() {
         COMPREPLY=($(compgen -W "generate chat tokenize pull summarize translate qa models show completions train finetune merge bench perplexity serve cache --help --version" -- "$cur")); return
     fi
     case "$prev" in
-        --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return;;
         --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return;;
         --template) COMPREPLY=($(compgen -W "auto chatml llama3 llama2" -- "$cur")); return;;
+        --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return;;
+        --length) COMPREPLY=($(compgen -W "short medium long" -- "$cur")); return;;
+        --precision) COMPREPLY=($(compgen -W "auto float32 bfloat16" -- "$cur")); return;;
+        --preset) COMPREPLY=($(compgen -W "tiny small base large" -- "$cur")); return;;
+        --tokenizer-type) COMPREPLY=($(compgen -W "bpe unigram" -- "$cur")); return;;
         -m|--model|--context|--history|-o|--out|--adapter) COMPREPLY=($(compgen -f -- "$cur")); return;;
     esac
     case "$cmd" in

@@ -54,6 +54,31 @@ class Group(TyperGroup):
         super().__init__(*args, **kwargs)
         _plain_metavars(self)
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Usage errors as one line on stderr (exit 2) instead of click's boxed help, in-process as from the shell."""
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+            code = result if isinstance(result, int) else 0
+        except click_errors.NoArgsIsHelpError as error:
+            # Building the error rendered the help: rich mode printed it already (and left the message
+            # empty), plain mode left it in the message. Print it once either way.
+            if error.format_message().strip():
+                print(error.format_message())
+            code = 0
+        except click_errors.UsageError as error:
+            hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+            print(f"llama: error: {error.format_message()}{hint}", file=sys.stderr)
+            code = 2
+        except click_errors.ClickException as error:
+            print(f"llama: error: {error.format_message()}", file=sys.stderr)
+            code = error.exit_code
+        except typer.Abort:  # Ctrl-C or EOF outside a command's own handling
+            print("llama: interrupted", file=sys.stderr)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
     def get_help_option(self, ctx: Any) -> Any:
         option = super().get_help_option(ctx)
         if option is not None:
@@ -124,25 +149,7 @@ def root_command() -> Any:
 
 
 def main() -> None:
-    """Entry point: usage errors as one line (exit 2) instead of click's boxed help."""
+    """The console script's entry point."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is KeyboardInterrupt, handled per command
     atexit.register(gc.freeze)  # at exit, skip the final collection of torch's objects (~0.3 s of every command)
-    try:
-        result = app(standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as error:
-        # Building the error rendered the help: rich mode printed it already (and left the message
-        # empty), plain mode left it in the message. Print it once either way.
-        if error.format_message().strip():
-            print(error.format_message())
-        sys.exit(0)
-    except click_errors.UsageError as error:
-        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-        print(f"llama: error: {error.format_message()}{hint}", file=sys.stderr)
-        sys.exit(2)
-    except click_errors.ClickException as error:
-        print(f"llama: error: {error.format_message()}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except typer.Abort:  # Ctrl-C or EOF outside a command's own handling
-        print("llama: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)
+    app()

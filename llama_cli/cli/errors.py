@@ -18,7 +18,6 @@ import typer
 
 from ..errors import LlamaError
 from ..settings import SettingsError
-from .options import flag_for
 
 try:
     from typer._click import exceptions as click_errors  # newer Typer vendors click
@@ -36,6 +35,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `llama: error: message` on stderr and return the Exit to raise."""
     print(f"llama: error: {message}", file=sys.stderr, flush=True)
     return typer.Exit(code)
+
+
+# Settings fields whose flag is not "--" + the field's name with dashes (settings.SettingsError names fields).
+FLAG_NAMES = {"repetition_penalty": "--repeat-penalty"}
+
+
+def flag_for(field: str) -> str:
+    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 def message(error: LlamaError) -> str:

@@ -11,7 +11,7 @@ import typer
 
 from ..textio import write_out
 from .errors import handles_errors
-from .options import JsonDocOpt, ModelOpt, NoCacheOpt, Shell
+from .options import JsonDocOpt, ModelOpt, NoCacheOpt, Shell, choice
 
 
 def _size(path: Path) -> int:
@@ -111,11 +111,28 @@ def models(json_output: JsonDocOpt = False) -> None:
 
 def _describe(model: str | None, cache: bool) -> dict[str, Any]:
     from ..registry import resolve_model
-    from ..weights import load_checkpoint
+    from ..weights import gguf_file, load_checkpoint
 
     path = resolve_model(model)
-    checkpoint = load_checkpoint(path, cache=cache)
-    config, tokenizer = checkpoint.config, checkpoint.tokenizer
+    gguf = gguf_file(path)
+    if gguf is not None:  # its metadata says it all: no torch, no tensors mapped
+        from ..weights.cache import gguf_model_info
+        from ..weights.gguf_header import scan_header
+
+        header = scan_header(gguf)
+        info = gguf_model_info(gguf, header, cache=cache)
+        config, tokenizer, template, quantization = info.config, info.tokenizer, info.chat_template, info.quantization
+        source, kind = gguf, "gguf"
+        quantized = any(t.type.name != "F32" and len(t.shape) == 2 for t in header.tensors.values())  # kept as stored
+    else:
+        checkpoint = load_checkpoint(path, cache=cache)
+        config, tokenizer, template, quantization = (
+            checkpoint.config,
+            checkpoint.tokenizer,
+            checkpoint.chat_template,
+            checkpoint.quantization,
+        )
+        source, kind, quantized = checkpoint.source, checkpoint.format, _has_quantized(checkpoint)
     special = tokenizer.special
 
     def named(token_id: int | None) -> dict[str, Any] | None:
@@ -123,8 +140,8 @@ def _describe(model: str | None, cache: bool) -> dict[str, Any]:
 
     scaling = config.rope_scaling
     return {
-        "path": str(checkpoint.source),
-        "format": checkpoint.format,
+        "path": str(source),
+        "format": kind,
         "architecture": "llama",
         "parameters": config.n_params,
         "layers": config.n_layers,
@@ -146,24 +163,38 @@ def _describe(model: str | None, cache: bool) -> dict[str, Any]:
             "original_context": scaling.original_context,
         },
         "norm_eps": config.norm_eps,
-        "quantization": checkpoint.quantization,
+        "quantization": quantization,
         "tokenizer": type(tokenizer).__name__,
         "bos": named(special.bos_id),
         "eos": named(special.eos_id),
         "stop_tokens": [named(i) for i in sorted(special.stop_ids)],
         "add_bos": special.add_bos,
-        "runs_on": _runs_on(checkpoint),
-        "chat_template": checkpoint.chat_template,
+        "runs_on": _runs_on(quantized, gguf is not None),
+        "chat_template": template,
     }
 
 
-def _runs_on(checkpoint: Any) -> str:
-    """What `llama generate` would multiply with on this CPU, without loading the model."""
-    from .. import kernels
+def _has_quantized(checkpoint: Any) -> bool:
     from ..weights.quantized import QuantizedTensor
 
-    if not any(isinstance(t, QuantizedTensor) for t in checkpoint.weights.values()):
+    return any(isinstance(t, QuantizedTensor) for t in checkpoint.weights.values())
+
+
+def _runs_on(quantized: bool, torch_free: bool) -> str:
+    """What `llama generate` would multiply with on this CPU, without loading the model.
+
+    Loading the C kernels needs torch (they share its OpenMP runtime): a description made without
+    torch says they are used, built at first use, unless LLAMA_NO_KERNELS turns them off."""
+    import os
+
+    if not quantized:
         return "float32 reference (dense weights)"
+    if torch_free:
+        if os.environ.get("LLAMA_NO_KERNELS"):
+            return "float32 reference, weights dequantized (LLAMA_NO_KERNELS is set)"
+        return "quantized weights in memory; the C kernels (built at first use, `llama bench` names them)"
+    from .. import kernels
+
     if kernels.available():
         return f"quantized weights in memory; {kernels.describe()}"
     return f"float32 reference, weights dequantized ({kernels.describe()})"
@@ -252,7 +283,7 @@ def clear() -> None:
 @handles_errors
 def completions(
     context: typer.Context,
-    shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")],
+    shell: Annotated[str, choice(Shell, argument="SHELL", help="the shell to complete in.")],
 ) -> None:
     """Print the shell completion script (the same files as in the repository's completions/ folder).
 
@@ -264,7 +295,7 @@ def completions(
     """
     from .completions import render
 
-    write_out(render(shell.value, context.find_root().command))  # type: ignore[arg-type]
+    write_out(render(shell, context.find_root().command))  # type: ignore[arg-type]
 
 
 @handles_errors

@@ -19,6 +19,7 @@ import typer
 from ..errors import UsageError
 from ..settings import GenerationSettings, SamplingSettings
 from .bundles import Bundle, option
+from .errors import click_errors
 from .loader import ModelOptions
 
 MODEL_PANEL = "Model"
@@ -70,6 +71,28 @@ def choices(enum: type[Enum]) -> tuple[str, ...]:
     return tuple(member.value for member in enum)
 
 
+def _listed(values: tuple[str, ...]) -> str:
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def choice(enum: type[Enum], *names: str, help: str, panel: str | None = None, show_default: bool | str = True, argument: str = "") -> Any:
+    """An option (or the positional `argument` so named) taking one of `enum`'s values, as a plain string.
+
+    The help shows the values; anything else is a usage error that lists them."""
+    values = choices(enum)
+
+    def check(value: str | None) -> str | None:
+        if value is None or value in values:
+            return value
+        raise click_errors.UsageError(f"unknown {names[0] if names else argument} '{value}'; choose {_listed(values)}")
+
+    metavar = "<" + "|".join(values) + ">"
+    COMPLETION_CHOICES.update((name, values) for name in names if name.startswith("--"))
+    if argument:
+        return typer.Argument(help=f"{_listed(values)}: {help}", metavar=argument, callback=check)
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default, metavar=metavar, callback=check)
+
+
 def check_device(value: str) -> str:
     if value in choices(Device) or re.fullmatch(r"cuda:\d+", value):
         return value
@@ -82,15 +105,9 @@ def check_template(value: str | None) -> str | None:
     raise typer.BadParameter(f"unknown template '{value}'; choose {', '.join(choices(Template))}, or a Jinja template file")
 
 
-# Option values worth completing in a shell, by flag; every other option that takes a value completes files.
-COMPLETION_CHOICES: dict[str, tuple[str, ...]] = {"--dtype": choices(Dtype), "--device": choices(Device), "--template": choices(Template)}
-
-# Settings fields whose flag is not "--" + the field's name with dashes (settings.SettingsError names fields).
-FLAG_NAMES = {"repetition_penalty": "--repeat-penalty"}
-
-
-def flag_for(field: str) -> str:
-    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+# Option values worth completing in a shell, by flag (every `choice` option adds its own); every other option that
+# takes a value completes files.
+COMPLETION_CHOICES: dict[str, tuple[str, ...]] = {"--device": choices(Device), "--template": choices(Template)}
 
 
 def flag(*names: str, help: str, panel: str | None = None) -> Any:
@@ -114,8 +131,9 @@ ModelOpt = Annotated[
     ),
 ]
 DtypeOpt = Annotated[
-    Dtype,
-    value(
+    str,
+    choice(
+        Dtype,
         "--dtype",
         help="auto on the CPU: the int4 fast path for Q4/Q8 GGUF files, else float32; float32 is the exact reference.",
         panel=MODEL_PANEL,
@@ -171,18 +189,14 @@ def model_bundle(*, ctx: bool = True, adapter: bool = False) -> Bundle:
     """-m, --dtype, --device, --threads, --no-cache, and --ctx and --adapter where the command takes them."""
     parameters = [
         option("model", ModelOpt, None),
-        option("dtype", DtypeOpt, Dtype.auto),
+        option("dtype", DtypeOpt, Dtype.auto.value),
         option("device", DeviceOpt, "auto"),
         *([option("ctx", CtxOpt, None)] if ctx else []),
         option("threads", ThreadsOpt, None),
         option("no_cache", NoCacheOpt, False),
         *([option("adapter", AdapterOpt, None)] if adapter else []),
     ]
-
-    def build(*, dtype: Dtype, **values: Any) -> ModelOptions:
-        return ModelOptions(dtype=dtype.value, **values)
-
-    return Bundle(build, parameters)
+    return Bundle(ModelOptions, parameters)
 
 
 # --- Sampling ------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .bundles import bundled
 from .errors import handles_errors
 from .inputs import read_documents
 from .loader import load_model
-from .options import PRESET, PRESET_PANEL, Length, PresetOptions
+from .options import PRESET, PRESET_PANEL, Length, PresetOptions, choice
 from .render_presets import run_preset
 
 if TYPE_CHECKING:
@@ -60,8 +60,8 @@ def summarize(
     *,
     files: FilesArg = None,
     length: Annotated[
-        Length, typer.Option("--length", "-l", help="short (1-2 sentences), medium (a paragraph) or long.", rich_help_panel=PRESET_PANEL)
-    ] = Length.medium,
+        str, choice(Length, "--length", "-l", help="short: 1-2 sentences, medium: a paragraph.", panel=PRESET_PANEL)
+    ] = "medium",
     words: Annotated[
         int | None,
         typer.Option("--words", help="At most about N words (instead of --length).", rich_help_panel=PRESET_PANEL, show_default=False),
@@ -87,8 +87,8 @@ def summarize(
     """
     from ..presets import recipes, run
 
-    fields = recipes.summary_fields(length=length.value, words=words, bullets=bullets, focus=focus)
-    n = options.max_tokens or recipes.summary_tokens(length=length.value, words=words)
+    fields = recipes.summary_fields(length=length, words=words, bullets=bullets, focus=focus)
+    n = options.max_tokens or recipes.summary_tokens(length=length, words=words)
     document = read_documents(files)
     runner = make_runner(recipes.SUMMARIZE, options)
     runner.bullets = bullets  # '- ' lines, held by a constraint: a small model often answers "a list" with prose

@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..train_settings import DEFAULT_LOOP, FULL_LOOP, PRESETS, LoopSettings, PretrainSettings
 from .bundles import Bundle, bundled, option
 from .errors import handles_errors
-from .options import ModelOpt, NoCacheOpt, ThreadsOpt, check_device, check_template, flag, value
+from .options import ModelOpt, NoCacheOpt, ThreadsOpt, check_device, check_template, choice, flag, value
 
 MODEL_SHAPE_PANEL, DATA_PANEL, LORA_PANEL = "Model shape", "Data", "LoRA"
 TrainPreset = Enum("TrainPreset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
@@ -83,8 +83,8 @@ class LoopOptions:
     threads: int | None
 
 
-def _loop(*, device: str, fsdp: bool, threads: int | None, precision: Precision | None, **loop: Any) -> LoopOptions:
-    return LoopOptions({**loop, "precision": None if precision is None else precision.value}, device, fsdp, threads)
+def _loop(*, device: str, fsdp: bool, threads: int | None, **loop: Any) -> LoopOptions:
+    return LoopOptions(loop, device, fsdp, threads)
 
 
 def loop_bundle(default: Callable[[str], str]) -> Bundle:
@@ -92,6 +92,10 @@ def loop_bundle(default: Callable[[str], str]) -> Bundle:
 
     def loop_value(field: str, help: str, kind: Any) -> inspect.Parameter:
         flag_name = "--" + field.replace("_", "-")
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            return option(
+                field, Annotated[str | None, choice(kind, flag_name, help=help, panel=LOOP_PANEL, show_default=default(field))], None
+            )
         return option(field, Annotated[kind | None, value(flag_name, help=help, panel=LOOP_PANEL, show_default=default(field))], None)
 
     return Bundle(
@@ -186,8 +190,10 @@ def train(
     ] = None,
     out: OutOpt,
     preset: Annotated[
-        TrainPreset | None,
-        value("--preset", "-p", help="Model size and loop defaults.", show_default=_setting_default(PretrainSettings, "preset")),
+        str | None,
+        choice(
+            TrainPreset, "--preset", "-p", help="Model size and loop defaults.", show_default=_setting_default(PretrainSettings, "preset")
+        ),
     ] = None,
     resume: ResumeOpt = False,
     dim: _shape("--dim", "dim", "Width of the residual stream.") = None,
@@ -197,8 +203,9 @@ def train(
     ctx: _shape("--ctx", "context_length", "Context length: the training sequence length.") = None,
     vocab_size: _shape("--vocab-size", "vocab_size", "Pieces of the sentencepiece tokenizer trained on the corpus.", DATA_PANEL) = None,
     tokenizer_type: Annotated[
-        TokenizerType | None,
-        value(
+        str | None,
+        choice(
+            TokenizerType,
             "--tokenizer-type",
             help="unigram has byte fallback too.",
             panel=DATA_PANEL,
@@ -240,7 +247,7 @@ def train(
     main = _setup(run.threads)
     cli = {
         "data": data,
-        "preset": preset and preset.value,
+        "preset": preset,
         "dim": dim,
         "n_layers": layers,
         "n_heads": heads,
@@ -248,7 +255,7 @@ def train(
         "context_length": ctx,
         "vocab_size": vocab_size,
         "tokenizer": tokenizer,
-        "tokenizer_kind": tokenizer_type and tokenizer_type.value,
+        "tokenizer_kind": tokenizer_type,
         "val_fraction": val_fraction,
     }
     settings = resolve(cli, run.loop, out, resume=resume)

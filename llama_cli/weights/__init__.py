@@ -9,6 +9,7 @@ Formats, by what the path is:
 - a folder with config.json and safetensors: a Hugging Face Llama checkpoint (huggingface.py);
 - a folder with params.json and consolidated.*.pth: a Meta checkpoint (meta.py).
 A file inside such a folder (config.json, model.safetensors, ...) loads its folder.
+Importing this package does not import torch; loading the tensors does.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from ..errors import ModelFormatError, ModelNotFoundError
 from .cache import CacheWarning, cache_root, load_gguf_cached
 from .common import Checkpoint
 from .gguf_header import MAGIC
-from .huggingface import load_huggingface
-from .meta import load_meta
 from .native import NATIVE_CONFIG, load_native, save_native
 
 __all__ = ["CacheWarning", "Checkpoint", "cache_root", "load_checkpoint", "save_native"]
@@ -50,12 +49,27 @@ def load_checkpoint(path: Path, *, cache: bool = True) -> Checkpoint:
     raise ModelFormatError(f"{path}: not a model file; expected a .gguf file or a model folder ({LOOKED_FOR})")
 
 
+def gguf_file(path: Path) -> Path | None:
+    """The GGUF file `load_checkpoint(path)` reads, or None for a model in another format (or none at all)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" or _starts_with_magic(path) else None
+    if not path.is_dir() or any((path / name).is_file() for name in (NATIVE_CONFIG, "config.json", "params.json")):
+        return None
+    ggufs = [p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file()]
+    return ggufs[0] if len(ggufs) == 1 else None
+
+
 def _load_folder(folder: Path, *, cache: bool) -> Checkpoint:
     if (folder / NATIVE_CONFIG).is_file():
         return load_native(folder)
     if (folder / "config.json").is_file():
+        from .huggingface import load_huggingface
+
         return load_huggingface(folder)
     if (folder / "params.json").is_file():
+        from .meta import load_meta
+
         return load_meta(folder)
     ggufs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
     if len(ggufs) == 1:

@@ -26,13 +26,17 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
 from ..errors import LlamaError, ModelFormatError
 from ..paths import cache_root
-from .common import Checkpoint
-from .huggingface import read_json
+from .common import Checkpoint, read_json
 from .native import NATIVE_CONFIG, ORIGIN
+
+if TYPE_CHECKING:
+    from .gguf_header import GGUFHeader
+    from .gguf_info import GGUFModelInfo
 
 CONVERTER_VERSION = 2  # bump when an entry's contents change: old entries are then ignored (and pruned)
 STALE_TEMP_SECONDS = 3600
@@ -56,13 +60,21 @@ def entry_path(key: str, gguf_path: Path) -> Path:
 def load_gguf_cached(path: Path, *, cache: bool = True) -> Checkpoint:
     """The GGUF at `path` with its weights memory-mapped; metadata through the cache unless `cache` is False.
 
-    gguf.py is imported when first needed: the gguf package takes ~0.1 s to import."""
-    from .gguf import checkpoint_from, read_model_info
+    gguf.py is imported when first needed: the gguf package takes ~0.1 s to import, torch ~2 s."""
+    from .gguf import checkpoint_from
     from .gguf_header import scan_header
 
     header = scan_header(path)
+    return checkpoint_from(path, header, gguf_model_info(path, header, cache=cache))
+
+
+def gguf_model_info(path: Path, header: GGUFHeader, *, cache: bool = True) -> GGUFModelInfo:
+    """Config, tokenizer, chat template and storage type of the GGUF at `path`, from the cache when it has
+    them (and then written to it, unless `cache` is False); no torch for a file without rope factors."""
+    from .gguf_info import read_model_info
+
     if not cache:
-        return checkpoint_from(path, header, read_model_info(path, header))
+        return read_model_info(path, header)
     key = cache_key(path)  # taken before reading: a file replaced meanwhile gets a new entry next time
     entry = entry_path(key, path)
     info = _read_entry(entry, key)
@@ -72,14 +84,14 @@ def load_gguf_cached(path: Path, *, cache: bool = True) -> Checkpoint:
             _write_entry(entry, key, path, info)
         except (OSError, LlamaError) as exc:
             message = f"cannot cache the model's metadata under {cache_root()} ({exc}); running uncached: set LLAMA_CACHE to a writable folder"
-            warnings.warn(CacheWarning(message), stacklevel=2)
-    return checkpoint_from(path, header, info)
+            warnings.warn(CacheWarning(message), stacklevel=3)
+    return info
 
 
-def _read_entry(entry: Path, key: str):  # type: ignore[no-untyped-def]  (GGUFModelInfo: gguf.py is imported lazily)
+def _read_entry(entry: Path, key: str) -> GGUFModelInfo | None:
     """The cached metadata, or None when there is no usable entry (a damaged one is removed, with a warning)."""
     from ..tokenizer import chat_template_from_folder, load_tokenizer
-    from .gguf import GGUFModelInfo
+    from .gguf_info import GGUFModelInfo
 
     if not entry.exists():
         return None

@@ -4,26 +4,31 @@ Each format module (gguf.py, huggingface.py, meta.py) turns its files into a `Ch
 tensors carry the internal names of `model.Transformer` (Meta's scheme: `tok_embeddings.weight`,
 `layers.N.attention.wq.weight`, ...). This module holds the checks they all run before handing
 tensors on, so a bad file fails here with one line instead of deep inside `load_state_dict`.
+Importing it does not import torch (`llama show` reads a GGUF's metadata without it).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..config import ModelConfig, RopeScaling
 from ..errors import ModelFormatError
 from ..tokenizer import Tokenizer
-from .quantized import QuantizedTensor
 
-FLOAT_LABELS = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+if TYPE_CHECKING:  # torch is imported by the functions that handle tensors: describing a model needs none
+    import torch
+
+    from .quantized import QuantizedTensor
+
+FLOAT_LABELS = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16"}  # by str(dtype)
 _LAYER_NUMBER = re.compile(r"\.(\d+)\.")
 
 
@@ -96,6 +101,8 @@ def check_layer_count(config: ModelConfig, n_tensors: int, source: Path) -> None
 
 def check_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor | QuantizedTensor], source: Path) -> None:
     """Raise ModelFormatError unless `weights` are exactly the config's tensors, in float dtypes or GGUF blocks."""
+    from .quantized import QuantizedTensor
+
     check_layer_count(config, len(weights), source)
     shapes = expected_shapes(config)
     missing = [name for name in shapes if name not in weights]
@@ -112,7 +119,7 @@ def check_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor | Quan
             raise ModelFormatError(
                 f"{source}: tensor {name} has shape {tuple(tensor.shape)} but the config implies {shape}: config and weights disagree"
             )
-        if not isinstance(tensor, QuantizedTensor) and tensor.dtype not in FLOAT_LABELS:
+        if not isinstance(tensor, QuantizedTensor) and str(tensor.dtype) not in FLOAT_LABELS:
             raise ModelFormatError(f"{source}: tensor {name} is {tensor.dtype}; only float32, float16 and bfloat16 weights are supported")
 
 
@@ -124,7 +131,7 @@ def check_tokenizer(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> 
 
 def dtype_label(weights: Mapping[str, torch.Tensor]) -> str:
     """The dtype of most 2-D tensors as a label: "F32", "F16" or "BF16"."""
-    counts = Counter(FLOAT_LABELS.get(t.dtype, str(t.dtype)) for t in weights.values() if t.dim() == 2)
+    counts = Counter(FLOAT_LABELS.get(str(t.dtype), str(t.dtype)) for t in weights.values() if t.dim() == 2)
     return counts.most_common(1)[0][0] if counts else "F32"
 
 
@@ -146,6 +153,10 @@ def to_rotate_half(weights: dict[str, Any], config: ModelConfig) -> None:
 
     Quantized tensors move whole rows of blocks. Tensors of the wrong shape are left for
     `check_weights` to report."""
+    import torch
+
+    from .quantized import QuantizedTensor
+
     if config.head_dim % 2:
         raise ModelFormatError(f"head_dim {config.head_dim} is odd: rotary embeddings need pairs")
     for name, tensor in weights.items():
@@ -188,6 +199,16 @@ def rope_scaling_from_dict(params: Mapping[str, Any] | None, source: Path) -> Ro
 def linear_rope_scaling(factor: float) -> RopeScaling:
     # Every wavelength (>= 2*pi) exceeds original_context / low_freq_factor = 1, so all are divided by factor.
     return RopeScaling(factor=factor, low_freq_factor=1.0, high_freq_factor=2.0, original_context=1)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object")
+    return data
 
 
 def float32_value(value: float) -> float:

@@ -8,7 +8,6 @@ safetensors: loading takes milliseconds. No pickle, no remote code.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from ..config import ModelConfig
 from ..errors import ModelFormatError
 from ..tokenizer import chat_template_from_folder, load_tokenizer
-from .common import Checkpoint, check_tokenizer, check_weights, dtype_label, rename, rope_scaling_from_dict
+from .common import Checkpoint, check_tokenizer, check_weights, dtype_label, read_json, rename, rope_scaling_from_dict
 
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 
@@ -39,16 +38,6 @@ HF_NAMES = {
     "lm_head.weight": "output.weight",
 }
 HF_IGNORED = ("model.layers.{i}.self_attn.rotary_emb.inv_freq",)  # a buffer older transformers saved
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{path}: expected a JSON object")
-    return data
 
 
 def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:

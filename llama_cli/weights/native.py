@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig
 from ..errors import ModelFormatError
 from ..tokenizer import Tokenizer
-from .common import Checkpoint, dtype_label
-from .huggingface import SINGLE, finish_checkpoint, load_safetensors, read_json
+from .common import Checkpoint, dtype_label, read_json
+
+if TYPE_CHECKING:  # torch and the safetensors reader are imported on use: the metadata cache needs only the names here
+    import torch
 
 NATIVE_CONFIG = "llama.json"
 ORIGIN = "origin.json"
@@ -28,6 +27,8 @@ ORIGIN = "origin.json"
 
 def load_native(folder: Path) -> Checkpoint:
     """A folder `save_native` wrote; `quantization` comes from origin.json when it was converted."""
+    from .huggingface import finish_checkpoint, load_safetensors
+
     try:
         config = ModelConfig.from_dict(read_json(folder / NATIVE_CONFIG))
     except (TypeError, ValueError, ArithmeticError) as exc:
@@ -48,6 +49,10 @@ def save_native(
     origin: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a native folder into `folder` (created if needed): `load_native(folder)` gives the model back."""
+    from safetensors.torch import save_file
+
+    from .huggingface import SINGLE
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / NATIVE_CONFIG).write_text(config.to_json() + "\n", encoding="utf-8")
     save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(folder / SINGLE), metadata={"format": "pt"})
@@ -56,5 +61,3 @@ def save_native(
         (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
     if origin is not None:
         (folder / ORIGIN).write_text(json.dumps(dict(origin), indent=1) + "\n", encoding="utf-8")
-
-
