@@ -76,22 +76,55 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
-        64, 2, 4, 2, context_length=64, vocab_size=512, about="tests and demos: 0.13M parameters, seconds on a laptop CPU",
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        context_length=64,
+        vocab_size=512,
+        about="tests and demos: 0.13M parameters, seconds on a laptop CPU",
         loop={"batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "warmup": 20, "max_steps": 300, "eval_every": 50, "save_every": 100},
     ),
     "small": Preset(
-        288, 6, 6, 6, context_length=256, vocab_size=4096, about="llama2.c's stories15M shape, a 4k vocabulary: ~7M parameters",
+        dim=288,
+        n_layers=6,
+        n_heads=6,
+        n_kv_heads=6,
+        context_length=256,
+        vocab_size=4096,
+        about="llama2.c's stories15M shape, a 4k vocabulary: ~7M parameters",
         loop={"batch_size": 32, "lr": 1e-3, "min_lr": 1e-4, "warmup": 200, "max_steps": 5000, "eval_every": 250, "save_every": 500},
     ),
     "base": Preset(
-        512, 8, 8, 8, context_length=512, vocab_size=8192, about="llama2.c's stories42M shape: ~30M parameters, for a GPU",
+        dim=512,
+        n_layers=8,
+        n_heads=8,
+        n_kv_heads=8,
+        context_length=512,
+        vocab_size=8192,
+        about="llama2.c's stories42M shape: ~30M parameters, for a GPU",
         loop={"batch_size": 32, "lr": 6e-4, "min_lr": 6e-5, "warmup": 500, "max_steps": 20000, "eval_every": 500, "save_every": 1000},
     ),
     "large": Preset(
-        768, 12, 12, 12, context_length=1024, vocab_size=32000, about="GPT-2 small's shape in LLaMA blocks: ~110M parameters, GPUs",
-        loop={"batch_size": 16, "grad_accum": 4, "lr": 3e-4, "min_lr": 3e-5, "warmup": 1000, "max_steps": 50000, "eval_every": 1000, "save_every": 1000},
+        dim=768,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=12,
+        context_length=1024,
+        vocab_size=32000,
+        about="GPT-2 small's shape in LLaMA blocks: ~110M parameters, GPUs",
+        loop={
+            "batch_size": 16,
+            "grad_accum": 4,
+            "lr": 3e-4,
+            "min_lr": 3e-5,
+            "warmup": 1000,
+            "max_steps": 50000,
+            "eval_every": 1000,
+            "save_every": 1000,
+        },
     ),
-}  # fmt: skip
+}
 
 
 def ffn_width(dim: int, multiple_of: int = 32) -> int:
@@ -135,9 +168,15 @@ class PretrainSettings:
         kv_heads = pick(self.n_kv_heads, p.n_kv_heads if self.n_heads is None and self.dim is None else heads)
         try:
             config = ModelConfig(
-                dim=dim, n_layers=pick(self.n_layers, p.n_layers), n_heads=heads, n_kv_heads=kv_heads, vocab_size=vocab_size,
-                ffn_dim=ffn_width(dim), context_length=pick(self.context_length, p.context_length), tie_embeddings=True,
-            )  # fmt: skip
+                dim=dim,
+                n_layers=pick(self.n_layers, p.n_layers),
+                n_heads=heads,
+                n_kv_heads=kv_heads,
+                vocab_size=vocab_size,
+                ffn_dim=ffn_width(dim),
+                context_length=pick(self.context_length, p.context_length),
+                tie_embeddings=True,
+            )
         except (ValueError, ZeroDivisionError) as error:
             raise UsageError(f"impossible model shape: {error}") from None
         if dim % heads or config.head_dim % 2:
@@ -146,7 +185,15 @@ class PretrainSettings:
 
 
 DEFAULT_LOOP = {  # LoRA: few parameters, a large step
-    "max_steps": 100, "batch_size": 4, "lr": 1e-3, "min_lr": 1e-4, "warmup": 10, "weight_decay": 0.0,
-    "eval_every": 25, "eval_batches": 4, "log_every": 5, "save_every": 50,
-}  # fmt: skip
+    "max_steps": 100,
+    "batch_size": 4,
+    "lr": 1e-3,
+    "min_lr": 1e-4,
+    "warmup": 10,
+    "weight_decay": 0.0,
+    "eval_every": 25,
+    "eval_batches": 4,
+    "log_every": 5,
+    "save_every": 50,
+}
 FULL_LOOP = {**DEFAULT_LOOP, "lr": 5e-5, "min_lr": 5e-6}  # all weights move: a much smaller step

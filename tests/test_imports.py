@@ -122,9 +122,17 @@ def test_the_check_finds_a_cycle(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["generate", "-t", "-1", "x"], ["generate", "--dtype", "foo", "x"], ["chat", "--top-p", "2"], ["summarize", "--length", "huge"], ["show", "--help"]],
+    [
+        ["generate", "-t", "-1", "x"],
+        ["generate", "--dtype", "foo", "x"],
+        ["chat", "--top-p", "2"],
+        ["summarize", "--length", "huge"],
+        ["show", "--help"],
+    ],
 )
 def test_usage_errors_and_help_come_before_torch(args: list[str]) -> None:
-    code = f"import sys\nfrom llama_cli.cli import app\ntry:\n    app({args!r})\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    code = (
+        f"import sys\nfrom llama_cli.cli import app\ntry:\n    app({args!r})\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr
