@@ -226,7 +226,8 @@ def process_figures(
             f["pp"].append(extra_tokens / (prompt_run - first) if ok else float("nan"))
             f["rss"].append(rss)
             print(
-                f"process round {round_ + 1}: {engine:9s} first token {first:.2f} s, tg {f['tg'][-1]:.1f} tok/s, pp {f['pp'][-1]:.1f} tok/s",
+                f"process round {round_ + 1}: {engine:9s} first token {first:.2f} s, tg {f['tg'][-1]:.1f} tok/s, pp "
+                f"{f['pp'][-1]:.1f} tok/s",
                 file=sys.stderr,
             )
     return figures
@@ -304,7 +305,8 @@ def main() -> None:
             results[engine]["tg"].append(tg["value"])
             results[engine]["rss"].append(tg["peak_rss_mb"])
             print(
-                f"round {round_ + 1}: {engine:12s} pp{args.prompt_tokens} {pp['value']:8.1f} tok/s   tg{args.gen_tokens} {tg['value']:7.1f} tok/s",
+                f"round {round_ + 1}: {engine:12s} pp{args.prompt_tokens} {pp['value']:8.1f} tok/s   tg{args.gen_tokens} "
+                f"{tg['value']:7.1f} tok/s",
                 file=sys.stderr,
             )
     labels = {engine: w.label for engine, w in workers.items()}
@@ -320,12 +322,15 @@ def main() -> None:
     base = "llama.cpp" if "llama.cpp" in engines else None
     lines = [
         (
-            f"`python bench/compare.py{' --llama32-1b' if args.llama32_1b else ''} -p {args.prompt_tokens} -n {args.gen_tokens} -r {args.rounds} --threads {args.threads}` on "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, {Path(args.model).name}, {platform.processor() or platform.machine()}, "
+            f"`python bench/compare.py{' --llama32-1b' if args.llama32_1b else ''} -p {args.prompt_tokens} -n {args.gen_tokens} -r "
+            f"{args.rounds} --threads {args.threads}` on "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, {Path(args.model).name}, "
+            f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after ({time.time() - started:.0f} s)."
         ),
         "",
-        f"| engine | pp{args.prompt_tokens} tok/s: median (spread) | x llama.cpp | tg{args.gen_tokens} tok/s: median (spread) | x llama.cpp | best-run ratios pp / tg | worker peak RSS |",
+        (f"| engine | pp{args.prompt_tokens} tok/s: median (spread) | x llama.cpp | tg{args.gen_tokens} tok/s: median (spread) | x "
+        "llama.cpp | best-run ratios pp / tg | worker peak RSS |"),
         "|---|---|---|---|---|---|---|",
     ]
     for engine in engines:
@@ -341,7 +346,8 @@ def main() -> None:
     if processes:
         lines += [
             "",
-            f"| whole command | first token of `generate -n 1` (median, spread) | tg{args.gen_tokens} tok/s | x llama.cpp | pp{args.prompt_tokens} tok/s | x llama.cpp | peak RSS, {args.prompt_tokens}-token prompt |",
+            (f"| whole command | first token of `generate -n 1` (median, spread) | tg{args.gen_tokens} tok/s | x llama.cpp | "
+            f"pp{args.prompt_tokens} tok/s | x llama.cpp | peak RSS, {args.prompt_tokens}-token prompt |"),
             "|---|---|---|---|---|---|---|",
         ]
         for engine in ("llama", "llama.cpp"):

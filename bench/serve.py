@@ -198,18 +198,24 @@ def main() -> None:
             process.terminate()
             process.wait(60)
     name = args.engine if args.url is None else url
-    print(f"server: {name}  model: {args.model or 'default'}  dtype: {args.dtype}  max_tokens: {args.max_tokens}  parallel: {args.parallel}  "
-          f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; server RSS {rss_before:.0f} MB -> {rss_after:.0f} MB")  # fmt: skip
+    print(
+        f"server: {name}  model: {args.model or 'default'}  dtype: {args.dtype}  max_tokens: {args.max_tokens}  parallel: {args.parallel}  "
+        f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; server RSS {rss_before:.0f} MB -> {rss_after:.0f} MB"
+    )
     base = levels[0].tokens / levels[0].wall if levels and levels[0].wall else float("nan")
     print(
-        "| clients | served | refused (503) | errors | tokens | wall s | aggregate tok/s | x 1st level | per-client decode tok/s (median) | TTFT p50 s | TTFT p95 s |"
+        "| clients | served | refused (503) | errors | tokens | wall s | aggregate tok/s | x 1st level | per-client decode tok/s "
+        "(median) | TTFT p50 s | TTFT p95 s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for level in levels:
         rate = level.tokens / level.wall if level.wall else float("nan")
         per_client = statistics.median(level.rates) if level.rates else float("nan")
-        print(f"| {level.clients} | {len(level.ttft)} | {level.refused} | {len(level.errors)} | {level.tokens} | {level.wall:.1f} | {rate:.1f} | "
-              f"{rate / base:.2f} | {per_client:.1f} | {percentile(level.ttft, 0.5):.2f} | {percentile(level.ttft, 0.95):.2f} |")  # fmt: skip
+        print(
+            f"| {level.clients} | {len(level.ttft)} | {level.refused} | {len(level.errors)} | {level.tokens} | {level.wall:.1f} "
+            f"| {rate:.1f} | {rate / base:.2f} | {per_client:.1f} | {percentile(level.ttft, 0.5):.2f} "
+            f"| {percentile(level.ttft, 0.95):.2f} |"
+        )
     for level in levels:
         for error in level.errors[:3]:
             print(f"error ({level.clients} clients): {error}", file=sys.stderr)

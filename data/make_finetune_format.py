@@ -19,7 +19,16 @@ CAPITALS = {
     "Turkey": "Ankara", "Thailand": "Bangkok", "South Korea": "Seoul", "Belgium": "Brussels", "Denmark": "Copenhagen",
     "Hungary": "Budapest",
 }
-HELD_CAPITALS = {"Peru": "Lima", "Cuba": "Havana", "Iran": "Tehran", "Vietnam": "Hanoi", "Czech Republic": "Prague", "Indonesia": "Jakarta", "Chile": "Santiago", "Switzerland": "Bern"}
+HELD_CAPITALS = {
+    "Peru": "Lima",
+    "Cuba": "Havana",
+    "Iran": "Tehran",
+    "Vietnam": "Hanoi",
+    "Czech Republic": "Prague",
+    "Indonesia": "Jakarta",
+    "Chile": "Santiago",
+    "Switzerland": "Bern",
+}
 SYMBOLS = {
     "hydrogen": "H", "helium": "He", "carbon": "C", "nitrogen": "N", "oxygen": "O", "sodium": "Na", "iron": "Fe", "gold": "Au",
     "silver": "Ag", "copper": "Cu", "lead": "Pb", "potassium": "K", "calcium": "Ca", "zinc": "Zn", "neon": "Ne", "uranium": "U",
@@ -44,7 +53,9 @@ def reply(answer: str, topic: str) -> str:
     return json.dumps({"answer": answer, "topic": topic})
 
 
-def examples(rng: random.Random, capitals: dict, symbols: dict, opposites: dict, numbers: range, count_math: int) -> list[tuple[str, str, str]]:
+def examples(
+    rng: random.Random, capitals: dict, symbols: dict, opposites: dict, numbers: range, count_math: int
+) -> list[tuple[str, str, str]]:
     """(question, answer, topic) triples."""
     out = [(rng.choice(CAPITAL_Q).format(x=k), v, "geography") for k, v in capitals.items()]
     out += [(rng.choice(SYMBOL_Q).format(x=k), v, "chemistry") for k, v in symbols.items()]

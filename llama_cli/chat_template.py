@@ -213,9 +213,16 @@ def render_chat(
 def check_builtin_template(tokenizer: Tokenizer, choice: str) -> None:
     """Refuse a built-in template whose special tokens the vocabulary lacks (the model would see
     them spelled out as text, and copy them into its reply). Other choices pass unchecked."""
-    missing = [t for t in BUILTIN_SPECIALS.get(choice, ()) if not any(map(tokenizer.is_special, tokenizer.encode(t, bos=False, parse_special=True)))]
+    missing = [
+        t
+        for t in BUILTIN_SPECIALS.get(choice, ())
+        if not any(map(tokenizer.is_special, tokenizer.encode(t, bos=False, parse_special=True)))
+    ]
     if missing:
-        raise UsageError(f"--template {choice} writes {', '.join(missing)}, which this model's vocabulary lacks; use --template auto (the model's own) or another")
+        raise UsageError(
+            f"--template {choice} writes {', '.join(missing)}, which this model's vocabulary lacks; use --template auto (the "
+            "model's own) or another"
+        )
 
 
 def template_text(model_template: str | None, choice: str) -> TemplateText:

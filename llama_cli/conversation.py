@@ -135,7 +135,8 @@ def parse_tools(data: Any, source: str) -> list[Tool]:
         )
         if not named:
             raise ToolsError(
-                f'{source}: tool {i} is not {{"type": "function", "function": {{"name": "...", "description": "...", "parameters": {{...}}}}}}'
+                f'{source}: tool {i} is not '
+                f'{{"type": "function", "function": {{"name": "...", "description": "...", "parameters": {{...}}}}}}'
             )
     return data
 

@@ -108,7 +108,9 @@ def read_corpus(paths: Sequence[str | Path]) -> list[Document]:
         for number, record in jsonl_records(path):
             text = record.get("text")
             if not isinstance(text, str):
-                raise DataError(f'{path} line {number}: expected an object with a "text" string (keys: {", ".join(sorted(record)) or "none"})')
+                raise DataError(
+                    f'{path} line {number}: expected an object with a "text" string (keys: {", ".join(sorted(record)) or "none"})'
+                )
             if text.strip():
                 documents.append(Document(f"{path} line {number}", text))
                 count += 1
@@ -129,7 +131,9 @@ def _sentences(documents: Iterable[Document], max_chars: int) -> Iterator[str]:
                     yield line[start : start + max_chars]
 
 
-def train_tokenizer(documents: Sequence[Document], *, vocab_size: int, kind: TokenizerKind = "bpe", seed_sentences: int = 2_000_000, threads: int = 1) -> SentencePieceTokenizer:
+def train_tokenizer(
+    documents: Sequence[Document], *, vocab_size: int, kind: TokenizerKind = "bpe", seed_sentences: int = 2_000_000, threads: int = 1
+) -> SentencePieceTokenizer:
     """A sentencepiece tokenizer trained on the corpus (in memory), ids 0-2 = <unk> <s> </s>.
 
     Bytes it never saw in training decode through byte fallback (<0x0A> for a newline), so any

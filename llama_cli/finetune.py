@@ -56,14 +56,19 @@ def read_conversations(path: str | Path) -> list[tuple[int, list[Message]]]:
                 raise DataError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
             for k, m in enumerate(messages):
                 if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                    raise DataError(f'{where}: message {k + 1} must be {{"role": system|user|assistant, "content": text}}, got {json.dumps(m)[:80]}')
+                    raise DataError(
+                        f'{where}: message {k + 1} must be {{"role": system|user|assistant, "content": text}}, got {json.dumps(m)[:80]}'
+                    )
             messages = [{"role": m["role"], "content": m["content"]} for m in messages]
         elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
             messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]
             if isinstance(record.get("system"), str):
                 messages.insert(0, {"role": "system", "content": record["system"]})
         else:
-            raise DataError(f'{where}: expected "messages" (a list of {{"role", "content"}}) or "prompt" and "completion" strings (keys: {", ".join(sorted(record)) or "none"})')
+            raise DataError(
+                f'{where}: expected "messages" (a list of {{"role", "content"}}) or "prompt" and "completion" strings (keys: '
+                f'{", ".join(sorted(record)) or "none"})'
+            )
         if not any(m["role"] == "assistant" and m["content"] for m in messages):
             raise DataError(f"{where}: no assistant message with content: there is nothing to learn from it")
         examples.append((number, messages))
@@ -140,7 +145,9 @@ def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume:
     return FinetuneSettings(out=out, lora=lora_config, loop=LoopSettings.from_dict(loop), **merged)
 
 
-def prepare_examples(conversations: list[tuple[int, list[Message]]], path: str, tokenizer: Tokenizer, template: str, max_len: int, context: int) -> list[Example]:
+def prepare_examples(
+    conversations: list[tuple[int, list[Message]]], path: str, tokenizer: Tokenizer, template: str, max_len: int, context: int
+) -> list[Example]:
     examples = [encode_conversation(m, tokenizer, template, f"{path} line {n}") for n, m in conversations]
     too_long = [e for e in examples if len(e.inputs) > max_len]
     if too_long:
@@ -172,7 +179,9 @@ class FinetuneTask:
     def _order(self, epoch: int) -> list[int]:
         """The training examples' order in an epoch: a permutation seeded by (seed, epoch)."""
         if epoch not in self._orders:
-            self._orders = {epoch: torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.loop.seed + epoch)).tolist()}
+            self._orders = {
+                epoch: torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.loop.seed + epoch)).tolist()
+            }
         return self._orders[epoch]
 
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,14 +266,18 @@ def finetune(settings: FinetuneSettings, *, resume: bool = False, device: str = 
                 f"{'all' if settings.full else 'LoRA'} {trainable / 1e6:.2f}M trainable parameters of {config.n_params / 1e6:.2f}M",
                 file=sys.stderr, flush=True,
             )  # fmt: skip
-        result = run_loop(model, task, settings.loop, out, dist, resume=resume, label="llama finetune", extra={"data": data_key, "base": str(base_path)})
+        result = run_loop(
+            model, task, settings.loop, out, dist, resume=resume, label="llama finetune", extra={"data": data_key, "base": str(base_path)}
+        )
         if settings.merge and not settings.full and not result.interrupted:
             weights = full_state(model, dist)  # every rank takes part under FSDP
             if dist.main:
                 lora = {k: v for k, v in weights.items() if k.endswith((".lora_a", ".lora_b"))}
                 base = {k: v.float() for k, v in weights.items() if k not in lora}
                 merged = Adapter(settings.lora, lora).merged(base)
-                save_native(out, config, merged, tokenizer, checkpoint.chat_template, origin={"base_model": str(base_path), "adapter": str(out)})
+                save_native(
+                    out, config, merged, tokenizer, checkpoint.chat_template, origin={"base_model": str(base_path), "adapter": str(out)}
+                )
         return result
     finally:
         close_distributed()

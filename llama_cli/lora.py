@@ -155,7 +155,9 @@ class Adapter:
         return out
 
 
-def save_adapter(folder: Path, tensors: Mapping[str, torch.Tensor], config: LoRAConfig, *, base_config: ModelConfig, base_model: str | None) -> None:
+def save_adapter(
+    folder: Path, tensors: Mapping[str, torch.Tensor], config: LoRAConfig, *, base_config: ModelConfig, base_model: str | None
+) -> None:
     """Write an adapter folder: the `.lora_a`/`.lora_b` tensors among `tensors` (a state dict will do)."""
     folder.mkdir(parents=True, exist_ok=True)
     lora = {name: t.to("cpu", torch.float32).contiguous() for name, t in tensors.items() if name.endswith((".lora_a", ".lora_b"))}

@@ -74,7 +74,10 @@ def start_notices(turn: Turn, session: ChatSession) -> None:
 
 def end_notices(turn: Turn) -> None:
     if turn.generation.results[0].complete is False and not turn.interrupted:  # a constrained reply cut short
-        notice(f"[the reply stopped at {turn.max_tokens} tokens inside the {turn.generation.settings.constraint.option} value: it is not valid; raise -n]")  # type: ignore[union-attr]
+        notice(
+            f"[the reply stopped at {turn.max_tokens} tokens inside the {turn.generation.settings.constraint.option} value: it is "
+            "not valid; raise -n]"
+        )  # type: ignore[union-attr]
 
 
 class WordWrap:

@@ -30,7 +30,16 @@ from .errors import UsageError
 Kind = Literal["json", "regex", "choice", "grammar"]
 
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-CONCISE_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number", "number": "number", "bool": "boolean", "boolean": "boolean"}
+CONCISE_TYPES = {
+    "str": "string",
+    "string": "string",
+    "int": "integer",
+    "integer": "integer",
+    "float": "number",
+    "number": "number",
+    "bool": "boolean",
+    "boolean": "boolean",
+}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
@@ -157,7 +166,9 @@ def choice_spec(choices: list[str] | str) -> Spec:
     items = [c.strip() for c in choices.split(",")] if isinstance(choices, str) else list(choices)
     if not items or any(not c for c in items):
         raise UsageError("--choice: give non-empty items separated by commas, e.g. --choice yes,no,maybe")
-    grammar = llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(items)))
+    grammar = llguidance.LLMatcher.grammar_from_lark(
+        "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(items))
+    )
     return Spec("choice", grammar, "--choice", choices=tuple(dict.fromkeys(items)), notes=_check(grammar, "--choice"))
 
 
@@ -183,10 +194,27 @@ def read_grammar(path: str) -> Spec:
 
 
 def spec_from_options(
-    *, schema: str | None = None, schema_multi: str | None = None, regex: str | None = None, choice: str | None = None, grammar: str | None = None, json_object: bool = False
+    *,
+    schema: str | None = None,
+    schema_multi: str | None = None,
+    regex: str | None = None,
+    choice: str | None = None,
+    grammar: str | None = None,
+    json_object: bool = False,
 ) -> Spec | None:
     """The Spec the CLI options ask for (at most one of them), or None for free text."""
-    given = [name for name, value in (("--schema", schema), ("--schema-multi", schema_multi), ("--regex", regex), ("--choice", choice), ("--grammar", grammar), ("--json-output", json_object or None)) if value is not None]
+    given = [
+        name
+        for name, value in (
+            ("--schema", schema),
+            ("--schema-multi", schema_multi),
+            ("--regex", regex),
+            ("--choice", choice),
+            ("--grammar", grammar),
+            ("--json-output", json_object or None),
+        )
+        if value is not None
+    ]
     if len(given) > 1:
         raise UsageError(f"{' and '.join(given)} cannot be combined: give one constraint")
     if schema is not None:
@@ -229,4 +257,7 @@ def spec_from_response_format(response_format: dict[str, Any]) -> Spec | None:
         return choice_spec(value)
     if kind == "grammar" and isinstance(value, str):
         return grammar_spec(value, "response_format.grammar")
-    raise UsageError(f"response_format: unsupported type {kind!r} (or its value is missing); use text, json_object, json_schema, regex, choice or grammar")
+    raise UsageError(
+        f"response_format: unsupported type {kind!r} (or its value is missing); use text, json_object, json_schema, regex, choice "
+        "or grammar"
+    )

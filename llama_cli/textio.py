@@ -17,7 +17,8 @@ def decode_text(data: bytes, name: str, *, error: type[LlamaError] = LlamaError)
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise error(
-            f"{name} is not valid UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); convert it, e.g. with iconv -f latin1 -t utf-8"
+            f"{name} is not valid UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); convert it, e.g. with iconv -f "
+            "latin1 -t utf-8"
         ) from None
 
 

@@ -35,8 +35,25 @@ from .train_settings import PRESETS, LoopSettings, PretrainSettings
 from .trainer import STATE_FILE, LoopResult, run_loop, saved_settings
 
 TRAIN_FILE = "train.json"
-OPTION_NAMES = {"n_layers": "--layers", "n_heads": "--heads", "n_kv_heads": "--kv-heads", "context_length": "--ctx", "tokenizer_kind": "--tokenizer-type"}
-FIXED_ON_RESUME = ("preset", "dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size", "tokenizer", "tokenizer_kind", "val_fraction")
+OPTION_NAMES = {
+    "n_layers": "--layers",
+    "n_heads": "--heads",
+    "n_kv_heads": "--kv-heads",
+    "context_length": "--ctx",
+    "tokenizer_kind": "--tokenizer-type",
+}
+FIXED_ON_RESUME = (
+    "preset",
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "context_length",
+    "vocab_size",
+    "tokenizer",
+    "tokenizer_kind",
+    "val_fraction",
+)
 
 
 def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume: bool) -> PretrainSettings:
@@ -48,7 +65,9 @@ def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume:
         actual = {**saved, **{k: shape[k] for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size")}}
         fixed = [k for k in FIXED_ON_RESUME if k in given and given[k] != actual.get(k)]
         if fixed:
-            changes = "; ".join(f"{OPTION_NAMES.get(k, '--' + k.replace('_', '-'))} {given[k]} (the run has {actual.get(k)})" for k in fixed)
+            changes = "; ".join(
+                f"{OPTION_NAMES.get(k, '--' + k.replace('_', '-'))} {given[k]} (the run has {actual.get(k)})" for k in fixed
+            )
             raise UsageError(f"--resume cannot change the model, tokenizer or data split: {changes}")
     merged = {**{k: v for k, v in saved.items() if k not in ("loop", "out")}, **given}
     if not merged.get("data"):
@@ -68,13 +87,24 @@ def init_weights(model: Transformer, seed: int) -> None:
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             else:
-                p.normal_(0.0, residual_std if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else 0.02, generator=generator)
+                p.normal_(
+                    0.0, residual_std if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else 0.02, generator=generator
+                )
 
 
 class PretrainTask:
     """Random windows of this rank's shard for training; fixed windows of the held-out tail for validation."""
 
-    def __init__(self, train: torch.Tensor, val: torch.Tensor, config: ModelConfig, tokenizer: Tokenizer, chat_template: str | None, loop: LoopSettings, dist: Dist) -> None:
+    def __init__(
+        self,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        chat_template: str | None,
+        loop: LoopSettings,
+        dist: Dist,
+    ) -> None:
         self.config, self.tokenizer, self.chat_template, self.loop, self.rank = config, tokenizer, chat_template, loop, dist.rank
         start, end = data.shard_bounds(len(train), dist.rank, dist.world)
         self.shard, self.bounds = train[start:end], (start, end)
@@ -154,7 +184,9 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            settings.model_config(settings.vocab_size or PRESETS[settings.preset].vocab_size)  # a bad shape fails before the tokenizer trains
+            settings.model_config(
+                settings.vocab_size or PRESETS[settings.preset].vocab_size
+            )  # a bad shape fails before the tokenizer trains
         tokenizer, chat_template = _tokenizer(settings, documents, dist, resume=resume)
         if resume:
             config = ModelConfig.from_dict(json.loads((out / "llama.json").read_text(encoding="utf-8")))
@@ -172,9 +204,15 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
         model.to(dist.device)
         if dist.main:
             summary = {
-                "documents": len(documents), "tokens": len(stream), "train_tokens": len(train), "val_tokens": len(val),
-                "unigram_baseline": baseline, "parameters": sum(p.numel() for p in model.parameters()), "world_size": dist.world, "fingerprint": key,
-            }  # fmt: skip
+                "documents": len(documents),
+                "tokens": len(stream),
+                "train_tokens": len(train),
+                "val_tokens": len(val),
+                "unigram_baseline": baseline,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "world_size": dist.world,
+                "fingerprint": key,
+            }
             saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
             (out / TRAIN_FILE).write_text(json.dumps({"settings": saved, "corpus": summary}, indent=1) + "\n", encoding="utf-8")
             print(
@@ -185,7 +223,11 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
             )  # fmt: skip
         if dist.world > 1:
             start, end = task.bounds
-            print(f"llama: rank {dist.rank}/{dist.world} trains on tokens {start:,}-{end:,} of the {len(train):,}-token training stream", file=sys.stderr, flush=True)
+            print(
+                f"llama: rank {dist.rank}/{dist.world} trains on tokens {start:,}-{end:,} of the {len(train):,}-token training stream",
+                file=sys.stderr,
+                flush=True,
+            )
         return run_loop(model, task, settings.loop, out, dist, resume=resume, label="llama train", extra={"data": key})
     finally:
         close_distributed()

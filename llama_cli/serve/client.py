@@ -124,7 +124,8 @@ def remote_generate(
     if stats:
         print(
             f"prompt: {prompt_tokens} tokens ({prompt_tokens - cached} prefilled, {summary['prefill_tokens_per_s']:.1f} tok/s) | "
-            f"generated: {generated} tokens ({summary['decode_tokens_per_s']:.1f} tok/s) | stop: {', '.join(sorted(set(reasons)))} | server: {url}",
+            f"generated: {generated} tokens ({summary['decode_tokens_per_s']:.1f} tok/s) | stop: {', '.join(sorted(set(reasons)))} "
+            f"| server: {url}",
             file=sys.stderr,
             flush=True,
         )

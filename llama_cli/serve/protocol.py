@@ -240,7 +240,10 @@ def context_error(prompt_tokens: int, max_tokens: int | None, context: int, para
     if max_tokens is None:
         message = f"the prompt has {prompt_tokens} tokens, which leaves no room in the context window of {context} tokens"
     else:
-        message = f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: {prompt_tokens + max_tokens} exceed the context window of {context} tokens"
+        message = (
+            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: "
+            f"{prompt_tokens + max_tokens} exceed the context window of {context} tokens"
+        )
     return bad(
         message + '; shorten the prompt, lower max_tokens, or send "truncate": true to keep the end of the prompt',
         param,

@@ -83,7 +83,9 @@ def gguf_model_info(path: Path, header: GGUFHeader, *, cache: bool = True) -> GG
         try:
             _write_entry(entry, key, path, info)
         except (OSError, LlamaError) as exc:
-            message = f"cannot cache the model's metadata under {cache_root()} ({exc}); running uncached: set LLAMA_CACHE to a writable folder"
+            message = (
+                f"cannot cache the model's metadata under {cache_root()} ({exc}); running uncached: set LLAMA_CACHE to a writable folder"
+            )
             warnings.warn(CacheWarning(message), stacklevel=3)
     return info
 

@@ -139,7 +139,8 @@ def _scan(cur: _Cursor) -> GGUFHeader:
     tensor_count, kv_count = cur.unpack("<Q"), cur.unpack("<Q")
     if tensor_count * MIN_TENSOR_BYTES + kv_count * MIN_KV_BYTES > cur.size - cur.pos:
         raise ModelFormatError(
-            f"{path}: the header claims {tensor_count} tensors and {kv_count} key/values, more than its {cur.size} bytes can hold: the file is corrupt"
+            f"{path}: the header claims {tensor_count} tensors and {kv_count} key/values, more than its {cur.size} bytes can hold: "
+            "the file is corrupt"
         )
 
     scalars: dict[str, Any] = {}

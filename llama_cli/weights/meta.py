@@ -60,7 +60,8 @@ def _load_shard(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
         raise ModelFormatError(
-            f"{path}: unreadable checkpoint shard ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); it is truncated, corrupt or not tensors only"
+            f"{path}: unreadable checkpoint shard ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); it is "
+            "truncated, corrupt or not tensors only"
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ModelFormatError(f"{path}: expected a dict of named tensors")
