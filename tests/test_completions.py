@@ -16,7 +16,8 @@ FOLDER = Path(__file__).resolve().parent.parent / "completions"
 @pytest.mark.parametrize("shell", SHELLS)
 def test_committed_scripts_are_up_to_date(shell: str) -> None:
     committed = (FOLDER / FILENAMES[shell]).read_text(encoding="utf-8")
-    assert committed == render(shell, root_command()), f"completions/{FILENAMES[shell]} is stale: run `python -m llama_cli.cli.write_completions completions/`"
+    stale = f"completions/{FILENAMES[shell]} is stale: run `python -m llama_cli.cli.write_completions completions/`"
+    assert committed == render(shell, root_command()), stale
 
 
 @pytest.mark.parametrize("shell", SHELLS)
