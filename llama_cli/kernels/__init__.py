@@ -13,10 +13,12 @@ raw bytes, without materialising W as floats. Two paths:
 `dequantize` gives exact float32 rows (bit-identical to `gguf.quants.dequantize`), for embedding
 lookups and for callers without the compiled library.
 
-The library is compiled with the system C compiler the first time `available()` is asked and is
-cached per source, compiler and CPU (see _build.py). Where that is impossible, `available()` is
-False, `describe()` says why, and `linear`/`dequantize` raise RuntimeError: the caller falls back
-to torch. Set LLAMA_NO_KERNELS=1 to act as if no compiler existed.
+The libraries are compiled with the system C compiler at first use and cached per source,
+compiler and CPU (see _build.py): a core library the first time `available()` is asked, and one
+small library per tensor type's int8 kernel, built for the types a model holds when it loads
+(`prepare`, all in parallel) or when a type is first used. Where that is impossible, `available()`
+is False, `describe()` says why, and `linear`/`dequantize` raise RuntimeError: the caller falls
+back to torch. Set LLAMA_NO_KERNELS=1 to act as if no compiler existed.
 
 What this does not do: F32 weights (use torch), CUDA tensors, or any type outside SUPPORTED.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,7 +57,9 @@ SUPPORTED: frozenset[str] = frozenset(_TYPES)
 BF16_MIN_ROWS = 32
 TILE_BYTES = 8 << 20  # bfloat16 weight tile per matmul call (2 MB: 241 tok/s at M=512, 8 MB: 260, 32 MB: 202)
 
-_lib: ctypes.CDLL | None = None
+_lib: ctypes.CDLL | None = None  # the core library (_build.py)
+_type_libs: dict[str, ctypes.CDLL] = {}  # one small library per type's int8 kernel
+_kernels: dict[int, int | None] = {}  # type id -> that kernel's address (None: portable C)
 _error: str | None = None
 
 
@@ -68,23 +73,44 @@ def block_shape(qtype: str) -> tuple[int, int]:
 
 
 def available() -> bool:
-    """Whether the compiled kernels can run here; builds (first call) or loads the library."""
+    """Whether the compiled kernels can run here; builds (first call) or loads the core library."""
+    return prepare(())
+
+
+def prepare(qtypes: Iterable[str]) -> bool:
+    """available(), with the int8 kernels of `qtypes` built too, all in parallel (a model's load
+    calls this with the types it holds; other types build when first used)."""
     global _lib, _error
-    if _lib is not None:
-        return True
     if _error is not None:
         return False
+    wanted = {name: _TYPES[name][0] for name in qtypes if name in _TYPES and name not in _type_libs}
+    if _lib is not None and not wanted:
+        return True
     if os.environ.get("LLAMA_NO_KERNELS"):
         _error = "LLAMA_NO_KERNELS is set"
         return False
     from ._build import KernelBuildError, load
 
     try:
-        _lib = load()
+        core, per_type = load(wanted)
     except KernelBuildError as exc:
-        _error = str(exc)
-        return False
+        if _lib is None:
+            _error = str(exc)
+            return False
+        raise RuntimeError(str(exc)) from None  # the core works, a type's kernel does not: a bug, not a fallback
+    _lib = _lib or core
+    for name, lib in per_type.items():
+        _type_libs[name] = lib
+        _kernels[_TYPES[name][0]] = lib.llk_simd_kernel(_TYPES[name][0]) or None
     return True
+
+
+def kernel_of(qtype: str) -> int | None:
+    """The address of `qtype`'s SIMD int8 kernel for llk_linear (None: none on this CPU, the portable one runs)."""
+    tid = _type_id(qtype)
+    if tid not in _kernels:
+        prepare((qtype,))
+    return _kernels.get(tid)
 
 
 def describe() -> str:
@@ -99,12 +125,14 @@ def describe() -> str:
 
 
 def simd_types() -> frozenset[str]:
-    """The SUPPORTED types that have a SIMD kernel on this CPU (the rest run portable C)."""
-    lib = _library()
-    return frozenset(name for name, (tid, _, _) in _TYPES.items() if lib.llk_has_simd(tid))
+    """The SUPPORTED types that have a SIMD kernel on this CPU (the rest run portable C); builds every type's."""
+    prepare(SUPPORTED)
+    return frozenset(name for name in SUPPORTED if kernel_of(name) is not None)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int, *, float32_out: bool = False) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int, *, float32_out: bool = False
+) -> torch.Tensor:
     """x @ W.T for x float32 (M, K) and W the raw GGUF bytes, uint8 (N, row_bytes); float32 (M, N).
 
     `float32_out` keeps every row on the int8 path, whose results are float32: for the output
@@ -124,19 +152,63 @@ def linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int,
     info = _TYPES.get(qtype)
     # The decode path runs ~100-200 times per token: check the arguments in one expression and
     # leave the explanations (and every unusual case) to _linear.
-    if (_lib is None or info is None or x.dtype is not torch.float32 or weight.dtype is not torch.uint8
-            or x.dim() != 2 or x.shape[1] != K or K % info[1] or weight.shape != (N, K // info[1] * info[2])
-            or not x.is_cpu or not weight.is_cpu or not x.is_contiguous() or not weight.is_contiguous() or M == 0):
+    if (
+        _lib is None
+        or info is None
+        or x.dtype is not torch.float32
+        or weight.dtype is not torch.uint8
+        or x.dim() != 2
+        or x.shape[1] != K
+        or K % info[1]
+        or weight.shape != (N, K // info[1] * info[2])
+        or not x.is_cpu
+        or not weight.is_cpu
+        or not x.is_contiguous()
+        or not weight.is_contiguous()
+        or M == 0
+    ):
         return _linear(x, weight, qtype, N, K, path="int8")
     out = torch.empty((M, N), dtype=torch.float32)
-    if _lib.llk_linear(info[0], x.data_ptr(), M, K, weight.data_ptr(), N, weight.shape[1], out.data_ptr(),
-                       torch.get_num_threads(), 1):
+    if _lib.llk_linear(
+        info[0], x.data_ptr(), M, K, weight.data_ptr(), N, weight.shape[1], out.data_ptr(), torch.get_num_threads(), kernel_of(qtype)
+    ):
         raise RuntimeError(f"llk_linear failed for {qtype} {N}x{K}")
     return out
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int,
-            *, path: str = "int8", simd: bool = True) -> torch.Tensor:
+def small_linear(x: torch.Tensor, weight: torch.Tensor, type_id: int, kernel: int | None, out_features: int) -> torch.Tensor:
+    """linear() for a decode-sized pass whose layouts the caller has checked once: x float32 (M, K),
+    contiguous, on the CPU, M < BF16_MIN_ROWS; weight the raw bytes (out_features, row_bytes) of the
+    type `type_id` (see `type_id`), `kernel` its kernel_of(). The int8 kernels without linear()'s
+    per-call checks (the C side still refuses a K or row size that does not match the type)."""
+    import torch
+
+    M, K = x.shape
+    out = torch.empty((M, out_features), dtype=torch.float32)
+    if _lib.llk_linear(
+        type_id,
+        x.data_ptr(),
+        M,
+        K,
+        weight.data_ptr(),
+        out_features,
+        weight.shape[1],
+        out.data_ptr(),  # type: ignore[union-attr]
+        torch.get_num_threads(),
+        kernel,
+    ):
+        raise RuntimeError(f"llk_linear failed for type {type_id}, {out_features}x{K}")
+    return out
+
+
+def type_id(qtype: str) -> int:
+    """The ggml type id of a SUPPORTED type (ValueError for others), for `small_linear`."""
+    return _type_id(qtype)
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int, in_features: int, *, path: str = "int8", simd: bool = True
+) -> torch.Tensor:
     """linear() through a chosen path: "int8" (SIMD or, with simd=False, portable C) or "bf16"."""
     import torch
 
@@ -152,8 +224,18 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, qtype: str, out_features: int
         return out
     if path == "bf16":
         return _linear_bf16(x, weight, type_id, N, K, out)
-    rc = lib.llk_linear(type_id, x.data_ptr(), x.shape[0], K, weight.data_ptr(), N, weight.shape[1],
-                        out.data_ptr(), torch.get_num_threads(), int(simd))
+    rc = lib.llk_linear(
+        type_id,
+        x.data_ptr(),
+        x.shape[0],
+        K,
+        weight.data_ptr(),
+        N,
+        weight.shape[1],
+        out.data_ptr(),
+        torch.get_num_threads(),
+        kernel_of(qtype) if simd else None,
+    )
     if rc != 0:
         raise RuntimeError(f"llk_linear failed ({rc}) for {qtype} {N}x{K}")
     return out
@@ -215,8 +297,7 @@ def dequantize(weight: torch.Tensor, qtype: str, in_features: int, rows: torch.T
     out = torch.empty((n_rows, K), dtype=torch.float32)
     if n_rows == 0:
         return out
-    rc = lib.llk_dequant(type_id, weight.data_ptr(), weight.shape[1], K, rows_ptr, n_rows, out.data_ptr(),
-                         torch.get_num_threads())
+    rc = lib.llk_dequant(type_id, weight.data_ptr(), weight.shape[1], K, rows_ptr, n_rows, out.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"llk_dequant failed ({rc}) for {qtype} with {K} columns")
     return out

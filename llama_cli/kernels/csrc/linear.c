@@ -71,13 +71,13 @@ static void quantize_row_256(const float *x, int64_t K, act256_t *a) {
 static int clamp_threads(int n) { return n < 1 ? 1 : n; }
 
 /* Returns 0 on success, -1 for an unknown type or a K that is not a whole number of blocks,
- * -2 when memory for the activations cannot be allocated. `simd` = 0 forces the scalar path. */
+ * -2 when memory for the activations cannot be allocated. `kern` is the type's SIMD kernel, from
+ * its own library (simd.c, built per type: see _build.py), or NULL for the portable one. */
 int llk_linear(int type, const float *x, int64_t M, int64_t K, const uint8_t *w, int64_t N,
-               int64_t row_bytes, float *out, int nthreads, int simd) {
+               int64_t row_bytes, float *out, int nthreads, llk_kernel_t kern) {
     const int qk = llk_block_size(type), fmt = llk_act_format(type);
     if (!qk || K % (fmt == ACT_256 ? 256 : fmt == ACT_32 ? 32 : 1)) return -1;
     if (row_bytes != K / qk * llk_block_bytes(type)) return -1;
-    llk_kernel_t kern = simd ? llk_simd_kernel(type) : 0;
     if (!kern) kern = llk_scalar_kernel(type);
     nthreads = clamp_threads(nthreads);
     if (N * row_bytes * M < 64 * 1024) nthreads = 1; /* waking a thread costs more than it saves */
@@ -185,7 +185,15 @@ int llk_dequant_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, i
     return failed ? -2 : 0;
 }
 
-/* The instruction set of the SIMD kernels, as compiled, or "scalar". */
-const char *llk_isa(void) { return llk_simd_name(); }
-
-int llk_has_simd(int type) { return llk_simd_kernel(type) != 0; }
+/* The instruction set simd.c compiles to with these flags (the same ones), or "scalar". */
+const char *llk_isa(void) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#ifdef __AVX512VNNI__
+    return "AVX512-VNNI";
+#else
+    return "AVX512BW";
+#endif
+#else
+    return "scalar";
+#endif
+}

@@ -133,8 +133,7 @@ int llk_block_bytes(int type);
 int llk_act_format(int type);
 void llk_dequant_row(int type, const uint8_t *w, int64_t K, float *y);
 llk_kernel_t llk_scalar_kernel(int type);
-llk_kernel_t llk_simd_kernel(int type); /* NULL where no SIMD path exists for this type/CPU */
-const char *llk_simd_name(void);
+llk_kernel_t llk_simd_kernel(int type); /* simd.c: NULL where no SIMD path exists for this type/CPU */
 int llk_simd_dequant_bf16(int type, const uint8_t *w, int64_t K, uint16_t *out);
 
 #endif

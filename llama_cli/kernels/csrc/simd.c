@@ -22,7 +22,8 @@
  * has a ymm form for 1-2 rows and a paired zmm form for more, holding the same per-row state.
  *
  * The unpacking lives in unpack.h (shared with tiles.c). Without AVX-512 (BW, VL) no kernel here
- * is compiled and linear.c uses the portable ones.
+ * is compiled and linear.c uses the portable ones. This file is built apart from the others, one
+ * small library per type (see the end of the file), and llk_linear is handed the kernel.
  */
 #include <math.h>
 
@@ -228,51 +229,107 @@ INLINE void half_rows(int type, int64_t K, const uint8_t *w, const void *act, si
         DISPATCH_R(BODY, TYPE)                                                                   \
     }
 
+/* Built once per type (_build.py passes -DLLK_TYPE=<ggml type id>: a model compiles only the
+ * kernels of the types it holds, each in its own process); without LLK_TYPE, every type. The ids
+ * are llk.h's enum, spelled as numbers for the preprocessor. */
+#ifdef LLK_TYPE
+#define WANT(ID) (LLK_TYPE == (ID))
+#else
+#define WANT(ID) 1
+#endif
+#if WANT(10)
 KERNEL(k_q2_k, kquant_rows, T_Q2_K)
+#endif
+#if WANT(11)
 KERNEL(k_q3_k, kquant_rows, T_Q3_K)
+#endif
+#if WANT(12)
 KERNEL(k_q4_k, kquant_rows, T_Q4_K)
+#endif
+#if WANT(13)
 KERNEL(k_q5_k, kquant_rows, T_Q5_K)
+#endif
+#if WANT(14)
 KERNEL(k_q6_k, kquant_rows, T_Q6_K)
+#endif
+#if WANT(1)
 KERNEL(k_f16, half_rows, T_F16)
+#endif
+#if WANT(30)
 KERNEL(k_bf16, half_rows, T_BF16)
+#endif
 #ifdef __AVX512VNNI__
+#if WANT(2)
 KERNEL(k_q4_0, q32_rows, T_Q4_0)
+#endif
+#if WANT(3)
 KERNEL(k_q4_1, q32_rows, T_Q4_1)
+#endif
+#if WANT(6)
 KERNEL(k_q5_0, q32_rows, T_Q5_0)
+#endif
+#if WANT(7)
 KERNEL(k_q5_1, q32_rows, T_Q5_1)
+#endif
+#if WANT(8)
 KERNEL(k_q8_0, q32_rows, T_Q8_0)
+#endif
+#if WANT(20)
 KERNEL(k_iq4_nl, q32_rows, T_IQ4_NL)
+#endif
+#if WANT(23)
 KERNEL(k_iq4_xs, q32_rows, T_IQ4_XS)
+#endif
 #endif
 
 llk_kernel_t llk_simd_kernel(int type) {
     switch (type) {
+#if WANT(10)
     case T_Q2_K: return k_q2_k;
+#endif
+#if WANT(11)
     case T_Q3_K: return k_q3_k;
+#endif
+#if WANT(12)
     case T_Q4_K: return k_q4_k;
+#endif
+#if WANT(13)
     case T_Q5_K: return k_q5_k;
+#endif
+#if WANT(14)
     case T_Q6_K: return k_q6_k;
+#endif
+#if WANT(1)
     case T_F16: return k_f16;
+#endif
+#if WANT(30)
     case T_BF16: return k_bf16;
+#endif
 #ifdef __AVX512VNNI__
+#if WANT(2)
     case T_Q4_0: return k_q4_0;
+#endif
+#if WANT(3)
     case T_Q4_1: return k_q4_1;
+#endif
+#if WANT(6)
     case T_Q5_0: return k_q5_0;
+#endif
+#if WANT(7)
     case T_Q5_1: return k_q5_1;
+#endif
+#if WANT(8)
     case T_Q8_0: return k_q8_0;
+#endif
+#if WANT(20)
     case T_IQ4_NL: return k_iq4_nl;
+#endif
+#if WANT(23)
     case T_IQ4_XS: return k_iq4_xs;
+#endif
 #endif
     default: return 0;
     }
-}
-
-const char *llk_simd_name(void) {
-#ifdef __AVX512VNNI__
-    return "AVX512-VNNI";
-#else
-    return "AVX512BW";
-#endif
 }
 
 #else /* no AVX-512: the portable kernels serve every type */
@@ -281,6 +338,5 @@ llk_kernel_t llk_simd_kernel(int type) {
     (void)type;
     return 0;
 }
-const char *llk_simd_name(void) { return "scalar"; }
 
 #endif
