@@ -23,6 +23,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bad_input: a case of the bad-input matrix (counted in the summary)")
+    config.addinivalue_line(
+        "markers",
+        "real_model: runs the default model (or files made from it) where a tiny model cannot stand in: fidelity against "
+        "references, what the real model answers, real-file presets. `-m 'not real_model'` leaves the fast part of the suite.",
+    )
     cache = Path(config.rootpath) / ".pytest_cache" / "llama-cache"
     os.environ.setdefault("LLAMA_CACHE", str(cache))
 
@@ -108,7 +113,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, default_model_path
     default = load_checkpoint(default_model_path)
     vocab = default.config.vocab_size
     config = ModelConfig(
-        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, ffn_dim=128, rope_theta=10000.0, context_length=2048
+        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, ffn_dim=128, rope_theta=10000.0, context_length=4096
     )
     torch.manual_seed(0)
     weights = {name: tensor.detach().clone() for name, tensor in Transformer(config).state_dict().items()}
@@ -159,33 +164,40 @@ def llm(default_model_path: Path):  # type: ignore[no-untyped-def]
     return load(default_model_path, dtype="float32")
 
 
-def gguf_files_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the session's GGUF files are made: $LLAMA_TEST_MODELS (kept between sessions), else a temporary folder."""
+def gguf_files_folder(config: pytest.Config) -> Path:
+    """Where GGUF test files are made and kept between sessions: $LLAMA_TEST_MODELS, else beside
+    pytest's own cache (`.pytest_cache`, which `pytest --cache-clear` empties) in a folder named
+    for the version of testing_models.py that writes them, so a changed writer makes new files."""
     if os.environ.get("LLAMA_TEST_MODELS"):
         return Path(os.environ["LLAMA_TEST_MODELS"])
-    return tmp_path_factory.getbasetemp() / "gguf-files"
+    import hashlib
+
+    from llama_cli import testing_models
+
+    version = hashlib.sha256(Path(testing_models.__file__).read_bytes()).hexdigest()[:12]
+    return Path(config.rootpath) / ".pytest_cache" / "gguf-files" / version
 
 
 @pytest.fixture(scope="session")
-def tiny_gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_gguf_path(pytestconfig: pytest.Config) -> Path:
     """An F16 GGUF of a 2-layer random llama with the default model's tokenizer (54 MB,
     testing_models.write_tiny_random): a GGUF that loads in a fraction of the default model's time."""
     from llama_cli.testing_models import base_file
 
-    folder = gguf_files_folder(tmp_path_factory)
+    folder = gguf_files_folder(pytestconfig)
     folder.mkdir(parents=True, exist_ok=True)
     return base_file(folder, "tiny")
 
 
 @pytest.fixture(scope="session")
-def model_files(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def model_files(pytestconfig: pytest.Config):  # type: ignore[no-untyped-def]
     """`make(model, preset, engine="auto") -> Path`: GGUF files made as users get them
-    (llama_cli/testing_models.py: an F16 GGUF, then quantized), each made once per session; skips
-    the test where the preset needs llama.cpp's quantizer and llama-cpp-python is absent.
-    $LLAMA_TEST_MODELS names a folder to keep them in between sessions."""
+    (llama_cli/testing_models.py: an F16 GGUF, then quantized), each made once and kept (see
+    `gguf_files_folder`); skips the test where the preset needs llama.cpp's quantizer and
+    llama-cpp-python is absent."""
     from llama_cli.testing_models import QuantizerMissing, model_file
 
-    folder = gguf_files_folder(tmp_path_factory)
+    folder = gguf_files_folder(pytestconfig)
 
     def make(model: str, preset: str, engine: str = "auto") -> Path:
         try:

@@ -8,6 +8,7 @@ end of the test session (see conftest.py).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -78,9 +79,9 @@ def bad_models(tmp_path_factory: pytest.TempPathFactory, default_model_path: Pat
     files["huge-tensor-count"].write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**62, 1) + head[24:4096])
     hf = files["corrupt-safetensors"]
     hf.mkdir()
-    (hf / "config.json").write_text(
-        '{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 300}'
-    )
+    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+    config |= {"intermediate_size": 128, "vocab_size": 300}
+    (hf / "config.json").write_text(json.dumps(config))
     (hf / "model.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{")
     return files
 
