@@ -200,7 +200,7 @@ def set_threads(threads: int | None) -> None:
     cores = _cores()
     if threads is not None and threads > MAX_THREADS_PER_CORE * cores:
         # Far more threads than cores only makes every barrier wait (20,000 drove the load to 360, 100,000 crashed libgomp).
-        raise SettingsError(f"{threads} {{threads}} on {cores} cores: use at most {MAX_THREADS_PER_CORE * cores}")
+        raise SettingsError(f"{threads} threads on {cores} cores: use at most {MAX_THREADS_PER_CORE * cores}")
     if threads is None:
         from .threads import default_threads
 
