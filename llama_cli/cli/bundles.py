@@ -22,17 +22,6 @@ class Bundle:
     def __init__(self, build: Callable[..., Any], parameters: Sequence[inspect.Parameter]) -> None:
         self.build, self.parameters = build, tuple(parameters)
 
-    def __add__(self, other: Bundle) -> Bundle:
-        """Both bundles' options; builds the pair of their objects."""
-        mine = {p.name for p in self.parameters}
-
-        def build(**values: Any) -> tuple[Any, Any]:
-            return self.build(**{k: v for k, v in values.items() if k in mine}), other.build(
-                **{k: v for k, v in values.items() if k not in mine}
-            )
-
-        return Bundle(build, [*self.parameters, *other.parameters])
-
 
 def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
