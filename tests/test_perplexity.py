@@ -36,6 +36,7 @@ def test_windows_do_not_overlap_and_drop_a_lone_last_token() -> None:
         windows([1, 2, 3], 1)
 
 
+@pytest.mark.real_model
 def test_matches_transformers_loss_on_the_same_tokens(llm, hf_model) -> None:  # type: ignore[no-untyped-def]
     ids = llm.tokenizer.encode(TEXT)
     ctx = 128
@@ -53,27 +54,27 @@ def test_matches_transformers_loss_on_the_same_tokens(llm, hf_model) -> None:  #
     assert abs(ours.perplexity - reference) / reference < 0.005, (ours.perplexity, reference)
 
 
-def test_cli_prints_perplexity_last_and_json(llm, tmp_path: Path, default_model_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_prints_perplexity_last_and_json(tiny_llm, tmp_path: Path, tiny_model_path: Path) -> None:  # type: ignore[no-untyped-def]
     text_file = tmp_path / "text.txt"
     text_file.write_text(TEXT, encoding="utf-8")
-    expected = perplexity(llm.model, llm.tokenizer.encode(TEXT), 96).perplexity
-    result = runner.invoke(app, ["perplexity", str(text_file), "-m", str(default_model_path), "--ctx", "96", "--dtype", "float32"])
+    expected = perplexity(tiny_llm.model, tiny_llm.tokenizer.encode(TEXT), 96).perplexity
+    result = runner.invoke(app, ["perplexity", str(text_file), "-m", str(tiny_model_path), "--ctx", "96", "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"perplexity: \d+\.\d{4}", last)
     assert float(last.split()[1]) == pytest.approx(expected, abs=1e-4)
     assert "windows of 96" in result.stderr  # progress and the summary go to stderr
 
-    data = runner.invoke(app, ["perplexity", str(text_file), "-m", str(default_model_path), "--ctx", "96", "--dtype", "float32", "--json"])
+    data = runner.invoke(app, ["perplexity", str(text_file), "-m", str(tiny_model_path), "--ctx", "96", "--dtype", "float32", "--json"])
     record = json.loads(data.stdout)
     assert record["perplexity"] == pytest.approx(expected, rel=1e-6)
     assert record["ctx"] == 96 and record["windows"] == math.ceil(record["tokens"] / 96)
 
 
-def test_cli_refuses_a_text_too_short_to_score(tmp_path: Path, default_model_path: Path) -> None:
+def test_cli_refuses_a_text_too_short_to_score(tmp_path: Path, tiny_model_path: Path) -> None:
     one = tmp_path / "one.txt"
     one.write_text("Hi", encoding="utf-8")
-    result = runner.invoke(app, ["perplexity", str(one), "-m", str(default_model_path), "--dtype", "float32"])
+    result = runner.invoke(app, ["perplexity", str(one), "-m", str(tiny_model_path), "--dtype", "float32"])
     assert result.exit_code == 2
     assert result.stderr.startswith("llama: error:") and "at least two" in result.stderr
 
@@ -100,7 +101,8 @@ def test_kl_summary_mean_p99_max() -> None:
     assert summary["mean"] == pytest.approx(0.5) and summary["max"] == pytest.approx(1.0) and summary["p99"] == pytest.approx(0.99)
 
 
-def test_kl_compare_of_a_model_with_itself(llm) -> None:  # type: ignore[no-untyped-def]
+def test_kl_compare_of_a_model_with_itself(tiny_llm) -> None:  # type: ignore[no-untyped-def]
+    llm = tiny_llm
     ids = llm.tokenizer.encode(TEXT)[:150]
     compared = kl_compare(llm.model, llm.model, ids, 64)
     assert compared.positions == compared.result.predicted == len(ids) - 3  # windows of 64, 64, 22: one fewer prediction each
@@ -109,6 +111,7 @@ def test_kl_compare_of_a_model_with_itself(llm) -> None:  # type: ignore[no-unty
     assert compared.reference.perplexity == pytest.approx(compared.result.perplexity, rel=1e-6)
 
 
+@pytest.mark.real_model  # the quantized path against float32: a random model's flat logits would not hold top-1 >= 90%
 def test_cli_kl_divergence_text_and_json(tmp_path: Path, default_model_path: Path) -> None:
     text_file = tmp_path / "text.txt"
     text_file.write_text(TEXT, encoding="utf-8")

@@ -113,11 +113,13 @@ def test_gguf_metadata_reader_matches_gguf_package(tmp_path: Path) -> None:
             pass
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("text", CORPUS)
 def test_default_model_ids_match_transformers(smollm: Tokenizer, hf_tokenizer, text: str) -> None:  # type: ignore[no-untyped-def]
     assert smollm.encode(text) == hf_tokenizer(text, add_special_tokens=True)["input_ids"]
 
 
+@pytest.mark.real_model
 def test_digits_follow_original_smollm(smollm: Tokenizer, hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
     # SmolLM2's own tokenizer.json splits every digit before the byte-level regex; llama.cpp's
     # "smollm" pre-tokenizer does the same. Rebuild that from transformers' vocabulary and compare.
