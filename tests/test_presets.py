@@ -1,4 +1,8 @@
-"""`llama summarize`, `translate` and `qa`: splitting and ranking on their own, then end to end on the default model."""
+"""`llama summarize`, `translate` and `qa`: splitting and ranking on their own, then end to end.
+
+End to end, the commands run on the tiny model (conftest.py: random weights, the default model's
+tokenizer and chat template, given through $LLAMA_MODEL) where what is checked is what the command
+does with text; the tests marked `real_model` check what the default model answers."""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llama_cli.chunking import bm25_scores, pack, split_text, supporting_sentences, terms, whole_sentences
 from llama_cli.cli import app
-from llama_cli.cli_presets import Trim
+from llama_cli.cli.render_presets import Trim
+from llama_cli.presets.rank import bm25_scores, supporting_sentences, terms
+from llama_cli.presets.split import pack, split_text, whole_sentences
 
 DOCS = Path(__file__).parent / "data" / "presets"
 runner = CliRunner()
@@ -29,6 +34,13 @@ def events(output: str) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in output.splitlines()]
 
 
+@pytest.fixture(autouse=True)
+def tiny_unless_real(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands without -m load the tiny model, unless the test is marked real_model."""
+    if request.node.get_closest_marker("real_model") is None:
+        monkeypatch.setenv("LLAMA_MODEL", str(request.getfixturevalue("tiny_model_path")))
+
+
 # --- splitting, ranking, streaming: no model -------------------------------------------------
 
 
@@ -42,7 +54,12 @@ def test_split_prefers_paragraphs_then_sentences() -> None:
     text = "One two three.\n\nFour five six seven.\n\n" + "Alpha beta gamma. Delta epsilon zeta. Eta theta iota kappa.\n"
     chunks = split_text(text, 7, words)
     assert_covers(chunks, text)
-    assert [c.text.strip() for c in chunks] == ["One two three.", "Four five six seven.", "Alpha beta gamma. Delta epsilon zeta.", "Eta theta iota kappa."]
+    assert [c.text.strip() for c in chunks] == [
+        "One two three.",
+        "Four five six seven.",
+        "Alpha beta gamma. Delta epsilon zeta.",
+        "Eta theta iota kappa.",
+    ]
     assert all(c.tokens <= 7 for c in chunks)
     merged = split_text(text, 100, words)
     assert len(merged) == 1 and merged[0].tokens == words(text)
@@ -85,11 +102,15 @@ def test_supporting_sentences_share_the_answer_words() -> None:
 def test_quotes_from_hard_wrapped_text_are_whole_sentences() -> None:
     context = (
         "Everyone is permitted to copy and distribute verbatim copies\nof this license document, but changing it is not allowed.\n\n"
-        "You may charge a fee for the physical act of transferring a copy,\nand you may at your option offer warranty protection\nin exchange for a fee.\n"
+        "You may charge a fee for the physical act of transferring a copy,\n"
+        "and you may at your option offer warranty protection\nin exchange for a fee.\n"
         "Steps:\n- keep the notice\n- give a copy\n"
     )
     quotes = supporting_sentences("You may charge a fee for transferring a copy.", "Can I charge a fee?", context)
-    assert quotes[0] == "You may charge a fee for the physical act of transferring a copy, and you may at your option offer warranty protection in exchange for a fee."
+    assert quotes[0] == (
+        "You may charge a fee for the physical act of transferring a copy, "
+        "and you may at your option offer warranty protection in exchange for a fee."
+    )
     assert supporting_sentences("Keep the notice.", "What are the steps?", context) == ["- keep the notice"]  # list items stay apart
 
 
@@ -140,9 +161,10 @@ def test_bad_options_are_usage_errors(no_model: None) -> None:
     assert run("translate", input="Some text.").exit_code == 2  # --to is required
 
 
-# --- end to end on the default model ---------------------------------------------------------
+# --- end to end ------------------------------------------------------------------------------
 
 
+@pytest.mark.real_model
 def test_summarize_from_a_pipe_and_from_files() -> None:
     doc = DOCS / "report.txt"
     piped = run("summarize", "--length", "short", input=doc.read_text())
@@ -157,6 +179,7 @@ def test_summarize_from_a_pipe_and_from_files() -> None:
     assert done["chunks"][0]["end"] == len(doc.read_text()) + 2 + len((DOCS / "story.txt").read_text())
 
 
+@pytest.mark.real_model
 def test_translate_from_a_pipe_and_from_files_keeps_the_layout(tmp_path: Path) -> None:
     text = "Good morning.\n\nWhere is the station?\n"
     piped = run("translate", "--to", "French", input=text)
@@ -171,6 +194,7 @@ def test_translate_from_a_pipe_and_from_files_keeps_the_layout(tmp_path: Path) -
     assert "Bonjour" in piped.stdout
 
 
+@pytest.mark.real_model
 def test_qa_answers_from_a_context_file_and_from_a_pipe() -> None:
     question = "In what year was the Eiffel Tower completed?"
     from_file = run("qa", question, "--context", str(DOCS / "eiffel.txt"))
@@ -195,6 +219,7 @@ def test_qa_says_it_cannot_tell_when_the_context_lacks_the_question_words() -> N
     assert "Question: What is the population of Berlin?" in shown.stdout  # the recipe is still shown
 
 
+@pytest.mark.real_model
 def test_qa_ranks_chunks_when_the_context_does_not_fit() -> None:
     context = "\n\n".join((DOCS / name).read_text() for name in ("harbour.txt", "report.txt", "eiffel.txt", "story.txt"))
     result = run("qa", "--ctx", "256", "-n", "48", "--json", "In what year was the Eiffel Tower completed?", input=context)
@@ -221,6 +246,7 @@ def test_show_prompt_prints_the_rendered_prompt_without_running() -> None:
     assert long.stdout.count("--- prompt ") == long.stdout.count("<|im_start|>assistant") > 3
 
 
+@pytest.mark.real_model
 def test_bullets_are_asked_for_alone_and_come_as_bullets() -> None:
     prompt = run("summarize", "--show-prompt", "--bullets", str(DOCS / "report.txt")).stdout
     assert "Write a bulleted list of four to six points" in prompt and "paragraph" not in prompt
@@ -251,6 +277,7 @@ def test_whole_sentences() -> None:
     assert whole_sentences("no end at all") == "no end at all"  # nothing to cut back to: kept
 
 
+@pytest.mark.real_model
 def test_an_answer_cut_at_n_ends_at_a_whole_sentence() -> None:
     doc = str(DOCS / "report.txt")
     plain = run("summarize", "-n", "60", doc)
@@ -260,7 +287,8 @@ def test_an_answer_cut_at_n_ends_at_a_whole_sentence() -> None:
     assert "ends at its last whole sentence" in plain.stderr
 
 
-def test_no_repeat_ngram_never_repeats_a_run_of_generated_tokens(llm) -> None:  # type: ignore[no-untyped-def]
+def test_no_repeat_ngram_never_repeats_a_run_of_generated_tokens(tiny_llm) -> None:  # type: ignore[no-untyped-def]
+    llm = tiny_llm
     from llama_cli.api import make_settings
     from llama_cli.generation import Generation
 
@@ -273,6 +301,7 @@ def test_no_repeat_ngram_never_repeats_a_run_of_generated_tokens(llm) -> None:  
     assert len(tokens) > 3 and len(set(runs)) == len(runs), llm.tokenizer.decode(tokens)
 
 
+@pytest.mark.real_model
 def test_lookup_is_on_where_it_keeps_the_text() -> None:
     doc = str(DOCS / "eiffel.txt")
     fast = events(run("summarize", "--dtype", "float32", "-n", "80", "--json", doc).stdout)[-1]
@@ -288,9 +317,9 @@ def test_lookup_is_on_where_it_keeps_the_text() -> None:
 
 def long_document() -> tuple[str, int]:
     text = (DOCS / "harbour.txt").read_text()
-    from llama_cli.cli import _load
+    from llama_cli.cli.loader import ModelLoader, ModelOptions
 
-    return text, len(_load(None, "auto", "auto", None, False).tokenizer.encode(text))
+    return text, len(ModelLoader().load(ModelOptions()).tokenizer.encode(text))
 
 
 def test_summarize_maps_every_chunk_and_reduces() -> None:
@@ -313,6 +342,7 @@ def test_summarize_maps_every_chunk_and_reduces() -> None:
     assert f"{len(chunks)} chunk(s)" in result.stderr and "chunk 1 of" in result.stderr  # progress and stats
 
 
+@pytest.mark.real_model
 def test_translate_covers_every_chunk_in_order() -> None:
     text, tokens = long_document()
     ctx = 224
@@ -334,7 +364,7 @@ def test_translate_covers_every_chunk_in_order() -> None:
         position = output.index(step["text"], position)
     assert "stopped at -n 24 tokens" in result.stderr  # -n 24 cut some paragraphs: said, not silent
     plain = run("translate", "--to", "French", "--ctx", str(ctx), "-n", "24", input=text)
-    assert plain.stdout == output if output.endswith("\n") else output + "\n"
+    assert plain.stdout == (output if output.endswith("\n") else output + "\n")
 
 
 def test_tiny_context_is_refused_not_truncated() -> None:
