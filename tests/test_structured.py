@@ -127,10 +127,11 @@ def test_json_done_event_carries_data_and_samples_each_match() -> None:
 
 
 def test_cut_by_max_tokens_is_an_error_unless_allowed() -> None:
-    args = ("generate", "-t", "0", "-n", "4", "--chat", "--schema-multi", "name, age int", "List three people.")
+    # Too few tokens for even the shortest object with both keys, so the value cannot be closed in time.
+    args = ("generate", "-t", "0", "-n", "4", "--chat", "--schema", "name, age int", "Invent a person.")
     cut = run(*args)
     assert cut.exit_code == 1
-    assert "stopped at -n 4 tokens inside the --schema-multi value, so it is not valid" in cut.stderr
+    assert "stopped at -n 4 tokens inside the --schema value, so it is not valid" in cut.stderr
     kept = run(*args, "--truncate-ok", "--json")
     assert kept.exit_code == 0
     done = json.loads(kept.stdout.splitlines()[-1])
@@ -163,7 +164,7 @@ def test_lookup_gives_the_same_text_and_drafts_forced_tokens(llm) -> None:  # ty
     drafted = llm.stream("What is the capital of France?", lookup=6, **options)
     assert "".join(e.text for e in plain) == "".join(e.text for e in drafted)
     assert plain.results[0].complete and json.loads(plain.text)["city"]
-    assert drafted.drafted_tokens > 0 and drafted.accepted_tokens > 0
+    assert drafted.stats.drafted_tokens > 0 and drafted.stats.accepted_tokens > 0
 
 
 def test_chat_replies_follow_the_constraint() -> None:
@@ -211,3 +212,19 @@ def test_no_repeat_ngram_yields_to_forced_tokens(llm) -> None:  # type: ignore[n
     generation = llm.stream("List four people.", chat=True, temperature=0, max_tokens=40, constraint=spec, no_repeat_ngram=2)
     text = "".join(event.text for event in generation)
     assert text.startswith('[{"name": "') and text.count('{"name": "') >= 2
+
+
+def test_a_value_that_would_run_past_the_budget_is_closed_in_time(llm) -> None:  # type: ignore[no-untyped-def]
+    spec = spec_from_options(schema_multi="name, color, description: a long paragraph")
+    options = {"chat": True, "system": spec.prompt_note(), "temperature": 0, "constraint": spec}  # type: ignore[union-attr]
+
+    def text(prompt: str, max_tokens: int) -> tuple[str, int, bool | None]:
+        stream = llm.stream(prompt, max_tokens=max_tokens, **options)
+        out = "".join(e.text for e in stream)
+        return out, len(stream.results[0].token_ids), stream.results[0].complete
+
+    tight, used, complete = text("List twenty fruits, each with a long description.", 40)
+    assert complete and used <= 40 and isinstance(json.loads(tight), list)
+    # A value that ends well before the budget is never touched: the same text with more room to spare.
+    roomy = [text("Name one fruit.", n) for n in (100, 160)]
+    assert roomy[0] == roomy[1] and roomy[0][2] and json.loads(roomy[0][0])
