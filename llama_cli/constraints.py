@@ -61,7 +61,9 @@ class _PieceTokenizer:
         self.eos_token_id = tokenizer.special.eos_id
         self.bos_token_id = tokenizer.special.bos_id
         self.special_token_ids = [i for i in range(min(vocab_size, tokenizer.vocab_size)) if tokenizer.is_special(i)]
-        self.tokens = [_piece_bytes(tokenizer.piece(i)) if i < tokenizer.vocab_size and not tokenizer.is_special(i) else b"" for i in range(vocab_size)]
+        self.tokens = [
+            _piece_bytes(tokenizer.piece(i)) if i < tokenizer.vocab_size and not tokenizer.is_special(i) else b"" for i in range(vocab_size)
+        ]
         self._ids: dict[bytes, int] = {}
         for i, data in enumerate(self.tokens):
             if data:

@@ -37,7 +37,12 @@ def test_concise_schema_follows_llm() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("age integr", "unknown type 'integr'"), ("a, a int", "given twice"), (" , ", "no fields"), ("one two three", "cannot read the field")],
+    [
+        ("age integr", "unknown type 'integr'"),
+        ("a, a int", "given twice"),
+        (" , ", "no fields"),
+        ("one two three", "cannot read the field"),
+    ],
 )
 def test_concise_schema_errors(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -88,7 +93,9 @@ def test_grammar_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
 def test_response_format_for_a_server() -> None:
     assert spec_from_response_format({"type": "text"}) is None
     assert spec_from_response_format({"type": "json_object"}).schema == {"type": "object"}  # type: ignore[union-attr]
-    spec = spec_from_response_format({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}})
+    spec = spec_from_response_format(
+        {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+    )
     assert spec is not None and spec.kind == "json"
     assert spec_from_response_format({"type": "choice", "choice": ["a", "b"]}).choices == ("a", "b")  # type: ignore[union-attr]
     with pytest.raises(UsageError, match="response_format"):
@@ -119,7 +126,22 @@ def test_schema_gives_json_alone() -> None:
 
 
 def test_json_done_event_carries_data_and_samples_each_match() -> None:
-    result = run("generate", "-t", "0.9", "--seed", "3", "--samples", "2", "-n", "40", "--json", "--chat", "--choice", "red,green,blue", "Pick a colour.")
+    result = run(
+        "generate",
+        "-t",
+        "0.9",
+        "--seed",
+        "3",
+        "--samples",
+        "2",
+        "-n",
+        "40",
+        "--json",
+        "--chat",
+        "--choice",
+        "red,green,blue",
+        "Pick a colour.",
+    )
     assert result.exit_code == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
     assert done["data"] in ("red", "green", "blue") and done["complete"] is True
@@ -194,7 +216,12 @@ def test_a_sentencepiece_vocabulary_is_bridged(tmp_path) -> None:  # type: ignor
 
     (tmp_path / "corpus.txt").write_text("\n".join(['{"name": "Ann", "age": 31}', "The quick brown fox jumps over the lazy dog."] * 20))
     sentencepiece.SentencePieceTrainer.train(
-        input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "m"), vocab_size=300, model_type="bpe", byte_fallback=True, minloglevel=2
+        input=str(tmp_path / "corpus.txt"),
+        model_prefix=str(tmp_path / "m"),
+        vocab_size=300,
+        model_type="bpe",
+        byte_fallback=True,
+        minloglevel=2,
     )
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
     tokenizer = SentencePieceTokenizer(sp, SpecialTokens(sp.bos_id(), sp.eos_id(), frozenset({sp.eos_id()}), add_bos=True))
@@ -208,7 +235,9 @@ def test_a_sentencepiece_vocabulary_is_bridged(tmp_path) -> None:  # type: ignor
 
 def test_no_repeat_ngram_yields_to_forced_tokens(llm) -> None:  # type: ignore[no-untyped-def]
     items = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": False}
-    spec = spec_from_options(schema=json.dumps({"type": "array", "items": items, "minItems": 3}))  # each item repeats the forced '{"name": "'
+    spec = spec_from_options(
+        schema=json.dumps({"type": "array", "items": items, "minItems": 3})
+    )  # each item repeats the forced '{"name": "'
     generation = llm.stream("List four people.", chat=True, temperature=0, max_tokens=40, constraint=spec, no_repeat_ngram=2)
     text = "".join(event.text for event in generation)
     assert text.startswith('[{"name": "') and text.count('{"name": "') >= 2
