@@ -73,7 +73,8 @@ def test_models_lists_without_torch(default_model_path: Path) -> None:
     from llama_cli.weights.gguf import quantization_label
     from llama_cli.weights.gguf_header import scan_header
 
-    code = "import sys\nfrom llama_cli.cli import app\ntry:\n    app(['models', '--json'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    code = "import sys\nfrom llama_cli.cli import app\ntry:\n    app(['models', '--json'])\nexcept SystemExit:\n    pass\n"
+    code += "print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     rows, imported = result.stdout.splitlines()
     assert imported == "False", result.stderr
@@ -144,7 +145,8 @@ def _prompt_tokens(*args: str) -> int:
     return int(re.match(r"llama: error: prompt of (\d+) tokens", result.stderr).group(1))  # type: ignore[union-attr]
 
 
-def test_generate_and_chat_take_tools(llm, monkeypatch, files: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+def test_generate_and_chat_take_tools(tiny_llm, monkeypatch, files: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    llm = tiny_llm  # the default model's tokenizer and template: the prompts are the default model's
     monkeypatch.setattr(loader, "DEFAULT_LOADER", loader.FixedModel(llm))
     plain = _prompt_tokens("--template", str(LLAMA31))
     assert _prompt_tokens("--template", str(LLAMA31), "--tools", str(files["tools"])) > plain + 40  # the tool list, in the prompt
