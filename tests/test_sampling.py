@@ -100,7 +100,9 @@ def test_same_seed_same_draws() -> None:
     assert a == b and a != c
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1}, {"min_p": 2.0}, {"repetition_penalty": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1}, {"min_p": 2.0}, {"repetition_penalty": 0.0}]
+)
 def test_invalid_settings_are_usage_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(UsageError):
         SamplingSettings(**kwargs)  # type: ignore[arg-type]
