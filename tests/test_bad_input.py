@@ -23,6 +23,14 @@ from conftest import Run, finish_after_sigint, run_llama, start_until
 LLAMA = [sys.executable, "-m", "llama_cli"]
 pytestmark = pytest.mark.bad_input
 
+
+@pytest.fixture(autouse=True)
+def tiny_model_by_default(monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path) -> None:
+    """A command without -m that gets as far as loading loads the tiny model ($LLAMA_MODEL): the
+    matrix is about what the commands refuse, not about what a model says."""
+    monkeypatch.setenv("LLAMA_MODEL", str(tiny_model_path))
+
+
 # Every command that loads a model, with the arguments and stdin it needs to get that far.
 MODEL_COMMANDS: dict[str, tuple[list[str], str | None]] = {
     "generate": (["-n", "2", "Hello"], None),
@@ -171,14 +179,16 @@ def test_unwritable_cache_still_runs_uncached(tmp_path: Path, tiny_gguf_path: Pa
     assert result.stdout
 
 
-def test_interrupted_conversion_leaves_no_cache_entry(tmp_path: Path, default_model_path: Path) -> None:
-    """SIGINT while the metadata entry is written: no half-written cache entry is ever left in place."""
+def test_interrupted_conversion_leaves_no_cache_entry(tmp_path: Path, tiny_gguf_path: Path) -> None:
+    """SIGINT while the metadata entry is written: no half-written cache entry is ever left in place.
+    The tiny GGUF carries the default model's whole vocabulary (what makes the entry slow to
+    write); float32 keeps the fresh cache from building the C kernels first."""
     model = tmp_path / "model.gguf"
-    model.symlink_to(default_model_path)
+    model.symlink_to(tiny_gguf_path)
     cache = tmp_path / "cache"
     env = dict(os.environ, LLAMA_CACHE=str(cache))
     proc = subprocess.Popen(
-        [*LLAMA, "generate", "-m", str(model), "-n", "2", "Hi"],
+        [*LLAMA, "generate", "-m", str(model), "--dtype", "float32", "-n", "2", "Hi"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -192,14 +202,14 @@ def test_interrupted_conversion_leaves_no_cache_entry(tmp_path: Path, default_mo
         if ".tmp" not in str(config):
             assert (config.parent / "origin.json").is_file() and (config.parent / "tokenizer.json").is_file()
     # the next run converts cleanly either way
-    again = run(["generate", "-m", model, "-t", "0", "-n", "2", "Hi"], env={"LLAMA_CACHE": str(cache)})
+    again = run(["generate", "-m", model, "--dtype", "float32", "-t", "0", "-n", "2", "Hi"], env={"LLAMA_CACHE": str(cache)})
     assert again.exit_code == 0, again.stderr
 
 
 @pytest.mark.parametrize("ready", ["typer", "llama_cli.weights.gguf"], ids=["importing", "loading"])
-def test_sigint_while_starting_exits_130(ready: str) -> None:
-    """Ctrl-C during imports or model loading: exit 130, no traceback."""
-    proc, seen = start_until(["generate", "-n", "2", "Hi"], ready)
+def test_sigint_while_starting_exits_130(ready: str, default_model_path: Path) -> None:
+    """Ctrl-C during imports or model loading (the default model's GGUF: long enough to land in): exit 130, no traceback."""
+    proc, seen = start_until(["generate", "-m", str(default_model_path), "-n", "2", "Hi"], ready)
     _, err = finish_after_sigint(proc, seen)
     if proc.returncode == 0:
         pytest.skip("finished before the signal arrived")
