@@ -24,26 +24,12 @@
 #include <omp.h>
 #endif
 
-#define LANES 16
-
 static void rope(const float *x, const float *cos, const float *sin, int hd, float *out) {
     const int half = hd / 2;
     for (int i = 0; i < hd; i++) {
         const float a = x[i] * cos[i], b = x[i < half ? i + half : i - half] * sin[i];
         out[i] = a + b;
     }
-}
-
-/* Sum of a[i]*b[i] in LANES interleaved partial sums, then a fixed tree: vectorizable, one order. */
-static float dot(const float *a, const float *b, int n) {
-    float acc[LANES] = {0};
-    int i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];
-    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
-    for (int w = LANES / 2; w > 0; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return acc[0];
 }
 
 /* Returns 0, or -1 for bad sizes, -2 when scratch memory cannot be allocated.
@@ -96,7 +82,7 @@ int llk_attend(int64_t B, int64_t T, int n_heads, int n_kv_heads, int head_dim, 
             rope(q + b * q_bstride + t * q_tstride + h * hd, cos + table * hd, sin + table * hd, hd, qr);
             float top = -INFINITY;
             for (int64_t j = 0; j < n; j++) {
-                scores[j] = dot(qr, kc + kv + j * hd, hd) * scale;
+                scores[j] = llk_dot_f32(qr, kc + kv + j * hd, hd) * scale;
                 if (scores[j] > top) top = scores[j];
             }
             float total = 0;

@@ -121,6 +121,19 @@ static inline void llk_scales_q3k(const uint8_t *s, int8_t *out) {
     }
 }
 
+/* Sum of a[i]*b[i] in 16 interleaved partial sums, then a fixed tree: the compiler vectorizes it,
+ * and the result is the same bits whether or not it does (one order of operations). */
+static inline float llk_dot_f32(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
+    for (int w = 8; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
 /* A kernel: one weight row (nb blocks) dotted with R (1..LLK_RT) activation rows that lie
  * `astride` bytes apart; writes R floats. Each row's float must be bit-identical to what the kernel
  * gives for that row alone (R = 1): batching shares the unpacking, never a row's summation order. */

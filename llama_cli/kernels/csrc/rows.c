@@ -7,8 +7,6 @@
 
 #include "llk.h"
 
-#define LANES 16
-
 /* out = x / sqrt(mean(x^2) + eps) * w, for M rows of K floats (rows `stride` floats apart in x). */
 void llk_rmsnorm(const float *x, int64_t M, int64_t K, int64_t stride, const float *w, float eps, float *out,
                  int nthreads) {
@@ -17,14 +15,7 @@ void llk_rmsnorm(const float *x, int64_t M, int64_t K, int64_t stride, const flo
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * stride;
         float *o = out + m * K;
-        float acc[LANES] = {0};
-        int64_t i = 0;
-        for (; i + LANES <= K; i += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += xr[i + l] * xr[i + l];
-        for (int l = 0; i < K; i++, l++) acc[l] += xr[i] * xr[i];
-        for (int s = LANES / 2; s > 0; s /= 2)
-            for (int l = 0; l < s; l++) acc[l] += acc[l + s];
-        const float r = 1.0f / sqrtf(acc[0] / (float)K + eps);
+        const float r = 1.0f / sqrtf(llk_dot_f32(xr, xr, K) / (float)K + eps);
         for (int64_t j = 0; j < K; j++) o[j] = xr[j] * r * w[j];
     }
 }
