@@ -22,8 +22,7 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"C kernels unav
 
 # Byte offsets of the float16 scales in blocks made from random bytes: random bits there could be
 # NaN or huge, so they are overwritten with small positive values.
-F16_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-              "IQ4_NL": (0,), "IQ4_XS": (0,)}
+F16_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,), "IQ4_XS": (0,)}
 
 
 def make_weight(qtype: str, n_rows: int, k: int, seed: int = 0) -> np.ndarray:
@@ -57,8 +56,7 @@ def test_dequantize_is_exact(qtype: str) -> None:
     assert got.shape == (9, k) and got.dtype == torch.float32
     np.testing.assert_array_equal(got.numpy(), expected)
     rows = torch.tensor([[7, 0], [7, 3]])  # an embedding lookup: any shape, repeats allowed
-    np.testing.assert_array_equal(kernels.dequantize(torch.from_numpy(weight), qtype, k, rows).numpy(),
-                                  expected[[7, 0, 7, 3]])
+    np.testing.assert_array_equal(kernels.dequantize(torch.from_numpy(weight), qtype, k, rows).numpy(), expected[[7, 0, 7, 3]])
 
 
 @pytest.mark.parametrize("qtype", sorted(kernels.SUPPORTED))
@@ -102,8 +100,7 @@ def test_int8_rows_are_batch_invariant(qtype: str) -> None:
             for t in (1, 2):
                 torch.set_num_threads(t)
                 for m in (1, 2, 3, 5, 8, 9, 17, 31):  # partial and whole tiles of 8 rows
-                    got = kernels.linear(x[:m], weight, qtype, n, k) if simd else kernels._linear(
-                        x[:m], weight, qtype, n, k, simd=False)
+                    got = kernels.linear(x[:m], weight, qtype, n, k) if simd else kernels._linear(x[:m], weight, qtype, n, k, simd=False)
                     differ = (got.view(torch.int32) != alone[:m].view(torch.int32)).any(dim=1)
                     assert not differ.any(), f"{qtype} M={m} threads={t} simd={simd}: rows {differ.nonzero().flatten().tolist()} differ"
     finally:
@@ -168,3 +165,24 @@ def test_a_failed_build_is_reported(monkeypatch, tmp_path) -> None:
     assert kernels.describe() == "pure torch (no C compiler found)"
     with pytest.raises(RuntimeError, match="not available"):
         kernels.dequantize(torch.zeros(1, 34, dtype=torch.uint8), "Q8_0", 32)
+
+
+def test_a_type_that_does_not_build_runs_the_portable_kernel(monkeypatch, tmp_path) -> None:
+    # The core library works; one type's int8 library fails to compile: that type still multiplies,
+    # through the core's portable kernel, with the same results.
+    from llama_cli.kernels import _build
+
+    k, n = 64, 5
+    weight = torch.from_numpy(make_weight("Q4_0", n, k, seed=4))
+    x = torch.randn(2, k, generator=torch.Generator().manual_seed(4))
+    expected = kernels._linear(x, weight, "Q4_0", n, k, simd=False)
+    monkeypatch.setattr(kernels, "_kernels", {})
+    monkeypatch.setenv("LLAMA_CACHE", str(tmp_path))
+
+    def fail(types: dict[str, int] | None = None) -> None:
+        raise _build.KernelBuildError("the C kernels failed to compile: simd.c: error")
+
+    monkeypatch.setattr(_build, "load", fail)
+    assert kernels.prepare(["Q4_0"])
+    assert kernels.kernel_of("Q4_0") is None
+    assert torch.equal(kernels.linear(x, weight, "Q4_0", n, k), expected)

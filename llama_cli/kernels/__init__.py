@@ -83,7 +83,7 @@ def prepare(qtypes: Iterable[str]) -> bool:
     global _lib, _error
     if _error is not None:
         return False
-    wanted = {name: _TYPES[name][0] for name in qtypes if name in _TYPES and name not in _type_libs}
+    wanted = {name: _TYPES[name][0] for name in qtypes if name in _TYPES and _TYPES[name][0] not in _kernels}
     if _lib is not None and not wanted:
         return True
     if os.environ.get("LLAMA_NO_KERNELS"):
@@ -97,7 +97,9 @@ def prepare(qtypes: Iterable[str]) -> bool:
         if _lib is None:
             _error = str(exc)
             return False
-        raise RuntimeError(str(exc)) from None  # the core works, a type's kernel does not: a bug, not a fallback
+        for tid in wanted.values():  # the core works and these types do not build: they run its portable kernels
+            _kernels[tid] = None
+        return True
     _lib = _lib or core
     for name, lib in per_type.items():
         _type_libs[name] = lib
