@@ -5,6 +5,13 @@ Templates come from model files, so they are untrusted: they render in jinja2's 
 into a one-line error naming the template and its line. Models without a template get a built-in
 one chosen with `--template`.
 
+Templates are code, so rendering is bounded too: no string, list or number a template builds may
+exceed `TEMPLATE_MAX_ITEMS` items (checked before `*`, `+`, `**`, and on every number passed to a
+call or filter, such as `range(10**9)` or `lipsum(10**7)`), the output may not exceed
+`TEMPLATE_MAX_OUTPUT` characters beyond the conversation's own size, and a render that runs past
+`TEMPLATE_SECONDS` is stopped (a trace function on the template's own frames checks the clock).
+Tracing costs ~2x on a render that takes well under a millisecond for a typical chat turn.
+
 A template sees what transformers' `apply_chat_template` gives it (transformers
 `utils/chat_template_utils.py`): `messages`, `tools` (JSON schemas, or none), `documents` (none),
 `add_generation_prompt`, `bos_token`, `eos_token`; the globals `raise_exception`, `strftime_now`,
@@ -16,6 +23,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -101,6 +111,116 @@ BUILTIN_SPECIALS: dict[str, tuple[str, ...]] = {
 }
 
 
+TEMPLATE_MAX_ITEMS = 10_000_000  # characters of a string, items of a list, or the size of any number a template uses
+TEMPLATE_MAX_OUTPUT = 10_000_000  # characters of output beyond the size of the messages themselves
+TEMPLATE_SECONDS = 10.0  # wall time for one render
+
+
+class TemplateLimitError(jinja2.TemplateError):
+    """A template that would use more memory or time than a prompt can need."""
+
+
+def _check_size(value: Any) -> Any:
+    """`value`, refused when it is an int beyond TEMPLATE_MAX_ITEMS (a count, a width, a range end)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > TEMPLATE_MAX_ITEMS:
+        raise TemplateLimitError(f"the number {value:.3g} is beyond the {TEMPLATE_MAX_ITEMS:,} a template may use")
+    return value
+
+
+def _check_format(text: str) -> None:
+    """Refuse a format string with a width or precision beyond TEMPLATE_MAX_ITEMS ('{:>10000000000}', '%10000000000s')."""
+    if (found := re.search(r"\d{8,}", text)) and int(found.group()) > TEMPLATE_MAX_ITEMS:  # 8 digits: the limit's own
+        raise TemplateLimitError(f"the format width {int(found.group()):.3g} is beyond the {TEMPLATE_MAX_ITEMS:,} a template may use")
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, (str, list, tuple)) else 1
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox that also refuses to build oversized strings, lists and numbers."""
+
+    intercepted_binops = frozenset(("*", "+", "**", "%"))
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*" and isinstance(left, (str, list, tuple)) != isinstance(right, (str, list, tuple)):
+            count = right if isinstance(left, (str, list, tuple)) else left
+            if isinstance(count, int) and count * max(_size(left), _size(right)) > TEMPLATE_MAX_ITEMS:
+                raise TemplateLimitError(f"'*' would build {count * max(_size(left), _size(right)):,} items (limit {TEMPLATE_MAX_ITEMS:,})")
+        elif operator == "+" and _size(left) + _size(right) > TEMPLATE_MAX_ITEMS:
+            raise TemplateLimitError(f"'+' would build {_size(left) + _size(right):,} items (limit {TEMPLATE_MAX_ITEMS:,})")
+        elif (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right * abs(left).bit_length() > 64 * 1024
+        ):
+            raise TemplateLimitError(f"'**' would build a number of {right * abs(left).bit_length():,} bits")  # ~20,000 digits at most
+        elif operator == "%" and isinstance(left, str):
+            _check_format(left)
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        for value in (*args, *kwargs.values()):
+            _check_size(value)
+        return super().call(context, obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        """jinja2 wraps `str.format` where the template reads it; the format string is checked there."""
+        if getattr(value, "__name__", "") in ("format", "format_map") and isinstance(getattr(value, "__self__", None), str):
+            _check_format(value.__self__)
+        return super().wrap_str_format(value)
+
+
+def _bounded_filter(function: Any) -> Any:
+    @functools.wraps(function)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        for value in (*args[1:], *kwargs.values()):  # args[0] is the value filtered (or the context)
+            _check_size(value)
+        return function(*args, **kwargs)
+
+    return bounded
+
+
+class _Deadline:
+    """A trace function that stops a render running past `seconds`: template frames only, checked every 1,000 lines."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end, self.lines = time.monotonic() + seconds, 0
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        return self._line if frame.f_code.co_filename == "<template>" else None
+
+    def _line(self, frame: Any, event: str, arg: Any) -> Any:
+        self.lines += 1
+        if self.lines % 1000 == 0 and time.monotonic() > self.end:
+            raise TemplateLimitError(f"rendering ran past {TEMPLATE_SECONDS:g} s")
+        return self._line
+
+
+def _render(template: jinja2.Template, budget: int, **context: Any) -> str:
+    """Render under the deadline, stopping once the output passes `budget` characters."""
+    parts, size, previous = [], 0, sys.gettrace()
+    sys.settrace(_Deadline(TEMPLATE_SECONDS))
+    try:
+        for part in template.generate(**context):
+            size += len(part)
+            if size > budget:
+                raise TemplateLimitError(f"the prompt grew past {budget:,} characters")
+            parts.append(part)
+    finally:
+        sys.settrace(previous)
+    return "".join(parts)
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    """jinja2's lorem ipsum global, at most 100 paragraphs of at most 1,000 words (its own loop is not traced)."""
+    if n > 100 or max > 1000:
+        raise TemplateLimitError(f"lipsum({n}, max={max}) is beyond 100 paragraphs of 1,000 words")
+    return jinja2.utils.generate_lorem_ipsum(n, html, min, max)
+
+
 def _raise_exception(message: str) -> None:
     raise jinja2.TemplateError(message)
 
@@ -149,11 +269,15 @@ class _Generation(jinja2.ext.Extension):
 
 @functools.lru_cache(maxsize=8)
 def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _Generation])
+    # optimized=False: jinja2 folds constant expressions at compile time by calling them directly,
+    # past the sandbox's checks ('{:>10000000000}'.format('') would be built while compiling).
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, optimized=False, extensions=[jinja2.ext.loopcontrols, _Generation])
     env.filters["tojson"] = _tojson
+    env.filters.update({name: _bounded_filter(function) for name, function in env.filters.items()})
     env.globals.update(
-        raise_exception=_raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=_dict, namespace=_Namespace
-    )
+        raise_exception=_raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=_dict, namespace=_Namespace,
+        lipsum=_lipsum,
+    )  # fmt: skip
     return env.from_string(template)
 
 
@@ -196,7 +320,9 @@ def render_chat(
     compile or render time, is a ChatTemplateError naming the template (`TemplateText.origin`) and line.
     """
     try:
-        return _compile(template).render(
+        given = sum(len(str(m.get("content") or "")) for m in messages) + len(json.dumps(tools or []))
+        return _render(
+            _compile(template), TEMPLATE_MAX_OUTPUT + given,
             messages=list(messages), tools=None if tools is None else list(tools), documents=None,
             add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token,
         )  # fmt: skip
@@ -267,4 +393,3 @@ def encode_conversation(
     parsed and no BOS added (the template writes its own)."""
     text = render_prompt(tokenizer, template, messages, add_generation_prompt=add_generation_prompt, tools=tools)
     return tokenizer.encode(text, bos=False, parse_special=True)
-

@@ -63,3 +63,53 @@ def test_thread_counts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMA_THREADS", "abc")
     with pytest.raises(UsageError, match="not a whole number"):
         set_threads(None)
+
+
+TEMPLATE_ATTACKS = {
+    "{{ 'a' * 10**10 }}": "'*' would build 10,000,000,000 items",
+    "{{ ([0] * 10**9) | length }}": "'*' would build 1,000,000,000 items",
+    "{% for i in range(10**9) %}{% endfor %}": "the number 1e+09 is beyond",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}": "rendering ran past",
+    "{{ lipsum(10**7) }}": "lipsum(10000000, max=100) is beyond",
+    "{{ 'x' | center(10**10) }}": "the number 1e+10 is beyond",
+    "{{ '{:>10000000000}'.format('') }}": "the format width 1e+10 is beyond",
+    "{{ '%10000000000s' % 'x' }}": "the format width 1e+10 is beyond",
+    "{{ 2 ** 1000000000 }}": "'**' would build a number of",
+    "{% set s = namespace(t='x') %}{% for i in range(40) %}{% set s.t = s.t + s.t %}{% endfor %}": "'+' would build",
+    "{% macro f(x) %}{{ f(x) }}{% endmacro %}{{ f(1) }}": "RecursionError",
+    "{{ 1/0 }}": "ZeroDivisionError",
+}
+
+
+def test_chat_templates_are_bounded_in_memory_and_time(tmp_path: Path) -> None:
+    """Templates come from model files: each attack is one clear error, inside 1 GB and a minute
+    (a child process under setrlimit, so a regression fails here instead of taking the machine)."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    script = tmp_path / "render.py"
+    script.write_text(
+        "import json, sys, llama_cli.chat_template as ct\n"
+        "ct.TEMPLATE_SECONDS = 2.0\n"
+        "for source in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        ct.render_chat(source, [{'role': 'user', 'content': 'hi'}])\n"
+        "        print('rendered')\n"
+        "    except ct.ChatTemplateError as error:\n"
+        "        print(error)\n"
+    )
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
+
+    result = subprocess.run(
+        [sys.executable, str(script), json.dumps(list(TEMPLATE_ATTACKS))], capture_output=True, text=True, preexec_fn=limits, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(TEMPLATE_ATTACKS)
+    for line, expected in zip(lines, TEMPLATE_ATTACKS.values(), strict=True):
+        assert line.startswith("chat template failed to render (the chat template") and expected in line, line
