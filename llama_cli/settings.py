@@ -8,6 +8,7 @@ cli/options.py.
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,18 +55,27 @@ class SamplingSettings:
         return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed; sample i uses seed + i
+MAX_LOGPROBS = 100  # alternatives reported per token (OpenAI allows 20)
+MAX_LOOKUP = 64  # tokens drafted per step: a verify pass over more costs more than it can save
+MAX_SAMPLES = 1024  # completions of one prompt in one batch (the KV cache's size is checked too, kv_cache.py)
+
+
 def check_settings(s: SamplingSettings) -> None:
     """Raise SettingsError (a UsageError: exit 2) for values that have no meaning."""
-    if not s.temperature >= 0:
-        raise SettingsError(f"{{temperature}} must be >= 0 (0 = greedy), got {s.temperature}")
+    if not 0 <= s.temperature < math.inf:
+        raise SettingsError(f"{{temperature}} must be >= 0 (0 = greedy) and finite, got {s.temperature}")
     if s.top_k < 0:
         raise SettingsError(f"{{top_k}} must be >= 0 (0 = off), got {s.top_k}")
     if not 0 < s.top_p <= 1:
         raise SettingsError(f"{{top_p}} must be in (0, 1], got {s.top_p}")
     if not 0 <= s.min_p <= 1:
         raise SettingsError(f"{{min_p}} must be in [0, 1], got {s.min_p}")
-    if not s.repetition_penalty > 0:
-        raise SettingsError(f"{{repetition_penalty}} must be > 0 (1 = off), got {s.repetition_penalty}")
+    if not 0 < s.repetition_penalty < math.inf:
+        raise SettingsError(f"{{repetition_penalty}} must be > 0 (1 = off) and finite, got {s.repetition_penalty}")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if not math.isfinite(getattr(s, name)):
+            raise SettingsError(f"{{{name}}} must be a finite number (0 = off), got {getattr(s, name)}")
 
 
 @dataclass(frozen=True)
@@ -84,14 +94,16 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise SettingsError(f"{{max_tokens}} must be >= 1, got {self.max_tokens}")
-        if self.samples < 1:
-            raise SettingsError(f"{{samples}} must be >= 1, got {self.samples}")
-        if self.logprobs < 0:
-            raise SettingsError(f"{{logprobs}} must be >= 0, got {self.logprobs}")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise SettingsError(f"{{samples}} must be between 1 and {MAX_SAMPLES}, got {self.samples}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED - (self.samples - 1):
+            raise SettingsError(f"{{seed}} must be between 0 and {MAX_SEED - (self.samples - 1)} (sample i uses seed + i), got {self.seed}")
+        if not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise SettingsError(f"{{logprobs}} must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
         if any(s == "" for s in self.stop):
             raise SettingsError("{stop} needs a non-empty string")
-        if self.lookup < 0:
-            raise SettingsError(f"{{lookup}} must be >= 0 (0 = off), got {self.lookup}")
+        if not 0 <= self.lookup <= MAX_LOOKUP:
+            raise SettingsError(f"{{lookup}} must be between 0 (off) and {MAX_LOOKUP}, got {self.lookup}")
         if self.lookup and self.samples > 1:
             raise SettingsError("{lookup} works with one sample; drop {samples} or {lookup}")
         if self.no_repeat_ngram < 0:
