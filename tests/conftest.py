@@ -122,6 +122,15 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, default_model_path
     return folder
 
 
+@pytest.fixture
+def tiny_unless_real(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$LLAMA_MODEL names the tiny model, unless the test is marked real_model: in a module that
+    asks for it (`pytestmark = pytest.mark.usefixtures("tiny_unless_real")`), a command without -m
+    that gets as far as loading loads the tiny model."""
+    if request.node.get_closest_marker("real_model") is None:
+        monkeypatch.setenv("LLAMA_MODEL", str(request.getfixturevalue("tiny_model_path")))
+
+
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_model_path: Path):  # type: ignore[no-untyped-def]
     """The tiny model, loaded once (float32)."""

@@ -21,14 +21,9 @@ import pytest
 from conftest import Run, finish_after_sigint, run_llama, start_until
 
 LLAMA = [sys.executable, "-m", "llama_cli"]
-pytestmark = pytest.mark.bad_input
-
-
-@pytest.fixture(autouse=True)
-def tiny_model_by_default(monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path) -> None:
-    """A command without -m that gets as far as loading loads the tiny model ($LLAMA_MODEL): the
-    matrix is about what the commands refuse, not about what a model says."""
-    monkeypatch.setenv("LLAMA_MODEL", str(tiny_model_path))
+# A command without -m that gets as far as loading loads the tiny model ($LLAMA_MODEL): the matrix
+# is about what the commands refuse, not about what a model says.
+pytestmark = [pytest.mark.bad_input, pytest.mark.usefixtures("tiny_unless_real")]
 
 
 # Every command that loads a model, with the arguments and stdin it needs to get that far.

@@ -21,13 +21,7 @@ from llama_cli.cli import app
 
 runner = CliRunner()
 LLAMA = [sys.executable, "-m", "llama_cli"]
-
-
-@pytest.fixture(autouse=True)
-def tiny_unless_real(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Commands without -m load the tiny model, unless the test is marked real_model."""
-    if request.node.get_closest_marker("real_model") is None:
-        monkeypatch.setenv("LLAMA_MODEL", str(request.getfixturevalue("tiny_model_path")))
+pytestmark = pytest.mark.usefixtures("tiny_unless_real")
 
 
 def run(*args: str, input: str | bytes | None = None):  # type: ignore[no-untyped-def]

@@ -34,11 +34,7 @@ def events(output: str) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in output.splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def tiny_unless_real(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Commands without -m load the tiny model, unless the test is marked real_model."""
-    if request.node.get_closest_marker("real_model") is None:
-        monkeypatch.setenv("LLAMA_MODEL", str(request.getfixturevalue("tiny_model_path")))
+pytestmark = pytest.mark.usefixtures("tiny_unless_real")
 
 
 # --- splitting, ranking, streaming: no model -------------------------------------------------
