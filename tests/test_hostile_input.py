@@ -113,3 +113,14 @@ def test_chat_templates_are_bounded_in_memory_and_time(tmp_path: Path) -> None:
     assert len(lines) == len(TEMPLATE_ATTACKS)
     for line, expected in zip(lines, TEMPLATE_ATTACKS.values(), strict=True):
         assert line.startswith("chat template failed to render (the chat template") and expected in line, line
+
+
+def test_a_kv_cache_bigger_than_memory_is_refused_with_what_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llama_cli.memory
+
+    llm = load(write_gguf(tmp_path / "tiny.gguf", TINY, random_weights(TINY)), cache=False)
+    monkeypatch.setattr(llama_cli.memory, "available_bytes", lambda *args: 1_000_000)
+    expected = r"a KV cache of 64 sequences x \d+ positions needs .* at most \d+ sequences fit"
+    with pytest.raises(llama_cli.memory.MemoryLimitError, match=expected):
+        llm.generate([5, 6, 7], max_tokens=50, samples=64, temperature=0.5)
+    assert isinstance(llama_cli.memory.MemoryLimitError("x"), UsageError)  # exit 2 in the CLI
