@@ -50,9 +50,8 @@ def measure(llm, conversations, max_tokens: int) -> tuple[dict[str, float], list
         topic += parsed is not None and parsed["topic"] == expected["topic"]
         answer += re.search(rf"(?<!\w){re.escape(expected['answer'].lower())}(?!\w)", reply.lower()) is not None
         example = encode_conversation(messages, llm.tokenizer, template, f"line {number}")
-        llm.model.setup_cache(1, len(example.inputs))  # generation left a smaller cache behind
         with torch.no_grad():
-            logits = llm.model(torch.tensor([example.inputs]), 0)
+            logits = llm.model(torch.tensor([example.inputs]), cache=None)
         targets = torch.tensor([example.targets])
         loss_sum += float(torch.nn.functional.cross_entropy(logits[0], targets[0], ignore_index=IGNORE, reduction="sum"))
         loss_n += int((targets != IGNORE).sum())

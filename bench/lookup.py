@@ -24,7 +24,7 @@ import torch
 
 from llama_cli import load
 from llama_cli.generation import Generation, GenerationSettings
-from llama_cli.presets import SUMMARIZE, summary_fields
+from llama_cli.presets.recipes import SUMMARIZE, summary_fields
 from llama_cli.sampling import SamplingSettings
 
 DOCS = Path(__file__).resolve().parent.parent / "tests" / "data" / "presets"
@@ -80,11 +80,11 @@ def main() -> None:
             if texts.setdefault((dtype, name), generation.text) != generation.text:
                 raise SystemExit(f"{dtype} {name}: greedy output changed between repeats")
             if repeat:
-                decoded = generation.generated_tokens - 1
-                wall[dtype, name].append(decoded / generation.decode_seconds)
+                decoded = generation.stats.generated_tokens - 1
+                wall[dtype, name].append(decoded / generation.stats.decode_seconds)
                 cpu[dtype, name].append(decoded / cpu_seconds)
                 if name == "lookup":
-                    counts[dtype] = (generation.accepted_tokens, generation.drafted_tokens)
+                    counts[dtype] = (generation.stats.accepted_tokens, generation.stats.drafted_tokens)
 
     print(f"model: {first.checkpoint.source.name}  threads: {torch.get_num_threads()}  prompt: {len(prompt)} tokens  summary: {plain.max_tokens} tokens at most  repeats: {args.repeats}")
     print("| weights | decoding | tok/s (median, wall) | tok per CPU-second | speedup (wall / CPU) | drafted tokens accepted | same text |")

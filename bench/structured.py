@@ -144,14 +144,14 @@ def main() -> None:
         tokens = len(result.token_ids)
         row = {
             "case": k, "prompt": prompt, "schema": schema, "multi": multi, "text": result.text, "valid": valid, "error": error,
-            "sensible": sensible, "tokens": tokens, "decode_seconds": generation.decode_seconds, "constraint_seconds": generation.constraint_seconds, "wall": wall,
+            "sensible": sensible, "tokens": tokens, "decode_seconds": generation.stats.decode_seconds, "constraint_seconds": generation.stats.constraint_seconds, "wall": wall,
         }  # fmt: skip
         rows.append(row)
         if out:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
         mark = "ok " if valid else "BAD"
-        print(f"{mark} {k:2d} {tokens:3d} tok {1e3 * generation.constraint_seconds / max(tokens, 1):5.2f} ms/tok mask | {result.text[:100]}", file=sys.stderr, flush=True)
+        print(f"{mark} {k:2d} {tokens:3d} tok {1e3 * generation.stats.constraint_seconds / max(tokens, 1):5.2f} ms/tok mask | {result.text[:100]}", file=sys.stderr, flush=True)
 
     report(rows)
 
@@ -176,7 +176,7 @@ def speed(llm, rows: list[dict], max_tokens: int, rounds: int = 2) -> None:  # t
                 generation = llm.stream(prompt, chat=True, system=spec.prompt_note(), temperature=0, **options)  # type: ignore[union-attr]
                 for _ in generation:
                     pass
-                runs.append(generation.decode_seconds / max(len(generation.results[0].token_ids) - 1, 1))
+                runs.append(generation.stats.decode_seconds / max(len(generation.results[0].token_ids) - 1, 1))
             constrained.append(runs[0])
             free.append(runs[1])
     a, b = statistics.median(constrained), statistics.median(free)

@@ -57,7 +57,7 @@ def run_prefill(model: Transformer, tokenizer: Tokenizer, ids: list[int]) -> flo
     )
     for _ in generation:
         pass
-    return len(ids) / generation.prefill_seconds
+    return len(ids) / generation.stats.prefill_seconds
 
 
 def run_decode(model: Transformer, tokenizer: Tokenizer, first: int, n: int) -> float:
@@ -66,7 +66,7 @@ def run_decode(model: Transformer, tokenizer: Tokenizer, first: int, n: int) -> 
     generation = Generation(model, tokenizer, [first], settings)
     for _ in generation:
         pass
-    return (generation.generated_tokens - 1) / generation.decode_seconds
+    return generation.stats.decode_rate
 
 
 def bench(model: Transformer, tokenizer: Tokenizer, *, prompt_tokens: int, gen_tokens: int, repeats: int) -> list[Measurement]:

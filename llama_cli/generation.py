@@ -11,54 +11,25 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import ContextOverflowError, ModelFormatError, UsageError
+from .kv_cache import KVCache
+from .lookup import PromptLookup
 from .model import Transformer
-from .sampling import SamplingSettings, repeated_ngram_tokens, sample
-from .schema import Spec
+from .sampling import repeated_ngram_tokens, sample
+from .settings import GenerationSettings as GenerationSettings  # noqa: PLC0414 (re-exported: defined torch-free in settings.py)
+from .stats import GenerationStats
+from .stats import StopReason as StopReason  # noqa: PLC0414 (re-exported)
 from .tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
     from .constraints import RowMatcher
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass during prefill
-StopReason = Literal["eos", "stop", "length", "interrupted"]
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_tokens: int = 256
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    stop: tuple[str, ...] = ()  # strings that end the text; never printed
-    ignore_eos: bool = False  # forbid end-of-sequence tokens so exactly max_tokens are produced
-    seed: int | None = None  # None draws a fresh seed for every run
-    samples: int = 1
-    logprobs: int = 0  # how many top alternatives to report per token
-    lookup: int = 0  # prompt-lookup decoding: draft up to this many tokens per step (0 = off); see lookup.py
-    constraint: Spec | None = None  # structured output: every sample must match it (schema.py, constraints.py)
-    no_repeat_ngram: int = 0  # never repeat a run of this many generated tokens (0 = off); the presets' loop guard
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens}")
-        if self.samples < 1:
-            raise UsageError(f"--samples must be >= 1, got {self.samples}")
-        if self.logprobs < 0:
-            raise UsageError(f"--logprobs must be >= 0, got {self.logprobs}")
-        if any(s == "" for s in self.stop):
-            raise UsageError("--stop needs a non-empty string")
-        if self.lookup < 0:
-            raise UsageError(f"--lookup must be >= 0 (0 = off), got {self.lookup}")
-        if self.lookup and self.samples > 1:
-            raise UsageError("--lookup works with one sample; drop --samples or --lookup")
-        if self.no_repeat_ngram < 0:
-            raise UsageError(f"--no-repeat-ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
-        if self.constraint is not None and self.ignore_eos:
-            raise UsageError("--ignore-eos cannot be combined with a constraint: the output ends where the value does")
 
 
 @dataclass(frozen=True)
@@ -132,10 +103,15 @@ def context_budget(prompt_tokens: int, max_tokens: int, context: int) -> None:
 
 
 class Generation:
-    """Iterate to generate. `results`, `prefill_seconds` and `decode_seconds` fill in as it runs.
+    """Iterate to generate. `results` and `stats` fill in as it runs.
 
-    `cached_prefix` says how many leading prompt tokens are already in the model's KV cache (row 0)
-    from an earlier call, so only the rest is prefilled (chat uses this).
+    `cache` is the KV cache to decode in (kv_cache.py; default: a new one of this generation's
+    own). `cached_prefix` says how many leading prompt tokens its row 0 already holds from an
+    earlier call, so only the rest is prefilled (chat uses this).
+
+    One decode loop: each step feeds every sample's last token, and, with a drafting strategy
+    (prompt lookup, a constraint's forced tokens; lookup.py), drafted tokens after it, verified in
+    the same pass. Plain decoding is the loop without drafts.
     """
 
     def __init__(
@@ -146,6 +122,7 @@ class Generation:
         settings: GenerationSettings,
         *,
         context: int | None = None,
+        cache: KVCache | None = None,
         cached_prefix: int = 0,
     ) -> None:
         if not prompt_ids:
@@ -154,32 +131,35 @@ class Generation:
         self.prompt_ids = list(prompt_ids)
         self.context = min(context or model.config.context_length, model.config.context_length)
         context_budget(len(self.prompt_ids), settings.max_tokens, self.context)
+        self.cache = cache if cache is not None else KVCache(model)
+        self._owns_cache = cache is None
         self.cached_prefix = min(cached_prefix, len(self.prompt_ids) - 1)  # at least one token is always fed
         self.seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.results = [SampleResult() for _ in range(settings.samples)]
-        self.prefill_seconds = 0.0
-        self.decode_seconds = 0.0
-        self.drafted_tokens = 0  # prompt lookup: tokens drafted and verified, and how many were kept
-        self.accepted_tokens = 0
+        self._prefill_seconds = 0.0
+        self._decode_seconds = 0.0
+        self._drafted = 0
+        self._accepted = 0
         self.constraint = None
         if settings.constraint is not None:
             from .constraints import Constraint
 
             self.constraint = Constraint(settings.constraint, tokenizer, model.config.vocab_size)
-        self.constraint_seconds = 0.0  # spent computing masks and advancing the constraint's matchers
+        self._constraint_seconds = 0.0
 
     @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def prefilled_tokens(self) -> int:
-        """Prompt tokens actually run through the model (the rest came from the cache)."""
-        return len(self.prompt_ids) - self.cached_prefix
-
-    @property
-    def generated_tokens(self) -> int:
-        return sum(len(r.token_ids) for r in self.results)
+    def stats(self) -> GenerationStats:
+        return GenerationStats(
+            prompt_tokens=len(self.prompt_ids),
+            cached_tokens=self.cached_prefix,
+            generated_tokens=sum(len(r.token_ids) for r in self.results),
+            samples=len(self.results),
+            prefill_seconds=self._prefill_seconds,
+            decode_seconds=self._decode_seconds,
+            drafted_tokens=self._drafted,
+            accepted_tokens=self._accepted,
+            constraint_seconds=self._constraint_seconds,
+        )
 
     @property
     def text(self) -> str:
@@ -190,69 +170,85 @@ class Generation:
             if result.stop_reason is None:
                 result.stop_reason = "interrupted"
 
-    def _ensure_cache(self) -> None:
-        needed = min(len(self.prompt_ids) + self.settings.max_tokens, self.context)
-        if self.model.max_batch < self.settings.samples or self.model.max_seq_len < needed:
-            if self.cached_prefix:
-                raise ValueError("cached_prefix given, but the KV cache is too small to keep it")
-            self.model.setup_cache(self.settings.samples, needed)
-
     def prefill(self) -> torch.Tensor:
-        """Run the uncached part of the prompt through the model; the last position's logits (1, vocab).
+        """Run the uncached part of the prompt through the model into row 0; the last position's logits (1, vocab).
 
         Long prompts go in chunks: the attention scores of one pass grow with the square of its
         length, and Ctrl-C is honoured between chunks.
         """
-        device = self.model.device
+        if self.cache.reusable(0, self.prompt_ids) < self.cached_prefix:
+            raise ValueError(f"cached_prefix {self.cached_prefix} given, but the cache's row 0 does not hold it")
         start, end = self.cached_prefix, len(self.prompt_ids)
-        chunk = PREFILL_CHUNK
         logits = torch.empty(0)
         while start < end:
-            stop = min(start + chunk, end)
-            piece = torch.tensor([self.prompt_ids[start:stop]], device=device)
-            logits = self.model(piece, start, last_only=True)[:, -1].cpu()
+            stop = min(start + PREFILL_CHUNK, end)
+            logits = self.cache.run([self.prompt_ids[start:stop]], start, last_only=True)[:, -1].cpu()
             start = stop
         if not bool(torch.isfinite(logits).all()):  # NaN would sample token 0 for ever, silently
-            raise ModelFormatError("the model's output is NaN or infinite: its weights hold NaN/inf values or overflow; the file is damaged")
+            raise ModelFormatError(
+                "the model's output is NaN or infinite: its weights hold NaN/inf values or overflow; the file is damaged"
+            )
         return logits
 
     def __iter__(self) -> Iterator[TokenEvent]:
-        if self.settings.lookup:
-            from .lookup import decode_with_lookup
+        try:
+            yield from self._decode()
+        finally:
+            if self._owns_cache:
+                self.cache = KVCache(self.model)  # a finished generation holds no cache memory (presets keep many)
 
-            yield from decode_with_lookup(self)
-            return
-        n = self.settings.samples
-        self._ensure_cache()
-        device = self.model.device
+    def _decode(self) -> Iterator[TokenEvent]:
+        n, settings = self.settings.samples, self.settings
+        cache = self.cache
+        cache.ensure(n, min(len(self.prompt_ids) + settings.max_tokens, self.context))
         states = self.sample_states()
+        drafter = PromptLookup(self.prompt_ids, settings.lookup) if settings.lookup else None
+        limit = min(cache.length, self.context)  # no position may reach this
 
         started = time.perf_counter()
         with torch.inference_mode():
             logits = self.prefill()  # (1, vocab)
             if n > 1:
-                self.model.copy_cache_row(0, n, len(self.prompt_ids))
+                cache.copy_row(0, range(1, n), len(self.prompt_ids))
                 logits = logits.expand(n, -1)
-            self.prefill_seconds = time.perf_counter() - started
-            position = len(self.prompt_ids)
+            self._prefill_seconds = time.perf_counter() - started
+            rows = logits[:, None]  # (n, 1 + drafted, vocab): sample i's logits after its fed token and each drafted one
+            position = len(self.prompt_ids)  # where the next fed token goes; everything before it is valid in the cache
+            draft: list[int] = []  # the tokens drafted after sample 0's fed token in the last pass (one sample only)
             decode_started = time.perf_counter()
             try:
                 while True:
-                    next_ids = []
+                    fed = []
                     for i, result in enumerate(self.results):
                         if result.stop_reason is not None:
-                            next_ids.append(0)
+                            fed.append([0])  # a finished sample's row still runs, ignored, so the batch keeps its shape
                             continue
-                        token, events = self.advance(i, logits[i], states[i])
-                        next_ids.append(token)
-                        yield from events
+                        emitted: list[int] = []
+                        for j, row in enumerate(rows[i]):  # row j: logits after the fed token and draft[:j]
+                            token, events = self.advance(i, row, states[i])
+                            yield from events
+                            emitted.append(token)
+                            if result.stop_reason is not None:
+                                break
+                            if drafter is not None:
+                                drafter.record(token)
+                            if j >= len(draft) or token != draft[j]:
+                                break
+                        fed.append(emitted[-1:])
                     if all(r.stop_reason is not None for r in self.results):
                         break
-                    step = torch.tensor(next_ids, device=device).view(n, 1)
-                    logits = self.model(step, position, last_only=True)[:, -1].cpu()  # (n, vocab)
+                    if drafter is not None:  # one sample: `emitted` is its tokens of this pass
+                        accepted = len(emitted) - 1  # drafted tokens confirmed; their cache entries are valid
+                        self._accepted += accepted
+                        position += accepted
+                        room = min(settings.max_tokens - len(self.results[0].token_ids), limit - position) - 1
+                        draft = drafter.next(accepted, len(draft), room, states[0].rule)
+                        self._drafted += len(draft)
+                        fed[0] += draft
+                    rows = cache.run(fed, position, last_only=not draft).cpu()  # (n, 1 + len(draft), vocab)
                     position += 1
             finally:
-                self.decode_seconds = time.perf_counter() - decode_started
+                self._decode_seconds = time.perf_counter() - decode_started
 
     def sample_states(self) -> list[SampleState]:
         """Fresh per-sample state; sample i draws from a generator seeded with seed + i."""
@@ -263,8 +259,9 @@ class Generation:
             counts = torch.zeros(vocab, dtype=torch.int32)
             counts.index_add_(0, prompt, torch.ones_like(prompt, dtype=torch.int32))
             generator = torch.Generator().manual_seed(self.seed + i)
-            rule = self.constraint.matcher() if self.constraint is not None else None
-            states.append(SampleState(generator, StreamDecoder(self.tokenizer, self.prompt_ids), StopMatcher(self.settings.stop), counts, rule))
+            rule = self.constraint.matcher(budget=self.settings.max_tokens) if self.constraint is not None else None
+            decoder, matcher = StreamDecoder(self.tokenizer, self.prompt_ids), StopMatcher(self.settings.stop)
+            states.append(SampleState(generator, decoder, matcher, counts, rule))
         return states
 
     def constrain(self, rule: RowMatcher | None, logits: torch.Tensor) -> torch.Tensor:
@@ -273,7 +270,7 @@ class Generation:
             return logits
         started = time.perf_counter()
         masked = rule.mask(logits)
-        self.constraint_seconds += time.perf_counter() - started
+        self._constraint_seconds += time.perf_counter() - started
         return masked
 
     def advance(self, i: int, logits: torch.Tensor, state: SampleState) -> tuple[int, list[TokenEvent]]:
@@ -296,7 +293,14 @@ class Generation:
         return token, list(self._emit(i, token, logits, state.decoder, state.matcher, state.counts, state.rule))
 
     def _emit(
-        self, i: int, token: int, logits: torch.Tensor, decoder: StreamDecoder, matcher: StopMatcher, counts: torch.Tensor, rule: RowMatcher | None = None
+        self,
+        i: int,
+        token: int,
+        logits: torch.Tensor,
+        decoder: StreamDecoder,
+        matcher: StopMatcher,
+        counts: torch.Tensor,
+        rule: RowMatcher | None = None,
     ) -> Iterator[TokenEvent]:
         """Record sample i's chosen token. `logits` are from before the constraint: logprobs are the model's."""
         result, settings = self.results[i], self.settings
@@ -319,7 +323,7 @@ class Generation:
         if rule is not None:
             started = time.perf_counter()
             rule.advance(token)
-            self.constraint_seconds += time.perf_counter() - started
+            self._constraint_seconds += time.perf_counter() - started
         text, stopped = matcher.feed(decoder.push(token))
         done = rule is not None and rule.finished  # the value is whole and only end-of-sequence may follow: end here
         out_of_room = len(result.token_ids) >= settings.max_tokens or len(self.prompt_ids) + len(result.token_ids) >= self.context

@@ -18,22 +18,18 @@ References: Saxena, "Prompt Lookup Decoding" (2023); transformers' `prompt_looku
 (PromptLookupCandidateGenerator); Leviathan et al., "Fast Inference from Transformers via
 Speculative Decoding" (2023), of which this is the special case of a deterministic draft.
 
+The decode loop itself is `Generation.__iter__` (generation.py): this module only drafts.
 Not done here: several samples at once (`samples > 1` decodes without lookup), and drafting from
 a second, smaller model.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch
-
-from .generation import TokenEvent
-
 if TYPE_CHECKING:
-    from .generation import Generation
+    from .constraints import RowMatcher
 
 MAX_NGRAM = 3  # match the last 3 tokens if possible, else the last 2
 MIN_NGRAM = 2  # a single matching token drafts too often in vain, and every drafted token costs compute
@@ -75,54 +71,30 @@ class NgramIndex:
         return []
 
 
-def decode_with_lookup(generation: Generation) -> Iterator[TokenEvent]:
-    """Run `generation` (one sample) with prompt-lookup drafting; `Generation.__iter__` calls this.
+class PromptLookup:
+    """The prompt-lookup drafting strategy of `Generation`'s decode loop (one sample).
 
-    Yields the same TokenEvents as plain decoding, and counts `drafted_tokens` and
-    `accepted_tokens` on the generation.
+    `record` each emitted token; `next` gives the draft to feed after the last one. The draft
+    grows by 2 after a draft accepted whole and shrinks by 1 after a miss: on a CPU each drafted
+    token costs a fraction of a step, so drafts are long only while they pay. With a constraint,
+    the tokens it forces are the best draft, and any draft is cut where it stops fitting.
     """
-    gen, settings = generation, generation.settings
-    model, prompt = gen.model, gen.prompt_ids
-    result = gen.results[0]
-    gen._ensure_cache()
-    device = model.device
-    state = gen.sample_states()[0]  # the same generator, counts and constraint state as plain decoding
-    index = NgramIndex(prompt)
-    limit = min(model.max_seq_len, gen.context)  # no position may reach this
 
-    started = time.perf_counter()
-    with torch.inference_mode():
-        rows = gen.prefill()  # (1, vocab)
-        gen.prefill_seconds = time.perf_counter() - started
-        position = len(prompt)  # where the next fed token goes; everything before it is valid in the cache
-        draft: list[int] = []  # the drafted tokens fed after the first one in the last pass
-        size = min(FIRST_DRAFT, settings.lookup)
-        decode_started = time.perf_counter()
-        try:
-            while True:
-                emitted: list[int] = []
-                for j, row in enumerate(rows):  # row j: logits after the fed token and draft[:j]
-                    token, events = gen.advance(0, row, state)
-                    yield from events
-                    if result.stop_reason is not None:
-                        return
-                    emitted.append(token)
-                    index.append(token)
-                    if j >= len(draft) or token != draft[j]:
-                        break
-                accepted = len(emitted) - 1  # drafted tokens confirmed; their cache entries are valid
-                gen.accepted_tokens += accepted
-                position += accepted
-                if draft:  # on a CPU each drafted token costs a fraction of a step: draft long only while it pays
-                    size = min(settings.lookup, size + 2) if accepted == len(draft) else max(1, size - 1)
-                room = min(settings.max_tokens - len(result.token_ids), limit - position) - 1
-                draft = index.draft(min(size, room))
-                if state.rule is not None:  # tokens the constraint forces are the best draft; others must fit it
-                    draft = state.rule.forced()[: max(0, min(settings.lookup, room))] or draft
-                    draft = draft[: state.rule.valid_prefix(draft)]
-                gen.drafted_tokens += len(draft)
-                fed = torch.tensor([[emitted[-1], *draft]], device=device)  # (1, 1 + len(draft))
-                rows = model(fed, position, last_only=not draft)[0].cpu()  # (1 + len(draft), vocab)
-                position += 1
-        finally:
-            gen.decode_seconds = time.perf_counter() - decode_started
+    def __init__(self, prompt: Sequence[int], limit: int) -> None:
+        self.index = NgramIndex(prompt)
+        self.limit = limit
+        self.size = min(FIRST_DRAFT, limit)
+
+    def record(self, token: int) -> None:
+        self.index.append(token)
+
+    def next(self, accepted: int, offered: int, room: int, rule: RowMatcher | None) -> list[int]:
+        """The next draft, given that `accepted` of the `offered` tokens drafted last time were kept
+        and at most `room` more may be drafted."""
+        if offered:
+            self.size = min(self.limit, self.size + 2) if accepted == offered else max(1, self.size - 1)
+        draft = self.index.draft(min(self.size, room))
+        if rule is not None:
+            draft = rule.forced()[: max(0, min(self.limit, room))] or draft
+            draft = draft[: rule.valid_prefix(draft)]
+        return draft

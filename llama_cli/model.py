@@ -11,6 +11,7 @@ References: Meta's llama/model.py, pytorch-labs/gpt-fast model.py, transformers'
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,20 +19,24 @@ from torch import nn
 
 from .config import ModelConfig, RopeScaling
 
+if TYPE_CHECKING:
+    from .kv_cache import KVCache
+
+Rows = torch.Tensor | None  # `rows=` and `positions=` of continuous batching (Transformer.forward)
 ROW_BY_ROW_ATTENTION = 16  # queries after a cached prefix up to which attention runs one query at a time
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values for every position up to `max_seq_len`.
+class LayerCache:
+    """One layer's preallocated keys and values for every position up to `length`.
 
-    Positions are given by the caller; the cache never tracks a "current length" of its own.
+    Positions are given by the caller; this never tracks a "current length" of its own. Allocated,
+    grown and copied only by its owner, kv_cache.KVCache.
     """
 
-    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, *, dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__()
-        shape = (batch, n_kv_heads, max_seq_len, head_dim)  # (B, n_kv_heads, S, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    def __init__(self, batch: int, n_kv_heads: int, length: int, head_dim: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch, n_kv_heads, length, head_dim)  # (B, n_kv_heads, S, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(
         self, start_pos: int, k: torch.Tensor, v: torch.Tensor, *, rows: torch.Tensor | None = None, positions: torch.Tensor | None = None
@@ -109,6 +114,57 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)
 
 
+class RotaryAttention(nn.Module):
+    """Attention between the projections: rotary embeddings, the KV cache, softmax(q k^T / sqrt(d)) v.
+
+    q (B, T, n_heads*head_dim) and k, v (B, T, n_kv_heads*head_dim) in, (B, T, n_heads*head_dim) out.
+    A module of its own so that quantized.py can swap in one C call for the short passes over a
+    cache (kernel_modules.py), as it swaps in the linear layers.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None,
+        **where: Rows,
+    ) -> torch.Tensor:
+        B, T, _ = q.shape
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(start_pos, k, v, **where)  # (B, n_kv_heads, start_pos+T, head_dim)
+        elif start_pos:
+            raise ValueError("start_pos > 0 needs a KV cache")
+        causal = cache is None and T > 1  # no cache: the sequence is the whole context
+        gqa = self.n_kv_heads != self.n_heads
+        if cache is not None and start_pos > 0 and 1 < T <= ROW_BY_ROW_ATTENTION:
+            # A few queries after a cached prefix (prompt-lookup verification, a short chat turn): one
+            # query at a time, so each row's attention is the same bits as a one-token decode step
+            # (a masked multi-query pass sums in another order), and verified drafts repeat plain decoding.
+            y = torch.cat(
+                [
+                    F.scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, :end], v[:, :, :end], enable_gqa=gqa)
+                    for i, end in enumerate(range(start_pos + 1, start_pos + T + 1))  # query i sees keys 0..start_pos+i
+                ],
+                dim=2,
+            )  # (B, n_heads, T, head_dim)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        return y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*head_dim)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -120,37 +176,31 @@ class Attention(nn.Module):
         # wq, wk, wv stacked into one matmul (quantized.py fuses them when they share a block type):
         # one kernel call instead of three. The split below is the only difference.
         self.wqkv: nn.Module | None = None
-        self.kv_cache: KVCache | None = None
+        self.attend = RotaryAttention(config)  # rotary embeddings, cache, attention
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None, **where: torch.Tensor | None) -> torch.Tensor:
-        B, T, _ = x.shape
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None,
+        **where: Rows,
+    ) -> torch.Tensor:
         if self.wqkv is not None:
             kv_dim = self.n_kv_heads * self.head_dim
-            q, k, v = self.wqkv(x).split((self.n_heads * self.head_dim, kv_dim, kv_dim), dim=-1)
+            q, k, v = self.wqkv(x).split_with_sizes((self.n_heads * self.head_dim, kv_dim, kv_dim), dim=-1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start_pos, k, v, **where)  # (B, n_kv_heads, start_pos+T, head_dim)
-        elif start_pos:
-            raise ValueError("start_pos > 0 needs a KV cache (call setup_cache first)")
-        causal = self.kv_cache is None and T > 1  # no cache: the sequence is the whole context
-        gqa = self.n_kv_heads != self.n_heads
-        if self.kv_cache is not None and start_pos > 0 and 1 < T <= ROW_BY_ROW_ATTENTION:
-            # A few queries after a cached prefix (prompt-lookup verification, a short chat turn): one
-            # query at a time, so each row's attention is the same bits as a one-token decode step
-            # (a masked multi-query pass sums in another order), and verified drafts repeat plain decoding.
-            y = torch.cat(
-                [F.scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, : start_pos + i + 1], v[:, :, : start_pos + i + 1], enable_gqa=gqa) for i in range(T)],
-                dim=2,
-            )  # (B, n_heads, T, head_dim)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*head_dim)
-        return self.wo(y)
+        return self.wo(self.attend(q, k, v, cos, sin, start_pos, mask, cache, **where))
+
+
+class GatedSiLU(nn.Module):
+    """SwiGLU's gate, silu(gate) * up: a module of its own so that quantized.py can swap in one C call."""
+
+    def forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return F.silu(gate) * up
 
 
 class FeedForward(nn.Module):
@@ -162,12 +212,13 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)
         self.w3 = nn.Linear(config.dim, config.ffn_dim, bias=False)
         self.w13: nn.Module | None = None  # w1 and w3 stacked (quantized.py), as Attention.wqkv
+        self.gate = GatedSiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is not None:
             gate, up = self.w13(x).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return self.w2(self.gate(gate, up))
+        return self.w2(self.gate(self.w1(x), self.w3(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -178,8 +229,17 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, mask: torch.Tensor | None, **where: torch.Tensor | None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, mask, **where)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None,
+        **where: Rows,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, mask, cache, **where)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -191,46 +251,28 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
-        self.max_seq_len = 0
-        self.max_batch = 0
 
     @property
     def device(self) -> torch.device:
         return self.norm.weight.device
 
-    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        """Allocate the KV cache and rotary tables for incremental decoding (see `forward`).
-
-        The cache takes the dtype of the norms: the activations' dtype (float32 when the linear
-        layers are quantized, quantized.py)."""
-        if max_seq_len > self.config.context_length:
-            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context length {self.config.context_length}")
-        weight = self.norm.weight
-        self.max_batch, self.max_seq_len = max_batch, max_seq_len
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(max_batch, self.config.n_kv_heads, max_seq_len, self.config.head_dim, dtype=weight.dtype, device=weight.device)
-        cos, sin = rope_tables(self.config, max_seq_len, weight.device)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-
-    def copy_cache_row(self, source: int, rows: int | list[int], length: int) -> None:
-        """Copy cache row `source` (positions 0..length) into rows 0..rows-1 (or the rows listed): one prefill, many samples."""
-        targets = slice(0, rows) if isinstance(rows, int) else rows
-        for layer in self.layers:
-            cache = layer.attention.kv_cache
-            assert cache is not None
-            cache.k[targets, :, :length] = cache.k[source, :, :length]
-            cache.v[targets, :, :length] = cache.v[source, :, :length]
-
     def forward(
-        self, tokens: torch.Tensor, start_pos: int = 0, *, last_only: bool = False, rows: torch.Tensor | None = None, positions: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        *,
+        cache: KVCache | None,
+        last_only: bool = False,
+        rows: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) in float32 for tokens (B, T) placed at positions start_pos..start_pos+T-1.
 
         With `last_only`, only the final position's logits are computed (B, 1, vocab).
-        After `setup_cache`, keys and values are written into the cache and nothing before
-        start_pos is recomputed. Without a cache (training, scoring), `tokens` are whole
-        sequences from position 0 under plain causal attention; nothing is stored.
+        With a `cache` (kv_cache.KVCache, which calls this from its `run`), keys and values are
+        written into it and nothing before start_pos is recomputed. With `cache=None` (training,
+        scoring), `tokens` are whole sequences from position 0 under plain causal attention;
+        nothing is stored.
 
         Continuous batching (serve/scheduler.py): `rows` (B,) names each sequence's cache row
         (default 0..B-1), and `positions` (B,) places each row's single token (T == 1) at its own
@@ -239,28 +281,29 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         end = start_pos + T
         mask = None
-        if self.max_seq_len == 0:
+        if cache is None:
             if start_pos or rows is not None or positions is not None:
-                raise ValueError("start_pos > 0, rows and positions need a KV cache (call setup_cache first)")
+                raise ValueError("start_pos > 0, rows and positions need a KV cache")
             if T > self.config.context_length:
                 raise ValueError(f"{T} positions exceed the model's context length {self.config.context_length}")
             cos, sin = rope_tables(self.config, T, tokens.device)
         elif positions is not None:
             end = int(positions.max()) + 1
-            if T != 1 or end > self.max_seq_len:
-                raise ValueError(f"positions take one token per row (got {T}) below the cache's {self.max_seq_len} positions (got {end})")
-            cos, sin = self.rope_cos[positions][:, None, None], self.rope_sin[positions][:, None, None]  # (B, 1, 1, head_dim)
+            if T != 1 or end > cache.length:
+                raise ValueError(f"positions take one token per row (got {T}) below the cache's {cache.length} positions (got {end})")
+            cos, sin = cache.rope_cos[positions][:, None, None], cache.rope_sin[positions][:, None, None]  # (B, 1, 1, head_dim)
             mask = (torch.arange(end, device=tokens.device)[None, :] <= positions[:, None])[:, None, None]  # (B, 1, 1, end)
         else:
-            if end > self.max_seq_len or (B > self.max_batch and rows is None):
-                raise ValueError(f"positions up to {end} with batch {B} exceed the cache ({self.max_seq_len} positions, batch {self.max_batch})")
-            cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
+            if end > cache.length or (B > cache.batch and rows is None):
+                raise ValueError(f"positions up to {end} with batch {B} exceed the cache ({cache.length} positions, batch {cache.batch})")
+            cos, sin = cache.rope_cos[start_pos:end], cache.rope_sin[start_pos:end]
             if T > 1:  # query i (at start_pos+i) sees keys 0..start_pos+i; one query sees the whole prefix
                 key_pos = torch.arange(end, device=tokens.device)
                 mask = key_pos[None, :] <= (start_pos + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
         x = self.tok_embeddings(tokens).to(self.norm.weight.dtype)  # (B, T, dim); a quantized table gives float32
-        for layer in self.layers:
-            x = layer(x, cos, sin, start_pos, mask, rows=rows, positions=positions)
+        layer_caches = [None] * len(self.layers) if cache is None else cache.layers
+        for layer, layer_cache in zip(self.layers, layer_caches):
+            x = layer(x, cos, sin, start_pos, mask, layer_cache, rows=rows, positions=positions)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .errors import UsageError
 from .generation import PREFILL_CHUNK
+from .kv_cache import KVCache
 from .model import Transformer
 
 
@@ -60,22 +61,22 @@ def windows(ids: Sequence[int], ctx: int) -> list[list[int]]:
     return [w for w in cut if len(w) >= 2]
 
 
-def window_logits(model: Transformer, ids: Sequence[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits (T, vocab) float32, targets (T,)) for every position of ids[:-1], from an empty cache,
-    in chunks of PREFILL_CHUNK positions: the logits of a whole window (T x vocab floats) may not fit in memory."""
-    if model.max_batch < 1 or model.max_seq_len < len(ids):
-        model.setup_cache(1, len(ids))
-    device = model.device
+def window_logits(cache: KVCache, ids: Sequence[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits (T, vocab) float32, targets (T,)) for every position of ids[:-1], written into row 0 of
+    `cache` from position 0, in chunks of PREFILL_CHUNK positions: the logits of a whole window (T x vocab
+    floats) may not fit in memory, and a cache-free pass would hold attention scores of T x T."""
+    cache.ensure(1, len(ids))
+    device = cache.model.device
     for start in range(0, len(ids) - 1, PREFILL_CHUNK):
         stop = min(start + PREFILL_CHUNK, len(ids) - 1)
         with torch.inference_mode():  # not held across the yield: two of these run interleaved in kl_compare
-            logits = model(torch.tensor([ids[start:stop]], device=device), start)[0].float()  # (T, vocab)
+            logits = cache.run([ids[start:stop]], start)[0].float()  # (T, vocab)
         yield logits, torch.tensor(ids[start + 1 : stop + 1], device=device)  # the token after each position
 
 
-def window_nll(model: Transformer, ids: Sequence[int]) -> float:
-    """Summed negative log-likelihood of ids[1:] given the tokens before each, from an empty cache."""
-    return sum(F.cross_entropy(logits, targets, reduction="sum").item() for logits, targets in window_logits(model, ids))
+def window_nll(cache: KVCache, ids: Sequence[int]) -> float:
+    """Summed negative log-likelihood of ids[1:] given the tokens before each (row 0 of `cache`, from position 0)."""
+    return sum(F.cross_entropy(logits, targets, reduction="sum").item() for logits, targets in window_logits(cache, ids))
 
 
 def perplexity(
@@ -87,8 +88,9 @@ def perplexity(
         raise UsageError(f"the text has {len(ids)} token(s): perplexity needs at least two")
     started = time.perf_counter()
     nll, predicted = 0.0, 0
+    cache = KVCache(model)
     for i, part in enumerate(parts):
-        nll += window_nll(model, part)
+        nll += window_nll(cache, part)
         predicted += len(part) - 1
         if progress is not None:
             progress(i + 1, len(parts), math.exp(nll / predicted))
@@ -160,8 +162,9 @@ def kl_compare(
     started = time.perf_counter()
     nll, ref_nll, predicted, top1 = 0.0, 0.0, 0, 0
     kls: list[torch.Tensor] = []
+    cache, ref_cache = KVCache(model), KVCache(reference)
     for i, part in enumerate(parts):
-        for (logits, targets), (ref_logits, _) in zip(window_logits(model, part), window_logits(reference, part)):
+        for (logits, targets), (ref_logits, _) in zip(window_logits(cache, part), window_logits(ref_cache, part)):
             ref_logits = ref_logits.to(logits.device)
             nll += F.cross_entropy(logits, targets, reduction="sum").item()
             ref_nll += F.cross_entropy(ref_logits, targets, reduction="sum").item()

@@ -17,10 +17,14 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .chat import ChatSession, Turn, TurnStats
 from .errors import LlamaError
 from .textio import write_out
+
+if TYPE_CHECKING:  # torch-free at run time: `llama chat --server` runs this loop over serve/chat_client.py
+    from .chat import ChatSession, Turn
+    from .stats import TurnStats
 
 PROMPT, CONTINUATION = ">>> ", "... "
 BLOCK = '"""'
@@ -73,9 +77,9 @@ def start_notices(turn: Turn, session: ChatSession) -> None:
 
 
 def end_notices(turn: Turn) -> None:
-    if turn.generation.results[0].complete is False and not turn.interrupted:  # a constrained reply cut short
+    if turn.complete is False and not turn.interrupted:  # a constrained reply cut short
         notice(
-            f"[the reply stopped at {turn.max_tokens} tokens inside the {turn.generation.settings.constraint.option} value: it is "
+            f"[the reply stopped at {turn.max_tokens} tokens inside the {turn.settings.constraint.option} value: it is "
             "not valid; raise -n]"
         )  # type: ignore[union-attr]
 
@@ -146,7 +150,7 @@ def run_scripted(session: ChatSession, lines: Iterable[str] | None = None, *, st
 def reply_json(session: ChatSession, turn: Turn) -> str:
     turn.finish()
     s = turn.stats
-    record = {"turn": len(session.stats), "text": turn.text, "stop_reason": turn.generation.results[0].stop_reason}
+    record = {"turn": len(session.stats), "text": turn.text, "stop_reason": turn.stop_reason}
     if s is not None:
         record.update(prompt_tokens=s.prompt_tokens, cached_tokens=s.cached_tokens, generated_tokens=s.generated_tokens)
     return json.dumps(record, ensure_ascii=False)
@@ -273,7 +277,7 @@ class Repl:
             turn.finish()
             error(str(exc))
         end_notices(turn)
-        if turn.generation.results[0].stop_reason == "length" and turn.generation.settings.constraint is None:
+        if turn.stop_reason == "length" and turn.settings.constraint is None:
             notice(f"[the reply was cut at {turn.max_tokens} tokens: raise -n for longer replies]")
         if self.stats and turn.stats is not None:
             notice(turn_line(len(self.session.stats), turn.stats))

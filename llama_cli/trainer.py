@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,53 +36,11 @@ from torch import nn
 
 from .distributed import Dist, full_state, gradient_sync, load_optimizer_state, optimizer_state, wrap
 from .errors import UsageError
+from .train_settings import LoopSettings as LoopSettings  # noqa: PLC0414 (re-exported: defined torch-free in train_settings.py)
 
 STATE_FILE = "train_state.pt"  # weights being trained, optimizer state, step: what --resume reads
 METRICS_FILE = "metrics.jsonl"
 IGNORE = -100  # target id that carries no loss (padding, prompt tokens in fine-tuning)
-
-
-@dataclass
-class LoopSettings:
-    """Everything that shapes the loss curve, saved with each checkpoint and checked on resume."""
-
-    max_steps: int = 300
-    batch_size: int = 16  # sequences per micro-batch on each rank
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # where the cosine ends
-    warmup: int = 30  # steps of linear warmup from 0
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    eval_every: int = 50
-    eval_batches: int = 8  # validation batches (of batch_size sequences) per evaluation
-    log_every: int = 10
-    save_every: int = 100
-    seed: int = 1337
-    precision: str = "auto"  # auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16
-
-    CHANGEABLE = ("max_steps", "eval_every", "log_every", "save_every")  # may differ on --resume
-
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise UsageError(f"learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0 (got {self.min_lr} and {self.lr})")
-        if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise UsageError("--warmup, --grad-clip and --weight-decay cannot be negative")
-        if self.precision not in ("auto", "float32", "bfloat16"):
-            raise UsageError(f"unknown --precision '{self.precision}'; choose auto, float32 or bfloat16")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoopSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def lr_at(step: int, s: LoopSettings) -> float:
@@ -266,7 +224,7 @@ def evaluate(model: nn.Module, task: Task, dist: Dist, settings: LoopSettings) -
     with torch.no_grad(), autocast_for(settings, dist.device):
         for i in range(rounds):
             x, y = (t.to(dist.device) for t in (batches[i] if i < len(batches) else idle))
-            total += float(token_loss(model(x), y, reduction="sum"))
+            total += float(token_loss(model(x, cache=None), y, reduction="sum"))
             count += int((y != IGNORE).sum())
     model.train()
     total, count = dist.sum([total, float(count)])
@@ -329,7 +287,7 @@ def run_loop(model: nn.Module, task: Task, settings: LoopSettings, out: Path, di
                     x, y = (t.to(dist.device) for t in task.batch(step, micro))
                     with gradient_sync(trained, dist, sync=micro == settings.grad_accum - 1):
                         with autocast_for(settings, dist.device):
-                            loss = token_loss(trained(x), y)
+                            loss = token_loss(trained(x, cache=None), y)
                         (loss / settings.grad_accum).backward()
                     loss_sum += float(loss.detach())
                     window_tokens += x.numel() * dist.world

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llama_cli import cli
-from llama_cli.chat import ChatSession, HistoryError, common_prefix, parse_messages
+from llama_cli.chat import ChatSession, HistoryError, parse_messages
+from llama_cli.cli import app
+from llama_cli.cli.loader import FixedModel
+from llama_cli.kv_cache import common_prefix
 from llama_cli.repl import Repl, WordWrap, run_scripted
 
 runner = CliRunner()
@@ -28,12 +30,13 @@ EVIL_TEMPLATE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
 
 
 @pytest.fixture
-def chat_cli(llm, monkeypatch):  # type: ignore[no-untyped-def]
-    """Run `llama <args>` in-process on the session's model (loaded once, float32 as `auto` gives on CPU)."""
-    monkeypatch.setattr(cli, "_load", lambda *args: llm)
+def chat_cli(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Run `llama <args>` in-process on the tiny model, or on the default model (float32, as `auto`
+    gives on CPU) where the test is marked real_model; each loaded once per session."""
+    llm = request.getfixturevalue("llm" if request.node.get_closest_marker("real_model") else "tiny_llm")
 
     def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
-        return runner.invoke(cli.app, list(args), input=input)
+        return runner.invoke(app, list(args), input=input, obj=FixedModel(llm))
 
     return run
 
@@ -103,6 +106,7 @@ def turn_stats(stderr: str) -> list[tuple[int, int, int]]:
     return [tuple(map(int, m)) for m in re.findall(pattern, stderr)]  # type: ignore[misc]
 
 
+@pytest.mark.real_model
 def test_scripted_conversation_matches_transformers(chat_cli, hf_model, hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
     # turn 1 runs into -n, so its last token never entered the cache; the others end at <|im_end|>
     questions = ["Tell me about Paris.", "What is the capital of Italy?", "Which of the two cities is older?"]
@@ -128,7 +132,8 @@ def test_scripted_conversation_matches_transformers(chat_cli, hf_model, hf_token
         assert cached + prefilled == prompt
 
 
-def test_turn_two_prefills_only_the_new_tokens(llm) -> None:  # type: ignore[no-untyped-def]
+def test_turn_two_prefills_only_the_new_tokens(tiny_llm) -> None:  # type: ignore[no-untyped-def]
+    llm = tiny_llm
     session = ChatSession(llm, greedy(llm, 8))
     long_message = (
         "Here is a list of fruits: " + ", ".join(["apple", "banana", "cherry", "plum", "pear", "fig"] * 24) + ". Which fruit comes first?"
@@ -137,7 +142,7 @@ def test_turn_two_prefills_only_the_new_tokens(llm) -> None:  # type: ignore[no-
         pass
     first = session.stats[0]
     assert first.cached_tokens == 0 and first.prefilled_tokens == first.prompt_tokens > 200
-    in_cache = list(session.cached_ids)
+    in_cache = list(session.cache.held[0])
 
     for _ in session.turn("Thanks!"):
         pass
@@ -150,7 +155,8 @@ def test_turn_two_prefills_only_the_new_tokens(llm) -> None:  # type: ignore[no-
     assert session.messages[-1]["content"] == llm.generate(prompt, temperature=0, max_tokens=8)
 
 
-def test_context_overflow_drops_oldest_turns_and_keeps_answering(llm, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_context_overflow_drops_oldest_turns_and_keeps_answering(tiny_llm, capsys) -> None:  # type: ignore[no-untyped-def]
+    llm = tiny_llm
     system = "Answer in one short sentence."
     session = ChatSession(llm, greedy(llm, 24), system=system, context=110)
     questions = [f"What is the capital of {country}?" for country in ("France", "Spain", "Japan", "Peru", "Chile")]
@@ -185,7 +191,8 @@ def test_sandbox_refuses_a_template_that_reaches_for_python_internals(chat_cli, 
         assert result.stderr.count("\n") == 1  # one line, no traceback
 
 
-def test_load_of_a_bad_file_keeps_the_session(llm, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_load_of_a_bad_file_keeps_the_session(tiny_llm, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    llm = tiny_llm
     conversation = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
@@ -217,7 +224,8 @@ def test_load_of_a_bad_file_keeps_the_session(llm, tmp_path: Path, capsys) -> No
     assert "[loaded 3 messages" in capsys.readouterr().err
 
 
-def test_reset_clears_stats_and_a_cut_reply_is_marked(llm, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_reset_clears_stats_and_a_cut_reply_is_marked(tiny_llm, capsys) -> None:  # type: ignore[no-untyped-def]
+    llm = tiny_llm
     repl = Repl(ChatSession(llm, greedy(llm, 4)))
     repl.reply("Tell me a long story.")
     assert "[the reply was cut at 4 tokens: raise -n for longer replies]" in capsys.readouterr().err
@@ -236,6 +244,7 @@ def test_word_wrap_breaks_streamed_text_at_spaces() -> None:
     assert out.split("\n") == ["The quick brown fox ", "jumps over the lazy ", "dog.", "A ", "supercalifragilisticexpialidocious", "word."]
 
 
+@pytest.mark.real_model
 def test_tokenize_chat_marks_special_tokens(chat_cli, hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
     messages = [{"role": "user", "content": "Hi"}]
     result = chat_cli("tokenize", "--chat", input=json.dumps(messages))
@@ -247,6 +256,7 @@ def test_tokenize_chat_marks_special_tokens(chat_cli, hf_tokenizer) -> None:  # 
     assert data["ids"] == list(hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
+@pytest.mark.real_model  # the reply is a numbered list: the default model's answer
 def test_piped_json_gives_one_line_per_reply(chat_cli) -> None:  # type: ignore[no-untyped-def]
     result = chat_cli("chat", "-t", "0", "-n", "40", "--json", input="Name three colours as a numbered list.\n/reset\n")
     assert result.exit_code == 0, result.stderr
@@ -255,6 +265,7 @@ def test_piped_json_gives_one_line_per_reply(chat_cli) -> None:  # type: ignore[
     assert "\n" in replies[0]["text"] and replies[0]["stop_reason"] in ("eos", "length")
 
 
+@pytest.mark.real_model  # the default model answers from the history ("Ada")
 def test_history_file_starts_the_conversation(chat_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     history = tmp_path / "talk.json"
     history.write_text(
@@ -270,6 +281,7 @@ def test_history_file_starts_the_conversation(chat_cli, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the interactive REPL
 
 
+@pytest.mark.real_model  # the default model answers "Paris"
 def test_interactive_repl_under_a_terminal(tmp_path: Path) -> None:
     pexpect = pytest.importorskip("pexpect")
     env = {**os.environ, "LLAMA_CHAT_HISTORY": str(tmp_path / "history"), "TERM": "dumb", "COLUMNS": "200"}

@@ -8,6 +8,10 @@ import sys
 import pytest
 import torch
 
+from llama_cli.kv_cache import KVCache
+
+pytestmark = pytest.mark.real_model
+
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):\n    ",
@@ -21,9 +25,10 @@ def test_logits_match_transformers(llm, hf_model, hf_tokenizer, prompt: str) -> 
     ids = llm.tokenizer.encode(prompt)
     assert ids == hf_tokenizer(prompt)["input_ids"]
     tokens = torch.tensor([ids])
-    llm.model.setup_cache(1, len(ids))
+    cache = KVCache(llm.model)
+    cache.ensure(1, len(ids))
     with torch.inference_mode():
-        ours = llm.model(tokens, 0)
+        ours = llm.model(tokens, 0, cache=cache)
         reference = hf_model(tokens).logits
     assert (ours - reference).abs().max().item() <= 1e-3
 

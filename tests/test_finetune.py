@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from llama_cli.cli import app
 from llama_cli.config import ModelConfig
+from llama_cli.kv_cache import KVCache
 from llama_cli.lora import LoRAConfig, LoRALinear, adapter_tensors, add_lora, load_adapter, merge_lora
 from llama_cli.model import Transformer
 
@@ -69,7 +70,9 @@ def test_loss_falls_only_on_assistant_tokens(default_model_path: Path) -> None:
     # Each reply and the <|im_end|> (id 2) that closes it, plus the template's newline after it.
     assert tokenizer.decode(taught, skip_special=False) == "Hello there!<|im_end|>\nBye.<|im_end|>\n"
     assert taught.count(2) == 2
-    assert tokenizer.decode(example.inputs, skip_special=False).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert tokenizer.decode(example.inputs, skip_special=False).startswith(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"
+    )
 
 
 def test_lora_layer_starts_as_the_base_and_merges_exactly() -> None:
@@ -77,23 +80,24 @@ def test_lora_layer_starts_as_the_base_and_merges_exactly() -> None:
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=128, context_length=32)
     model = Transformer(config).double()
     tokens = torch.randint(0, 97, (2, 16))
-    before = model(tokens).detach()
+    before = model(tokens, cache=None).detach()
     names = add_lora(model, LoRAConfig(rank=4, alpha=8, targets=("wq", "wv", "w2")), seed=1)
     assert len(names) == 6 and all(isinstance(model.get_submodule(n), LoRALinear) for n in names)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == [f"{n}.lora_{x}" for n in names for x in "ab"]
-    torch.testing.assert_close(model(tokens), before)  # B starts at zero
+    torch.testing.assert_close(model(tokens, cache=None), before)  # B starts at zero
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_b" in name:
                 p.normal_(0, 0.1)
-    adapted = model(tokens).detach()
+    adapted = model(tokens, cache=None).detach()
     assert (adapted - before).abs().max() > 1e-2
     assert set(adapter_tensors(model)) == {f"{n}.lora_{x}" for n in names for x in "ab"}
     merge_lora(model)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    torch.testing.assert_close(model(tokens), adapted, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(model(tokens, cache=None), adapted, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.real_model
 def test_adapter_round_trip_on_the_default_model(default_model_path: Path, llm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Train two steps, then: adapter via load(adapter=) == `llama merge` output == the unmerged LoRA layers."""
     from llama_cli import load
@@ -113,15 +117,18 @@ def test_adapter_round_trip_on_the_default_model(default_model_path: Path, llm, 
     merged_dir = tmp_path / "merged"
     merged_run = runner.invoke(app, ["merge", str(out), "-o", str(merged_dir)])  # the base model comes from adapter.json
     assert merged_run.exit_code == 0, merged_run.stderr
-    assert f"wrote {merged_dir}" in merged_run.stderr and "is unchanged" in merged_run.stderr  # what was written, not "merged into the base"
+    assert (
+        f"wrote {merged_dir}" in merged_run.stderr and "is unchanged" in merged_run.stderr
+    )  # what was written, not "merged into the base"
 
     ids = llm.encode_prompt("What is the capital of Peru?", chat=True)
     tokens = torch.tensor([ids])
 
     def logits(model: torch.nn.Module) -> torch.Tensor:
-        model.setup_cache(1, len(ids))  # type: ignore[operator]
+        cache = KVCache(model)  # type: ignore[arg-type]
+        cache.ensure(1, len(ids))
         with torch.no_grad():
-            return model(tokens, 0)
+            return model(tokens, 0, cache=cache)
 
     base = logits(llm.model)
     applied = logits(load(default_model_path, dtype="float32", adapter=out).model)
@@ -138,9 +145,16 @@ def test_adapter_round_trip_on_the_default_model(default_model_path: Path, llm, 
     torch.testing.assert_close(merged, applied, atol=1e-5, rtol=0)
     torch.testing.assert_close(layered, applied, atol=2e-3, rtol=0)
 
-    generated = invoke("generate", "-m", default_model_path, "--adapter", out, "--chat", "-t", "0", "-n", "8", "What is the capital of Peru?")
+    generated = invoke(
+        "generate", "-m", default_model_path, "--adapter", out, "--chat", "-t", "0", "-n", "8", "What is the capital of Peru?"
+    )
     assert generated.exit_code == 0, generated.stderr
-    assert generated.stdout.strip() == runner.invoke(app, ["generate", "-m", str(merged_dir), "--chat", "-t", "0", "-n", "8", "What is the capital of Peru?"]).stdout.strip()
+    assert (
+        generated.stdout.strip()
+        == runner.invoke(
+            app, ["generate", "-m", str(merged_dir), "--chat", "-t", "0", "-n", "8", "What is the capital of Peru?"]
+        ).stdout.strip()
+    )
 
 
 def test_finetune_resume_after_ctrl_c_matches(tiny_base: Path, tmp_path: Path) -> None:
@@ -188,7 +202,9 @@ def test_full_finetune_writes_a_standalone_model(tiny_base: Path, tmp_path: Path
         (['{"prompt": "a", "completion": "b"}'] * 2, ["--lora-targets", "wz"], 2, ["unknown --lora-targets wz"]),
     ],
 )
-def test_bad_finetune_data_is_one_clear_line(tiny_base: Path, tmp_path: Path, lines: list[str], extra: list[str], code: int, needles: list[str]) -> None:
+def test_bad_finetune_data_is_one_clear_line(
+    tiny_base: Path, tmp_path: Path, lines: list[str], extra: list[str], code: int, needles: list[str]
+) -> None:
     data = tmp_path / "data.jsonl"
     data.write_text("".join(line + "\n" for line in lines))
     result = invoke("finetune", data, "-o", tmp_path / "out", "-m", tiny_base, "--max-steps", "1", *extra)

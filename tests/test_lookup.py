@@ -84,7 +84,7 @@ def test_greedy_lookup_equals_plain_on_a_tiny_model(seed: int) -> None:
     fast = run(model, tokenizer, prompt, max_tokens=60, temperature=0, seed=0, lookup=5)
     assert fast.results[0].token_ids == plain.results[0].token_ids
     assert fast.text == plain.text and fast.results[0].stop_reason == plain.results[0].stop_reason
-    assert fast.drafted_tokens > 0 and 0 < fast.accepted_tokens <= fast.drafted_tokens
+    assert fast.stats.drafted_tokens > 0 and 0 < fast.stats.accepted_tokens <= fast.stats.drafted_tokens
 
 
 def test_sampled_lookup_equals_plain_with_the_same_seed() -> None:
@@ -108,7 +108,7 @@ def test_lookup_respects_max_tokens_stop_strings_and_the_cache_size() -> None:
 
 
 def test_lookup_settings_are_checked() -> None:
-    with pytest.raises(UsageError, match="--lookup"):
+    with pytest.raises(UsageError, match="lookup must be"):
         GenerationSettings(lookup=-1)
     with pytest.raises(UsageError, match="one sample"):
         GenerationSettings(lookup=4, samples=2)
@@ -117,16 +117,17 @@ def test_lookup_settings_are_checked() -> None:
 @pytest.fixture(scope="module")
 def fast_llm():  # type: ignore[no-untyped-def]
     """The default model as `llama` runs it on the CPU: the int4 fast path (shared with the CLI tests)."""
-    from llama_cli.cli import _load
+    from llama_cli.cli.loader import ModelLoader, ModelOptions
 
-    return _load(None, "auto", "auto", None, False)
+    return ModelLoader().load(ModelOptions())
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("weights", ["float32", "fast"])
 @pytest.mark.parametrize("name", ["eiffel.txt", "report.txt", "library.txt"])
 def test_greedy_lookup_equals_plain_on_the_default_model(request: pytest.FixtureRequest, weights: str, name: str) -> None:
     """Summaries of real documents copy phrases, so drafts are accepted; the text must not change."""
-    from llama_cli.presets import SUMMARIZE, summary_fields
+    from llama_cli.presets.recipes import SUMMARIZE, summary_fields
 
     llm = request.getfixturevalue("llm" if weights == "float32" else "fast_llm")
     ids = llm.encode_chat(SUMMARIZE.messages(text=(DOCS / name).read_text(), **summary_fields(bullets=name == "library.txt")))
@@ -136,4 +137,4 @@ def test_greedy_lookup_equals_plain_on_the_default_model(request: pytest.Fixture
     list(plain), list(fast)
     assert fast.results[0].token_ids == plain.results[0].token_ids
     assert fast.text == plain.text and fast.results[0].stop_reason == plain.results[0].stop_reason
-    assert fast.accepted_tokens > 0
+    assert fast.stats.accepted_tokens > 0

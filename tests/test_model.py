@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llama_cli.config import ModelConfig, RopeScaling
+from llama_cli.kv_cache import KVCache
 from llama_cli.model import Transformer, rope_frequencies
 
 
@@ -29,12 +30,12 @@ def random_model(config: ModelConfig, dtype: torch.dtype = torch.float64, seed: 
 def test_cached_decode_matches_full_recompute(tied: bool, n_kv_heads: int) -> None:
     model = random_model(tiny_config(tie_embeddings=tied, n_kv_heads=n_kv_heads))
     tokens = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
-    model.setup_cache(2, 32)
+    cache = KVCache(model)
+    cache.ensure(2, 32)
     with torch.inference_mode():
-        full = model(tokens, 0)  # (B, T, vocab) in one pass
-        model.setup_cache(2, 32)
-        prefill = model(tokens[:, :8], 0)
-        steps = [model(tokens[:, t : t + 1], t) for t in range(8, 20)]
+        full = model(tokens, 0, cache=cache)  # (B, T, vocab) in one pass
+        prefill = model(tokens[:, :8], 0, cache=cache)
+        steps = [model(tokens[:, t : t + 1], t, cache=cache) for t in range(8, 20)]
     incremental = torch.cat([prefill, *steps], dim=1)
     torch.testing.assert_close(incremental, full.to(incremental.dtype), atol=1e-9, rtol=1e-9)
 
@@ -42,20 +43,23 @@ def test_cached_decode_matches_full_recompute(tied: bool, n_kv_heads: int) -> No
 def test_prefill_in_chunks_matches_one_pass() -> None:
     model = random_model(tiny_config())
     tokens = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(2))
-    model.setup_cache(1, 30)
+    cache = KVCache(model)
+    cache.ensure(1, 30)
     with torch.inference_mode():
-        whole = model(tokens, 0)
-        chunks = torch.cat([model(tokens[:, :13], 0), model(tokens[:, 13:21], 13), model(tokens[:, 21:], 21)], dim=1)
+        whole = cache.run(tokens.tolist())
+        ids = tokens[0].tolist()
+        chunks = torch.cat([cache.run([ids[:13]]), cache.run([ids[13:21]], 13), cache.run([ids[21:]], 21)], dim=1)
     torch.testing.assert_close(chunks, whole, atol=1e-9, rtol=1e-9)
 
 
 def test_last_only_returns_final_position() -> None:
     model = random_model(tiny_config())
     tokens = torch.randint(0, 97, (1, 10))
-    model.setup_cache(1, 10)
+    cache = KVCache(model)
+    cache.ensure(1, 10)
     with torch.inference_mode():
-        all_logits = model(tokens, 0)
-        last = model(tokens, 0, last_only=True)
+        all_logits = model(tokens, 0, cache=cache)
+        last = model(tokens, 0, cache=cache, last_only=True)
     assert last.shape == (1, 1, 97)
     torch.testing.assert_close(last[:, 0], all_logits[:, -1])
 
@@ -66,9 +70,10 @@ def test_positions_are_causal() -> None:
     a = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(3))
     b = a.clone()
     b[0, 8:] = (b[0, 8:] + 1) % 97
-    model.setup_cache(1, 12)
+    cache = KVCache(model)
+    cache.ensure(1, 12)
     with torch.inference_mode():
-        la, lb = model(a, 0), model(b, 0)
+        la, lb = model(a, 0, cache=cache), model(b, 0, cache=cache)
     torch.testing.assert_close(la[:, :8], lb[:, :8])
     assert not torch.allclose(la[:, 8:], lb[:, 8:])
 
@@ -96,10 +101,11 @@ def test_matches_transformers_llama_on_random_weights() -> None:
             mapping[f"model.layers.{i}.{hf_name}.weight"] = f"layers.{i}.{name}.weight"
     hf.load_state_dict({k: ours[v] for k, v in mapping.items()}, strict=True)
     tokens = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(4))
-    model.setup_cache(1, 40)
+    cache = KVCache(model)
+    cache.ensure(1, 40)
     with torch.inference_mode():
         expected = hf(tokens).logits
-        got = model(tokens, 0)
+        got = model(tokens, 0, cache=cache)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -112,11 +118,12 @@ def test_rope_scaling_changes_only_low_frequencies() -> None:
 
 def test_cache_bounds_are_enforced() -> None:
     model = random_model(tiny_config())
-    model.setup_cache(1, 8)
+    cache = KVCache(model)
+    cache.ensure(1, 8)
     with pytest.raises(ValueError, match="exceed the cache"):
-        model(torch.zeros(1, 9, dtype=torch.long), 0)
+        model(torch.zeros(1, 9, dtype=torch.long), 0, cache=cache)
     with pytest.raises(ValueError, match="context length"):
-        model.setup_cache(1, 65)
+        cache.ensure(1, 65)
 
 
 def test_fast_forms_of_the_maths_are_bit_identical() -> None:

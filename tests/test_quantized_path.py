@@ -19,6 +19,7 @@ from test_weights import random_weights, write_gguf
 
 from llama_cli import kernels, load
 from llama_cli.config import ModelConfig
+from llama_cli.kv_cache import KVCache
 from llama_cli.perplexity import perplexity
 from llama_cli.quantized import QuantizedEmbedding, QuantizedLinear
 
@@ -45,15 +46,17 @@ def fast(default_model_path: Path):  # type: ignore[no-untyped-def]
     return llm
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_logits_within_tolerance_of_float32(llm, fast, prompt: str) -> None:  # type: ignore[no-untyped-def]
     ids = torch.tensor([llm.tokenizer.encode(prompt)])
     with torch.inference_mode():
-        llm.model.setup_cache(1, ids.shape[1])
-        fast.model.setup_cache(1, ids.shape[1])
-        reference = llm.model(ids, 0)[0]  # (T, vocab), every position
-        decode = fast.model(ids, 0, last_only=True)[0, -1]  # the head of generation
-        full = fast.model(ids, 0)[0]  # every position (perplexity)
+        ref_cache, fast_cache = KVCache(llm.model), KVCache(fast.model)
+        ref_cache.ensure(1, ids.shape[1])
+        fast_cache.ensure(1, ids.shape[1])
+        reference = llm.model(ids, 0, cache=ref_cache)[0]  # (T, vocab), every position
+        decode = fast.model(ids, 0, cache=fast_cache, last_only=True)[0, -1]  # the head of generation
+        full = fast.model(ids, 0, cache=fast_cache)[0]  # every position (perplexity)
     # Compared as log-probabilities: a shift of every logit by the same amount changes nothing.
     decode, full, reference = decode.log_softmax(-1), full.log_softmax(-1), reference.log_softmax(-1)
     top = reference[-1].topk(10).indices
@@ -62,6 +65,7 @@ def test_logits_within_tolerance_of_float32(llm, fast, prompt: str) -> None:  # 
     assert (full - reference).abs().max().item() < ALL_TOLERANCE
 
 
+@pytest.mark.real_model
 def test_greedy_output_is_identical_where_claimed(llm, fast) -> None:  # type: ignore[no-untyped-def]
     # The README's examples: the quantized path gives float32's greedy text for these prompts (the
     # first tokens of a completion; after a near-tie the two may part, as llama.cpp's would).
@@ -72,16 +76,18 @@ def test_greedy_output_is_identical_where_claimed(llm, fast) -> None:  # type: i
     assert fast.generate("What is the capital of France?", chat=True, temperature=0, max_tokens=20) == "The capital of France is Paris."
 
 
+@pytest.mark.real_model
 def test_kv_cache_holds_what_the_reference_writes(llm, fast) -> None:  # type: ignore[no-untyped-def]
     # chat.py reuses and copies the cache: it must have the reference's layout (rotate-half keys).
     ids = torch.tensor([llm.tokenizer.encode(PROMPTS[3])])
     with torch.inference_mode():
-        llm.model.setup_cache(1, ids.shape[1])
-        fast.model.setup_cache(1, ids.shape[1])
-        llm.model(ids, 0)
-        fast.model(ids, 0)
+        ref_caches, fast_caches = KVCache(llm.model), KVCache(fast.model)
+        ref_caches.ensure(1, ids.shape[1])
+        fast_caches.ensure(1, ids.shape[1])
+        llm.model(ids, 0, cache=ref_caches)
+        fast.model(ids, 0, cache=fast_caches)
     for layer in (0, 29):
-        ref_cache, fast_cache = llm.model.layers[layer].attention.kv_cache, fast.model.layers[layer].attention.kv_cache
+        ref_cache, fast_cache = ref_caches.layers[layer], fast_caches.layers[layer]
         assert fast_cache.k.dtype == torch.float32
         scale = ref_cache.k.abs().max().item()
         assert (fast_cache.k - ref_cache.k).abs().max().item() < 0.1 * scale
@@ -92,11 +98,11 @@ def test_decode_steps_agree_with_one_pass(fast) -> None:  # type: ignore[no-unty
     # Token-by-token (matrix-vector) and a single pass over the prompt (matrix-matrix) agree closely.
     ids = fast.tokenizer.encode(PROMPTS[2])
     with torch.inference_mode():
-        fast.model.setup_cache(1, len(ids))
-        whole = fast.model(torch.tensor([ids]), 0, last_only=True)[0, -1]
-        fast.model.setup_cache(1, len(ids))
+        cache = KVCache(fast.model)
+        cache.ensure(1, len(ids))
+        whole = fast.model(torch.tensor([ids]), 0, cache=cache, last_only=True)[0, -1]
         for position, token in enumerate(ids):
-            steps = fast.model(torch.tensor([[token]]), position, last_only=True)[0, -1]
+            steps = fast.model(torch.tensor([[token]]), position, cache=cache, last_only=True)[0, -1]
     top = whole.topk(10).indices
     assert (steps[top] - whole[top]).abs().max().item() < TOP_TOLERANCE
 
@@ -110,6 +116,7 @@ def test_batched_samples_equal_single_runs(fast) -> None:  # type: ignore[no-unt
         assert fast.generate(ids, max_tokens=12, temperature=1.0, seed=5 + i) == result.text
 
 
+@pytest.mark.real_model
 def test_perplexity_close_to_float32(llm, fast) -> None:  # type: ignore[no-untyped-def]
     ids = llm.tokenizer.encode(" ".join(PROMPTS) * 8)
     reference = perplexity(llm.model, ids, 64).perplexity
@@ -157,12 +164,13 @@ def test_tiny_gguf_of_each_type_runs_close_to_float32(tmp_path: Path, qtype: Q) 
     assert fast.fast and fast.model.layers[1].feed_forward.w2.qtype == qtype.name
     tokens = torch.randint(3, 300, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        reference.model.setup_cache(1, 32)
-        fast.model.setup_cache(1, 32)
-        expected = reference.model(tokens, 0)[0]  # (T, vocab)
-        prompt = fast.model(tokens, 0)[0]  # 24 rows at once
-        fast.model.setup_cache(1, 32)
-        steps = torch.cat([fast.model(tokens[:, i : i + 1], i, last_only=True)[0] for i in range(tokens.shape[1])])  # one row at a time
+        ref_cache, cache = KVCache(reference.model), KVCache(fast.model)
+        ref_cache.ensure(1, 32)
+        cache.ensure(1, 32)
+        expected = reference.model(tokens, 0, cache=ref_cache)[0]  # (T, vocab)
+        prompt = fast.model(tokens, 0, cache=cache)[0]  # 24 rows at once
+        # one row at a time:
+        steps = torch.cat([fast.model(tokens[:, i : i + 1], i, cache=cache, last_only=True)[0] for i in range(tokens.shape[1])])
     scale = expected.abs().max().item()
     assert (prompt - expected).abs().max().item() < TOLERANCE * scale
     assert (steps - expected).abs().max().item() < TOLERANCE * scale  # (random weights have near-ties: argmax is not compared)

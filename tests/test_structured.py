@@ -1,4 +1,5 @@
-"""Structured output: schema.py's checks (no model), then --schema/--choice/--regex end to end on the default model."""
+"""Structured output: schema.py's checks (no model), then --schema/--choice/--regex end to end on the default model
+(`real_model`: a random model never closes a JSON value of its own accord)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ def test_usage_error_comes_before_the_model_and_torch() -> None:
 # --- on the default model -------------------------------------------------------------------------
 
 
+@pytest.mark.real_model
 def test_schema_gives_json_alone() -> None:
     result = run("generate", "-t", "0", "-n", "60", "--chat", "--schema", "name, age int", "Invent a person.")
     assert result.exit_code == 0, result.stderr
@@ -125,6 +127,7 @@ def test_schema_gives_json_alone() -> None:
     assert set(data) == {"name", "age"} and isinstance(data["age"], int)
 
 
+@pytest.mark.real_model
 def test_json_done_event_carries_data_and_samples_each_match() -> None:
     result = run(
         "generate",
@@ -148,6 +151,7 @@ def test_json_done_event_carries_data_and_samples_each_match() -> None:
     assert all(s["data"] == s["text"] and s["text"] in ("red", "green", "blue") for s in done["samples"])
 
 
+@pytest.mark.real_model
 def test_cut_by_max_tokens_is_an_error_unless_allowed() -> None:
     # Too few tokens for even the shortest object with both keys, so the value cannot be closed in time.
     args = ("generate", "-t", "0", "-n", "4", "--chat", "--schema", "name, age int", "Invent a person.")
@@ -161,6 +165,7 @@ def test_cut_by_max_tokens_is_an_error_unless_allowed() -> None:
     assert "warning" in kept.stderr
 
 
+@pytest.mark.real_model
 def test_logprobs_are_before_the_constraint() -> None:
     result = run("generate", "-t", "0", "-n", "8", "--json", "--logprobs", "5", "--regex", "zebra", "The capital of France is")
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -169,6 +174,7 @@ def test_logprobs_are_before_the_constraint() -> None:
     assert not all("zebra".startswith(a) for a in alternatives)  # the model's own favourites, not the allowed ones
 
 
+@pytest.mark.real_model
 def test_schema_prompt_is_shown_unless_turned_off() -> None:
     def prompt_tokens(*extra: str) -> int:
         result = run("generate", "-t", "0", "-n", "1", "--truncate-ok", "--json", "--chat", "--schema", "name, age int", *extra, "Hi")
@@ -179,6 +185,7 @@ def test_schema_prompt_is_shown_unless_turned_off() -> None:
     assert prompt_tokens() > prompt_tokens("--no-schema-prompt")
 
 
+@pytest.mark.real_model
 def test_lookup_gives_the_same_text_and_drafts_forced_tokens(llm) -> None:  # type: ignore[no-untyped-def]
     spec = spec_from_options(schema="city")
     options = {"chat": True, "system": spec.prompt_note(), "temperature": 0, "max_tokens": 16, "constraint": spec}  # type: ignore[union-attr]
@@ -189,12 +196,14 @@ def test_lookup_gives_the_same_text_and_drafts_forced_tokens(llm) -> None:  # ty
     assert drafted.stats.drafted_tokens > 0 and drafted.stats.accepted_tokens > 0
 
 
+@pytest.mark.real_model
 def test_chat_replies_follow_the_constraint() -> None:
     result = run("chat", "-t", "0", "-n", "24", "--choice", "yes,no", input="Is Paris in France?\nIs the sea dry?\n")
     assert result.exit_code == 0, result.stderr
     assert all(line in ("yes", "no") for line in result.stdout.splitlines()) and len(result.stdout.splitlines()) == 2
 
 
+@pytest.mark.real_model
 def test_presets_give_data_with_json() -> None:
     docs = "tests/data/presets/"
     no_answer = run("qa", "--json", "What is the population of Berlin?", "--context", docs + "eiffel.txt")
@@ -233,6 +242,7 @@ def test_a_sentencepiece_vocabulary_is_bridged(tmp_path) -> None:  # type: ignor
     assert rule.complete and rule.allowed()[sp.eos_id()] and rule.allowed().sum() == 1
 
 
+@pytest.mark.real_model
 def test_no_repeat_ngram_yields_to_forced_tokens(llm) -> None:  # type: ignore[no-untyped-def]
     items = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": False}
     spec = spec_from_options(
@@ -243,6 +253,7 @@ def test_no_repeat_ngram_yields_to_forced_tokens(llm) -> None:  # type: ignore[n
     assert text.startswith('[{"name": "') and text.count('{"name": "') >= 2
 
 
+@pytest.mark.real_model
 def test_a_value_that_would_run_past_the_budget_is_closed_in_time(llm) -> None:  # type: ignore[no-untyped-def]
     spec = spec_from_options(schema_multi="name, color, description: a long paragraph")
     options = {"chat": True, "system": spec.prompt_note(), "temperature": 0, "constraint": spec}  # type: ignore[union-attr]

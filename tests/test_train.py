@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from llama_cli.cli import app
 from llama_cli.config import ModelConfig
+from llama_cli.kv_cache import KVCache
 from llama_cli.model import Transformer
 
 LLAMA = [sys.executable, "-m", "llama_cli"]
@@ -56,13 +57,14 @@ def test_cache_free_forward_matches_cached_decoding() -> None:
     torch.manual_seed(0)
     model = Transformer(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=128, context_length=64)).double()
     tokens = torch.randint(0, 97, (2, 40))
-    free = model(tokens)
-    model.setup_cache(2, 40)
+    free = model(tokens, cache=None)
+    cache = KVCache(model)
+    cache.ensure(2, 40)
     with torch.no_grad():
-        cached = model(tokens, 0)
+        cached = model(tokens, 0, cache=cache)
     torch.testing.assert_close(free.detach(), cached, atol=1e-10, rtol=1e-10)
     with pytest.raises(ValueError, match="context length"):
-        Transformer(model.config)(torch.zeros(1, 65, dtype=torch.long))
+        Transformer(model.config)(torch.zeros(1, 65, dtype=torch.long), cache=None)
 
 
 def test_tiny_model_learns_real_text(corpus: Path, tmp_path: Path) -> None:

@@ -28,10 +28,11 @@ from safetensors.torch import save_file
 
 from llama_cli.config import ModelConfig, RopeScaling
 from llama_cli.errors import LlamaError, ModelFormatError, ModelNotFoundError
+from llama_cli.kv_cache import KVCache
 from llama_cli.model import Transformer, rope_frequencies
 from llama_cli.tokenizer import tokenizer_from_gguf
 from llama_cli.weights import CacheWarning, Checkpoint, cache_root, load_checkpoint, save_native
-from llama_cli.weights import gguf as gguf_module
+from llama_cli.weights import gguf_info as gguf_module  # read_model_info: what the cache spares
 from llama_cli.weights.common import expected_shapes
 from llama_cli.weights.quantized import QuantizedTensor, dense
 
@@ -55,9 +56,10 @@ def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor
 def logits(config: ModelConfig, weights: dict[str, torch.Tensor]) -> torch.Tensor:
     model = Transformer(config)
     model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
-    model.setup_cache(1, 32)
+    cache = KVCache(model)
+    cache.ensure(1, 32)
     with torch.inference_mode():
-        return model(TOKENS, 0)
+        return model(TOKENS, 0, cache=cache)
 
 
 def interleave_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:

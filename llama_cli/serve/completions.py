@@ -140,7 +140,7 @@ class Reply:
 
     def usage(self) -> dict[str, Any]:
         completion = sum(len(r.token_ids) + (r.stop_reason == "eos") for r in self.generation.results)
-        return protocol.usage(self.generation.prompt_tokens, completion, self.job.cached_tokens)
+        return protocol.usage(len(self.generation.prompt_ids), completion, self.job.cached_tokens)
 
     def chunk(self, choices: list[dict[str, Any]]) -> bytes:
         return protocol.sse(protocol.envelope(self.parsed.kind, self.id, self.model, choices, chunk=True, created=self.created))

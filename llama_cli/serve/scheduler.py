@@ -4,10 +4,10 @@ A worker thread owns the model. Each turn of its loop it drops cancelled request
 waiting requests while rows are free and the turn's prefill stays under PREFILL_CHUNK tokens
 (each prompt goes into a free row: `n` choices copy that row, one prefill for all), then runs
 one decode step over every active row, each at its own position
-(`Transformer.forward(..., rows=, positions=)`). A finished choice leaves the batch at once and
-its row keeps the tokens it holds, so a later request that starts with the same tokens (the
-next turn of a chat) prefills only the rest: exact prefix reuse, as `llama chat` does with its
-one row (chat.py).
+(`KVCache.run(..., rows=, positions=)`). A finished choice leaves the batch at once and its row
+keeps the tokens it holds, so a later request that starts with the same tokens (the next turn of
+a chat) prefills only the rest: exact prefix reuse, through the same cache owner (kv_cache.py)
+that `llama chat` keeps its one row in.
 
 Sampling, stop strings, logprobs and stop reasons come from `Generation.advance`, the step the
 CLI's own decode loop takes, so a reply equals `llama generate`'s for the same settings and
@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..chat import common_prefix
 from ..generation import PREFILL_CHUNK, Generation, SampleState
+from ..kv_cache import KVCache
 from ..model import Transformer
 
 log = logging.getLogger("llama.serve")
@@ -39,53 +38,6 @@ Sink = Callable[[tuple[Any, ...]], None]  # ("token", i, TokenEvent) | ("done", 
 
 class QueueFull(Exception):
     """The waiting line is at its bound; the request should come back later."""
-
-
-class CacheRows:
-    """The server's KV cache, row by row: the one place that allocates, reuses, copies and frees rows.
-
-    `held[r]` are the tokens whose keys and values fill row r from position 0: what a new request
-    can reuse. A busy row belongs to one running choice.
-    """
-
-    def __init__(self, model: Transformer, rows: int, positions: int) -> None:
-        self.model = model
-        model.setup_cache(rows, positions)
-        self.positions = positions
-        self.held: list[list[int]] = [[] for _ in range(rows)]
-        self.busy = [False] * rows
-        self.used_at = [0.0] * rows
-
-    @property
-    def free(self) -> int:
-        return self.busy.count(False)
-
-    def allocate(self, ids: Sequence[int]) -> tuple[int, int]:
-        """A free row for a prompt, preferring the longest cached prefix of `ids` (then the least recently used);
-        returns (row, how many leading ids it already holds). At least one id is always left to run."""
-        free = [r for r in range(len(self.busy)) if not self.busy[r]]
-        if not free:
-            raise RuntimeError("no free KV-cache row")
-        best = max(free, key=lambda r: (common_prefix(ids, self.held[r]), -self.used_at[r]))
-        reused = min(common_prefix(ids, self.held[best]), max(len(ids) - 1, 0))
-        self.busy[best] = True
-        self.held[best] = list(ids[:reused])
-        return best, reused
-
-    def hold(self, row: int, ids: Sequence[int]) -> None:
-        """Row `row` now holds the keys and values of `ids` (positions 0..len-1)."""
-        self.held[row] = list(ids)
-
-    def copy(self, source: int, targets: list[int], length: int) -> None:
-        self.model.copy_cache_row(source, targets, length)
-        for target in targets:
-            self.held[target] = self.held[source][:length]
-
-    def release(self, row: int, ids: Sequence[int]) -> None:
-        """The row is free again and keeps `ids` for reuse."""
-        self.busy[row] = False
-        self.held[row] = list(ids)
-        self.used_at[row] = time.monotonic()
 
 
 class Job:
@@ -104,13 +56,12 @@ class Job:
 
 @dataclass
 class Seq:
-    """One choice in the batch: its cache row, the tokens written there, the next token to feed."""
+    """One choice in the batch: its cache row, how many positions are written there, the next token to feed."""
 
     job: Job
     index: int
     row: int
     state: SampleState
-    tokens: list[int]
     written: int
     next_token: int = 0
     done: bool = field(default=False)
@@ -121,7 +72,8 @@ class Scheduler:
 
     def __init__(self, model: Transformer, *, parallel: int, context: int, queue_limit: int) -> None:
         self.model, self.context, self.queue_limit = model, context, queue_limit
-        self.rows = CacheRows(model, parallel, context)
+        self.cache = KVCache(model)
+        self.cache.ensure(parallel, context)
         self.parallel = parallel
         self.waiting: deque[Job] = deque()
         self.active: list[Seq] = []
@@ -159,7 +111,7 @@ class Scheduler:
 
     @property
     def load(self) -> dict[str, int]:
-        return {"active": len(self.active), "waiting": len(self.waiting), "free_rows": self.rows.free}
+        return {"active": len(self.active), "waiting": len(self.waiting), "free_rows": self.cache.free}
 
     # -- the worker
 
@@ -175,11 +127,11 @@ class Scheduler:
                 admitted = 0  # prompt tokens prefilled this turn: a burst of short prompts joins at once, long ones take turns
                 while admitted < PREFILL_CHUNK:
                     with self.cond:
-                        if not self.waiting or self.rows.free < self.waiting[0].rows_needed:
+                        if not self.waiting or self.cache.free < self.waiting[0].rows_needed:
                             break
                         job = self.waiting.popleft()
                     self._guarded([job], self._prefill, job)
-                    admitted += max(job.generation.prefilled_tokens - job.cached_tokens, 1)
+                    admitted += max(len(job.generation.prompt_ids) - job.cached_tokens, 1)
                 if self.active:
                     self._guarded(sorted({id(s.job): s.job for s in self.active}.values(), key=id), self._decode)
 
@@ -204,37 +156,31 @@ class Scheduler:
     def _prefill(self, job: Job) -> None:
         generation = job.generation
         ids, n = generation.prompt_ids, generation.settings.samples
-        row, reused = self.rows.allocate(ids)
+        row, reused = self.cache.acquire(ids)
         job.cached_tokens = reused
-        where = torch.tensor([row], device=self.model.device)
         logits = torch.empty(0)
         start = reused
         try:
             while start < len(ids):
                 stop = min(start + PREFILL_CHUNK, len(ids))
-                piece = torch.tensor([ids[start:stop]], device=self.model.device)
-                logits = self.model(piece, start, last_only=True, rows=where)[0, -1].float().cpu()
+                logits = self.cache.run([ids[start:stop]], start, rows=[row], last_only=True)[0, -1].float().cpu()
                 start = stop
         except BaseException:
-            self.rows.release(row, ids[:reused])
+            self.cache.release(row)
             raise
-        self.rows.hold(row, ids)
-        others = [self.rows.allocate(())[0] for _ in range(n - 1)]
+        others = [self.cache.acquire(())[0] for _ in range(n - 1)]
         if others:
-            self.rows.copy(row, others, len(ids))
+            self.cache.copy_row(row, others, len(ids))
         job.sink(("prefilled", reused))
         for i, (r, state) in enumerate(zip([row, *others], generation.sample_states())):
-            seq = Seq(job, i, r, state, list(ids), len(ids))
+            seq = Seq(job, i, r, state, len(ids))
             self.active.append(seq)
             self._advance(seq, logits)
 
     def _decode(self) -> None:
         seqs = list(self.active)
-        device = self.model.device
-        tokens = torch.tensor([[s.next_token] for s in seqs], device=device)  # (B, 1)
-        rows = torch.tensor([s.row for s in seqs], device=device)
-        positions = torch.tensor([s.written for s in seqs], device=device)
-        logits = self.model(tokens, rows=rows, positions=positions, last_only=True)[:, -1].float().cpu()  # (B, vocab)
+        tokens, rows, positions = [[s.next_token] for s in seqs], [s.row for s in seqs], [s.written for s in seqs]  # (B, 1), (B,), (B,)
+        logits = self.cache.run(tokens, rows=rows, positions=positions, last_only=True)[:, -1].float().cpu()  # (B, vocab)
         self.steps += 1
         for seq, row_logits in zip(seqs, logits):
             seq.written += 1
@@ -249,7 +195,6 @@ class Scheduler:
             self._finish(seq)
             seq.job.sink(("done", seq.index))
         else:
-            seq.tokens.append(token)
             seq.next_token = token
 
     def _finish(self, seq: Seq) -> None:
@@ -257,5 +202,5 @@ class Scheduler:
             return
         seq.done = True
         self.active.remove(seq)
-        self.rows.release(seq.row, seq.tokens[: seq.written])
+        self.cache.release(seq.row)
         seq.job.open -= 1
