@@ -26,6 +26,7 @@ import openai
 import pytest
 import uvicorn
 
+from llama_cli.kv_cache import KVCache
 from llama_cli.serve.app import ServeConfig, create_app
 
 PARALLEL = 3
@@ -110,15 +111,18 @@ def test_rows_at_their_own_positions_match_lone_decoding() -> None:
     with torch.inference_mode():
         alone = []
         for prompt, extra in zip(prompts, steps):
-            model.setup_cache(1, 32)
-            model(prompt, 0)
-            alone.append(torch.cat([model(extra[None, t : t + 1], prompt.shape[1] + t) for t in range(6)], dim=1))
-        model.setup_cache(5, 32)
-        rows = torch.tensor([4, 0, 2])
+            cache = KVCache(model)
+            cache.ensure(1, 32)
+            cache.run(prompt.tolist())
+            alone.append(torch.cat([cache.run(extra[None, t : t + 1].tolist(), prompt.shape[1] + t) for t in range(6)], dim=1))
+        cache = KVCache(model)
+        cache.ensure(5, 32)
+        rows = [4, 0, 2]
         for prompt, row in zip(prompts, rows):
-            model(prompt, 0, rows=row[None])
-        lengths = torch.tensor([p.shape[1] for p in prompts])
-        together = torch.cat([model(steps[:, t : t + 1], rows=rows, positions=lengths + t) for t in range(6)], dim=1)
+            cache.run(prompt.tolist(), rows=[row])
+        lengths = [p.shape[1] for p in prompts]
+        at = [[n + t for n in lengths] for t in range(6)]
+        together = torch.cat([cache.run(steps[:, t : t + 1].tolist(), rows=rows, positions=at[t]) for t in range(6)], dim=1)
     torch.testing.assert_close(together, torch.cat(alone), atol=1e-9, rtol=1e-9)
 
 
@@ -345,6 +349,30 @@ def test_generate_with_server_prints_what_a_local_run_prints(server: str, llm) -
     refused = runner.invoke(app, ["generate", "--server", server, "-t", "9", "hi"])
     assert refused.exit_code == 2 and "temperature" in refused.stderr
     assert runner.invoke(app, ["generate", "--server", server, "--lookup", "2", "hi"]).exit_code == 2
+
+
+def test_chat_with_server_replies_as_a_local_chat(server: str, llm) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from llama_cli.chat import ChatSession
+    from llama_cli.cli import app
+    from llama_cli.settings import make_settings
+
+    turns = ["What is the capital of France?", "And of Spain?"]
+    session = ChatSession(llm, make_settings(temperature=0, max_tokens=12), system="Answer briefly.")
+    local = []
+    for text in turns:
+        turn = session.turn(text)
+        for _ in turn:
+            pass
+        local.append(turn.text)
+    runner = CliRunner()
+    args = ["chat", "--server", server, "-t", "0", "-n", "12", "-s", "Answer briefly.", "--json"]
+    replies = [json.loads(line) for line in runner.invoke(app, args, input="\n".join(turns) + "\n").stdout.splitlines()]
+    assert [r["text"] for r in replies] == local
+    assert replies[1]["cached_tokens"] >= replies[0]["prompt_tokens"]  # the server's cache kept the first turn
+    refused = runner.invoke(app, ["chat", "--server", server, "--template", "chatml"], input="hi\n")
+    assert refused.exit_code == 2 and "--template cannot be combined with --server" in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from .options import (
     SAMPLING,
     SAMPLING_PANEL,
     STRUCTURED,
+    ServerOpt,
     StructuredOptions,
     TemplateOpt,
     ToolsOpt,
@@ -60,6 +61,7 @@ def chat(
     ] = False,
     structured: StructuredOptions,
     model_options: ModelOptions,
+    server: ServerOpt = None,
 ) -> None:
     """Chat with the model; the conversation stays in the KV cache, so each turn prefills only what is new.
 
@@ -74,24 +76,38 @@ def chat(
       llama chat --history talk.json --markdown
 
       echo "Paris" | llama chat -t 0 --schema 'city, country, population int'
+
+      llama chat --server http://127.0.0.1:8080
     """
+    from ..conversation import read_messages
     from ..settings import make_settings
 
     spec = structured.spec()
     settings = make_settings(max_tokens=max_tokens, **sampling, constraint=spec)
     if json_lines and sys.stdin.isatty():
         raise UsageError("--json is for piped input (one JSON line per reply); on a terminal, chat interactively")
-    from ..chat import ChatSession, read_messages
-    from ..chat_template import check_builtin_template
     from ..repl import Repl, run_scripted
 
     messages = read_messages(history) if history is not None else []
-    tool_list = read_tools(tools, chat=True)
-    llm = load_model(model_options)
-    check_builtin_template(llm.tokenizer, template)
-    session = ChatSession(llm, settings, system=system, template=template, context=model_options.ctx, messages=messages, tools=tool_list)
-    if spec is not None and not structured.no_schema_prompt:
-        session.set_system(with_schema_note(session.system, spec.prompt_note()))
+    session: Any
+    if server:  # a running `llama serve` holds the model and the conversation's cache: no torch here (serve/chat_client.py)
+        from ..serve.chat_client import RemoteChatSession
+        from ..serve.client import refuse_local_only
+
+        refuse_local_only(model=model_options.model, adapter=model_options.adapter, tools=tools, template=template, **structured.given())
+        session = RemoteChatSession(server.rstrip("/"), settings, system=system, context=model_options.ctx, messages=messages)
+    else:
+        from ..chat import ChatSession
+        from ..chat_template import check_builtin_template
+
+        tool_list = read_tools(tools, chat=True)
+        llm = load_model(model_options)
+        check_builtin_template(llm.tokenizer, template)
+        session = ChatSession(
+            llm, settings, system=system, template=template, context=model_options.ctx, messages=messages, tools=tool_list
+        )
+        if spec is not None and not structured.no_schema_prompt:
+            session.set_system(with_schema_note(session.system, spec.prompt_note()))
     if history is not None:
         print(f"[loaded {len(messages)} messages from {history}]", file=sys.stderr)
     if sys.stdin.isatty():

@@ -20,6 +20,7 @@ from .options import (
     STRUCTURED,
     STRUCTURED_PANEL,
     JsonOpt,
+    ServerOpt,
     StatsOpt,
     StructuredOptions,
     TemplateOpt,
@@ -85,16 +86,7 @@ def generate(
         flag("--truncate-ok", help="Exit 0 even when -n cuts the constrained value short (it is then not valid).", panel=STRUCTURED_PANEL),
     ] = False,
     model_options: ModelOptions,
-    server: Annotated[
-        str | None,
-        value(
-            "--server",
-            envvar="LLAMA_SERVER",
-            help="Run on the `llama serve` at this URL (default: $LLAMA_SERVER): no model load here.",
-            panel="Model",
-            show_default=False,
-        ),
-    ] = None,
+    server: ServerOpt = None,
 ) -> None:
     """Continue a prompt (raw text completion), streaming the text to stdout.
 
@@ -116,21 +108,8 @@ def generate(
     if server:  # a running `llama serve` does the work: no torch and no model load here (serve/client.py)
         from ..serve.client import refuse_local_only, remote_generate
 
-        s = structured
-        refuse_local_only(
-            model=model_options.model,
-            adapter=model_options.adapter,
-            lookup=lookup,
-            logprobs=logprobs,
-            tools=tools,
-            template=template,
-            schema=s.schema,
-            schema_multi=s.schema_multi,
-            regex=s.regex,
-            choice=s.choice,
-            grammar=s.grammar,
-            json_output=s.json_object,
-        )
+        given = {"lookup": lookup, "logprobs": logprobs, "tools": tools, "template": template, **structured.given()}
+        refuse_local_only(model=model_options.model, adapter=model_options.adapter, **given)
         options = {"max_tokens": max_tokens, **sampling, "stop": stop or None, "ignore_eos": ignore_eos}
         options["repeat_penalty"] = options.pop("repetition_penalty")  # the server's request field
         text = prompt_from(prompt)

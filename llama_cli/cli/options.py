@@ -176,6 +176,16 @@ SeedOpt = Annotated[
     int | None, value("--seed", help="Seed for reproducible sampling (default: random).", panel=SAMPLING_PANEL, show_default=False)
 ]
 StatsOpt = Annotated[bool, flag("--stats", help="Print token counts, speeds and the stop reason on stderr.", panel=OUTPUT_PANEL)]
+ServerOpt = Annotated[
+    str | None,
+    value(
+        "--server",
+        envvar="LLAMA_SERVER",
+        help="Run on the `llama serve` at this URL (default: $LLAMA_SERVER): no model load here.",
+        panel="Model",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, flag("--json", help="JSON lines on stdout: one event per token, then a summary.", panel=OUTPUT_PANEL)]
 JsonDocOpt = Annotated[
     bool, flag("--json", help="One JSON document on stdout instead of text.", panel=OUTPUT_PANEL)
@@ -255,18 +265,24 @@ class StructuredOptions:
     json_object: bool = False
     no_schema_prompt: bool = False
 
+    def given(self) -> dict[str, Any]:
+        """The constraint options by field name (`json_output` for --json-output), as given."""
+        return {
+            "schema": self.schema,
+            "schema_multi": self.schema_multi,
+            "regex": self.regex,
+            "choice": self.choice,
+            "grammar": self.grammar,
+            "json_output": self.json_object,
+        }
+
     def spec(self) -> Any:
         """The schema.Spec asked for, or None for free text (bad values are usage errors)."""
         from ..schema import spec_from_options
 
-        return spec_from_options(
-            schema=self.schema,
-            schema_multi=self.schema_multi,
-            regex=self.regex,
-            choice=self.choice,
-            grammar=self.grammar,
-            json_object=self.json_object,
-        )
+        given = self.given()
+        json_object = given.pop("json_output")
+        return spec_from_options(**given, json_object=json_object)
 
 
 def _text_option(flag_name: str, help: str) -> Any:

@@ -72,7 +72,7 @@ def remote_generate(
             client.stream("POST", url + path, json=body, headers=headers) as reply,
         ):
             if reply.status_code != 200:
-                raise _refusal(reply.status_code, reply.read(), url)
+                raise refusal(reply.status_code, reply.read(), url)
             for line in reply.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -145,7 +145,7 @@ def _token_event(token: int, text: str, choice: dict[str, Any], sample: int) -> 
     return record
 
 
-def _refusal(status: int, raw: bytes, url: str) -> LlamaError:
+def refusal(status: int, raw: bytes, url: str) -> LlamaError:
     try:
         error = json.loads(raw)["error"]
         message, code = str(error.get("message")), error.get("code")

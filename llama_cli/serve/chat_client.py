@@ -1,0 +1,187 @@
+"""`llama chat --server URL`: the chat REPL against a running `llama serve`, without torch.
+
+The conversation lives here (chat_history.py, as in a local session: the same dropping of old
+turns, /save, /load, /system, interrupted replies marked); each turn sends the whole conversation
+to /v1/chat/completions and streams the reply. The server's KV cache keeps the earlier turns
+(kv_cache.py: exact prefix reuse), so a turn prefills only what is new there, and the reply is
+the one a local `llama chat` gives for the same settings. Prompt sizes come from the server's
+/tokenize (the conversation rendered by its template), so turns are dropped exactly where a
+local session drops them.
+
+Timings are the client's: prefill is the time to the first token, decode the rest. Not here:
+--tools, --template, structured output, or a different model than the server's (those run
+locally).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..chat_history import ChatHistory
+from ..errors import LlamaError, UsageError
+from ..stats import StopReason, TurnStats
+from .client import refusal
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..conversation import ChatMessage
+    from ..settings import GenerationSettings
+
+
+@dataclass(frozen=True)
+class ReplyPiece:
+    """A streamed piece of the reply: its first token's id and its text (what the REPL prints)."""
+
+    id: int
+    text: str
+
+
+class RemoteChatSession(ChatHistory):
+    """A conversation with the model of a running server; `turn(text)` starts a reply to iterate over."""
+
+    def __init__(
+        self,
+        server: str,
+        settings: GenerationSettings,
+        *,
+        system: str | None = None,
+        context: int | None = None,
+        messages: Sequence[ChatMessage] = (),
+    ) -> None:
+        import httpx
+
+        if context is not None and context < 2:
+            raise UsageError(f"--ctx must be at least 2, got {context}")
+        super().__init__()
+        self.url, self.settings, self.max_tokens = server.rstrip("/"), settings, settings.max_tokens
+        key = os.environ.get("LLAMA_API_KEY")
+        self.client = httpx.Client(timeout=httpx.Timeout(None, connect=10), headers={"Authorization": f"Bearer {key}"} if key else {})
+        health = self._call("GET", "/health")
+        if health.get("status") != "ok":
+            raise LlamaError(f"the server at {self.url} is not ready: {health.get('error') or health.get('status')}")
+        self.context = min(context or int(health["context"]), int(health["context"]))
+        self.tokens_in_use = 0  # prompt and reply of the last turn: what the server's cache row holds for us
+        self.load(messages)
+        if system is not None:
+            self.set_system(system)
+        self._encode([*self.messages, {"role": "user", "content": "Hi"}])  # a bad template fails now, not mid-chat
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import httpx
+
+        try:
+            reply = self.client.request(method, self.url + path, json=body)
+        except httpx.HTTPError as error:
+            raise LlamaError(f"cannot reach the server at {self.url}: {error} (is `llama serve` running?)") from None
+        if reply.status_code != 200 and not (path == "/health" and reply.status_code == 503):
+            raise refusal(reply.status_code, reply.read(), self.url)
+        return reply.json()  # type: ignore[no-any-return]
+
+    def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return list(self._call("POST", "/tokenize", {"messages": list(messages)})["tokens"])
+
+    def turn(self, text: str) -> RemoteTurn:
+        """Add a user message and start the reply; old turns are dropped first if the context is full.
+
+        Raises ContextOverflowError (and leaves the conversation as it was) when the message cannot
+        fit even alone with the system message.
+        """
+        messages, ids, dropped, max_tokens = self.fit(text)
+        self.messages = messages
+        return RemoteTurn(self, len(ids), max_tokens, dropped)
+
+    def request(self, max_tokens: int) -> dict[str, Any]:
+        """The body of this turn's request: the conversation and the sampling settings."""
+        s, sampling = self.settings, self.settings.sampling
+        body: dict[str, Any] = {
+            "messages": [{"role": m["role"], "content": m["content"]} for m in self.messages],
+            "max_tokens": max_tokens, "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+            "min_p": sampling.min_p, "repeat_penalty": sampling.repetition_penalty, "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty, "ignore_eos": s.ignore_eos, "stop": list(s.stop) or None,
+            "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True,
+        }  # fmt: skip
+        if s.seed is not None:
+            body["seed"] = s.seed
+        return body
+
+
+class RemoteTurn:
+    """One reply streamed from the server: iterate for its pieces. It enters the history when
+    iteration ends or on `finish()` (after a Ctrl-C outside the iteration; idempotent)."""
+
+    def __init__(self, session: RemoteChatSession, prompt_tokens: int, max_tokens: int, dropped: int) -> None:
+        self.session, self.prompt_tokens, self.max_tokens, self.dropped = session, prompt_tokens, max_tokens, dropped
+        self.settings = session.settings
+        self.text = ""
+        self.stop_reason: StopReason | None = None
+        self.complete: bool | None = None  # structured output is not sent to a server
+        self.stats: TurnStats | None = None
+        self._tokens = self._received = self._cached = 0
+        self._started = self._first = 0.0
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_reason == "interrupted"
+
+    def __iter__(self) -> Iterator[ReplyPiece]:
+        import httpx
+
+        session = self.session
+        self._started = time.perf_counter()
+        try:
+            with session.client.stream("POST", session.url + "/v1/chat/completions", json=session.request(self.max_tokens)) as reply:
+                if reply.status_code != 200:
+                    raise refusal(reply.status_code, reply.read(), session.url)
+                yield from self._pieces(reply)
+        except httpx.HTTPError as error:
+            raise LlamaError(f"cannot reach the server at {session.url}: {error} (is `llama serve` running?)") from None
+        finally:
+            self.finish()
+
+    def _pieces(self, reply: httpx.Response) -> Iterator[ReplyPiece]:
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise LlamaError(f"the server failed: {chunk['error'].get('message')}")
+            usage = chunk.get("usage") or {}
+            if usage:
+                self._cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
+                self.prompt_tokens = int(usage.get("prompt_tokens", self.prompt_tokens))
+            for choice in chunk.get("choices", []):
+                if choice.get("stop_reason"):  # the last chunk: the raw stop reason and the tokens of the text
+                    self.stop_reason, self._tokens = choice["stop_reason"], int(choice.get("tokens", self._tokens))
+                ids = choice.get("token_ids") or []
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if ids:
+                    self._received += 1
+                    self._first = self._first or time.perf_counter()
+                    self.text += piece
+                    yield ReplyPiece(ids[0], piece)
+
+    def finish(self) -> None:
+        if self.stats is not None:
+            return
+        if self.stop_reason is None:
+            self.stop_reason = "interrupted"
+        ended = time.perf_counter()
+        first = self._first or ended
+        self.stats = TurnStats(
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self._cached,
+            generated_tokens=self._tokens if self.stop_reason != "interrupted" else self._received,
+            samples=1,
+            prefill_seconds=first - self._started if self._started else 0.0,
+            decode_seconds=ended - first,
+            stop_reason=self.stop_reason,
+            dropped_messages=self.dropped,
+        )
+        self.session.tokens_in_use = self.prompt_tokens + self._tokens
+        self.session.finish_turn(self.text, self.stop_reason, self.stats)
