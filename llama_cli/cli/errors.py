@@ -38,7 +38,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 # Settings fields whose flag is not "--" + the field's name with dashes (settings.SettingsError names fields).
-FLAG_NAMES = {"repetition_penalty": "--repeat-penalty"}
+FLAG_NAMES = {
+    "repetition_penalty": "--repeat-penalty",
+    "n_layers": "--layers",
+    "n_heads": "--heads",
+    "n_kv_heads": "--kv-heads",
+    "context_length": "--ctx",
+    "tokenizer_kind": "--tokenizer-type",
+}
 
 
 def flag_for(field: str) -> str:
