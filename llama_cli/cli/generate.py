@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import LlamaError, UsageError
+from ..settings import GenerationSettings
 from .bundles import bundled
 from .errors import handles_errors
 from .inputs import prompt_from, read_tools
@@ -39,7 +40,9 @@ def generate(
     prompt: Annotated[
         str | None, typer.Argument(help="Text to continue; '-' or absent reads stdin.", metavar="PROMPT", show_default=False)
     ] = None,
-    max_tokens: Annotated[int, value("--max-tokens", "-n", help="Most tokens to generate.", panel=SAMPLING_PANEL)] = 256,
+    max_tokens: Annotated[
+        int, value("--max-tokens", "-n", help="Most tokens to generate.", panel=SAMPLING_PANEL)
+    ] = GenerationSettings.max_tokens,
     sampling: dict[str, Any],
     stop: Annotated[
         list[str] | None,
