@@ -25,10 +25,7 @@ from .common import check_layer_count, check_tokenizer, float32_value, linear_ro
 from .gguf_header import GGUFHeader, TensorInfo
 
 # Every type llama.cpp's quantize presets write for llama models (IQ4_NL/IQ4_XS need no importance matrix).
-SUPPORTED_TYPES = (
-    Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
-    Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS,
-)
+SUPPORTED_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)
 ROPE_FREQS = "rope_freqs.weight"
 
 # GGUF tensor name -> internal name ({i} is the layer number).
