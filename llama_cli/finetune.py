@@ -29,12 +29,15 @@ from .data import DataError, fingerprint, jsonl_records
 from .distributed import Dist, close_distributed, full_state, init_distributed
 from .errors import UsageError
 from .lora import ADAPTER_CONFIG, Adapter, LoRAConfig, add_lora, save_adapter
+from .settings import SettingsError
 from .tokenizer import Tokenizer
 from .train_settings import DEFAULT_LOOP, FULL_LOOP, LoopSettings
 from .trainer import IGNORE, STATE_FILE, LoopResult, run_loop, saved_settings
 
 ROLES = ("system", "user", "assistant")
 FINETUNE_FILE = "finetune.json"
+
+
 @dataclass(frozen=True)
 class Example:
     source: str  # "data.jsonl line 7"
@@ -67,7 +70,7 @@ def read_conversations(path: str | Path) -> list[tuple[int, list[Message]]]:
         else:
             raise DataError(
                 f'{where}: expected "messages" (a list of {{"role", "content"}}) or "prompt" and "completion" strings (keys: '
-                f'{", ".join(sorted(record)) or "none"})'
+                f"{', '.join(sorted(record)) or 'none'})"
             )
         if not any(m["role"] == "assistant" and m["content"] for m in messages):
             raise DataError(f"{where}: no assistant message with content: there is nothing to learn from it")
@@ -125,6 +128,8 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         if self.loop is None:
             self.loop = LoopSettings.from_dict(FULL_LOOP if self.full else DEFAULT_LOOP)
+        if self.max_len is not None and self.max_len < 2:
+            raise SettingsError(f"{{max_len}} must be at least 2 tokens (omit it for the model's context), got {self.max_len}")
 
 
 def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume: bool) -> FinetuneSettings:
@@ -219,6 +224,8 @@ def finetune(settings: FinetuneSettings, *, resume: bool = False, device: str = 
     out = settings.out
     if not resume and ((out / STATE_FILE).exists() or (out / ADAPTER_CONFIG).exists() or (out / "llama.json").exists()):
         raise UsageError(f"{out} already holds a fine-tuning run or model; continue it with --resume, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
     conversations = read_conversations(settings.data)  # bad data fails before the model loads
     held_out = read_conversations(settings.val) if settings.val else None
     dist = init_distributed(device, fsdp=fsdp)

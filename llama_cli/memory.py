@@ -37,13 +37,15 @@ def gigabytes(n: int) -> str:
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.0f} MB"
 
 
-def check_fits(what: str, needed: int, *, per_unit: int = 0, unit: str = "", device_type: str = "cpu", index: int | None = None) -> None:
+def check_fits(
+    what: str, needed: int, *, per_unit: int = 0, unit: str = "", base: int = 0, device_type: str = "cpu", index: int | None = None
+) -> None:
     """Raise MemoryLimitError when `needed` bytes for `what` exceed what is available; with
-    `per_unit` (the bytes of one `unit`, e.g. one sequence), say how many units fit."""
+    `per_unit` (the bytes of one `unit`, e.g. one sequence, beyond `base` bytes), say how many units fit."""
     free = available_bytes(device_type, index)
     if free is None or needed <= free * HEADROOM:
         return
     message = f"{what} needs {gigabytes(needed)}, and {gigabytes(free)} is available"
-    if per_unit:
-        message += f": at most {int(free * HEADROOM // per_unit):,} {unit} fit"
+    if per_unit and free * HEADROOM > base:
+        message += f": at most {int((free * HEADROOM - base) // per_unit):,} {unit} fit"
     raise MemoryLimitError(message)

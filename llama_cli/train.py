@@ -29,9 +29,10 @@ from . import data
 from .config import ModelConfig
 from .distributed import Dist, close_distributed, init_distributed
 from .errors import UsageError
+from .memory import check_fits
 from .model import Transformer
 from .tokenizer import Tokenizer
-from .train_settings import PRESETS, LoopSettings, PretrainSettings
+from .train_settings import PRESETS, LoopSettings, PretrainSettings, parameter_count, training_bytes
 from .trainer import STATE_FILE, LoopResult, run_loop, saved_settings
 
 TRAIN_FILE = "train.json"
@@ -183,10 +184,15 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
     try:
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            settings.model_config(
-                settings.vocab_size or PRESETS[settings.preset].vocab_size
-            )  # a bad shape fails before the tokenizer trains
+        if not resume:  # a bad shape, or one that cannot fit in memory, fails before the tokenizer trains
+            shape = settings.model_config(settings.vocab_size or PRESETS[settings.preset].vocab_size)
+            fixed, per_sequence = training_bytes(shape)
+            batch = settings.loop.batch_size
+            what = f"training {parameter_count(shape):,} parameters with --batch-size {batch}"
+            device = {"device_type": dist.device.type, "index": dist.device.index}
+            check_fits(what, fixed, **device)
+            needed = fixed + batch * per_sequence
+            check_fits(what, needed, per_unit=per_sequence, unit="sequences per batch", base=fixed, **device)
         tokenizer, chat_template = _tokenizer(settings, documents, dist, resume=resume)
         if resume:
             config = ModelConfig.from_dict(json.loads((out / "llama.json").read_text(encoding="utf-8")))
@@ -231,4 +237,3 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
         return run_loop(model, task, settings.loop, out, dist, resume=resume, label="llama train", extra={"data": key})
     finally:
         close_distributed()
-

@@ -44,6 +44,10 @@ class LoopSettings:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{{{name}}} must be at least 1, got {getattr(self, name)}")
+        if not all(math.isfinite(getattr(self, name)) for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip")):
+            raise SettingsError("{lr}, {min_lr}, {weight_decay}, {beta1}, {beta2} and {grad_clip} must be finite numbers")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise SettingsError(f"{{beta1}} and {{beta2}} must be in [0, 1), got {self.beta1} and {self.beta2}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise SettingsError(f"learning rates must satisfy 0 <= {{min_lr}} <= {{lr}} and {{lr}} > 0 (got {self.min_lr} and {self.lr})")
         if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0:
@@ -127,10 +131,28 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def parameter_count(config: ModelConfig) -> int:
+    attention = config.dim * config.head_dim * (2 * config.n_heads + 2 * config.n_kv_heads)  # wq, wo; wk, wv
+    return config.vocab_size * config.dim + config.n_layers * (attention + 3 * config.dim * config.ffn_dim + 2 * config.dim) + config.dim
+
+
+def training_bytes(config: ModelConfig) -> tuple[int, int]:
+    """Rough float32 memory for training: (fixed: weights, gradients and AdamW's two moments, 16
+    bytes a parameter; per sequence of a micro-batch: the activations kept for the backward pass,
+    attention scores and logits included). An estimate to refuse the impossible, not a budget."""
+    ctx = config.context_length
+    per_layer = 12 * config.dim + 4 * config.ffn_dim + config.n_heads * ctx
+    per_sequence = 4 * ctx * (config.n_layers * per_layer + 3 * config.vocab_size)
+    return 16 * parameter_count(config), per_sequence
+
+
 def ffn_width(dim: int, multiple_of: int = 32) -> int:
     """LLaMA's SwiGLU width: 2/3 of 4*dim (same parameters as a 4*dim MLP), rounded up to multiple_of."""
     hidden = int(2 * 4 * dim / 3)
     return multiple_of * math.ceil(hidden / multiple_of)
+
+
+MIN_VOCAB = 64  # a tokenizer needs room for its special tokens and the most common characters
 
 
 @dataclass
@@ -153,9 +175,11 @@ class PretrainSettings:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise UsageError(f"unknown --preset '{self.preset}'; choose {', '.join(PRESETS)}")
+            raise SettingsError(f"unknown {{preset}} '{self.preset}'; choose {', '.join(PRESETS)}")
         if self.loop is None:
             self.loop = LoopSettings.from_dict(PRESETS[self.preset].loop)
+        if self.vocab_size is not None and self.vocab_size < MIN_VOCAB:
+            raise SettingsError(f"{{vocab_size}} must be at least {MIN_VOCAB} (omit it for the preset's), got {self.vocab_size}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         p = PRESETS[self.preset]
@@ -180,7 +204,7 @@ class PretrainSettings:
         except (ValueError, ZeroDivisionError) as error:
             raise UsageError(f"impossible model shape: {error}") from None
         if dim % heads or config.head_dim % 2:
-            raise UsageError(f"--dim {dim} must split into --heads {heads} heads of an even width")
+            raise SettingsError(f"{{dim}} {dim} must split into {{n_heads}} {heads} heads of an even width")
         return config
 
 

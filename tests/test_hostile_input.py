@@ -124,3 +124,41 @@ def test_a_kv_cache_bigger_than_memory_is_refused_with_what_fits(tmp_path: Path,
     with pytest.raises(llama_cli.memory.MemoryLimitError, match=expected):
         llm.generate([5, 6, 7], max_tokens=50, samples=64, temperature=0.5)
     assert isinstance(llama_cli.memory.MemoryLimitError("x"), UsageError)  # exit 2 in the CLI
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr": float("nan")}, "must be finite numbers"),
+        ({"beta2": 1.0}, "beta2"),
+        ({"vocab_size": 0}, "vocab_size must be at least 64"),
+        ({"max_len": 0}, "max_len must be at least 2 tokens"),
+    ],
+)
+def test_training_settings_without_meaning_are_refused(settings: dict[str, float], message: str, tmp_path: Path) -> None:
+    from llama_cli.finetune import FinetuneSettings
+    from llama_cli.train_settings import LoopSettings, PretrainSettings
+
+    with pytest.raises(UsageError, match=message):
+        if "vocab_size" in settings:
+            PretrainSettings(data=["x"], out=tmp_path, **settings)  # type: ignore[arg-type]
+        elif "max_len" in settings:
+            FinetuneSettings(data="x", out=tmp_path, **settings)  # type: ignore[arg-type]
+        else:
+            LoopSettings(**settings)
+
+
+def test_training_that_cannot_fit_in_memory_is_refused_before_it_starts(tmp_path: Path) -> None:
+    from llama_cli.memory import MemoryLimitError
+    from llama_cli.train import pretrain
+    from llama_cli.train_settings import LoopSettings, PretrainSettings
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The harbour wall was built of granite blocks. " * 200)
+    too_wide = PretrainSettings(data=[str(corpus)], out=tmp_path / "a", dim=65536, n_heads=512, n_layers=1000)
+    with pytest.raises(MemoryLimitError, match=r"training [\d,]+ parameters with --batch-size 16 needs [\d,.]+ GB"):
+        pretrain(too_wide, device="cpu")
+    too_many = PretrainSettings(data=[str(corpus)], out=tmp_path / "b", loop=LoopSettings(batch_size=10**8))
+    with pytest.raises(MemoryLimitError, match=r"at most [\d,]+ sequences per batch fit"):
+        pretrain(too_many, device="cpu")
+    assert not (tmp_path / "a" / "train.json").exists()  # refused before anything was trained or written
