@@ -241,7 +241,7 @@ def load(
     if adapter is None and dtype == "auto" and torch_device.type == "cpu" and _has_quantized(checkpoint):
         from . import kernels
 
-        if kernels.available():
+        if kernels.prepare({t.qtype for t in checkpoint.weights.values() if isinstance(t, QuantizedTensor)}):  # built in parallel
             built = build_model(checkpoint, torch.float32, torch_device, quantized=True)
             return LLM(built, checkpoint.tokenizer, checkpoint, torch_device, torch.float32, fast=True)
     built = build_model(checkpoint, torch_dtype, torch_device)

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .kernels import SUPPORTED, available, dequantize, linear
+from .kernel_modules import swap_kernel_modules
+from .kernels import BF16_MIN_ROWS, SUPPORTED, available, dequantize, kernel_of, linear, prepare, small_linear, type_id
 from .model import Transformer
 from .weights.quantized import QuantizedTensor
 
@@ -33,12 +34,16 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.qtype = weight.qtype
+        self.type_id, self.kernel = type_id(weight.qtype), kernel_of(weight.qtype)  # for the decode-sized passes
         self.float32_out = float32_out  # the head: never round outputs to bfloat16 (kernels.linear)
         # A buffer (moves with the module) that state_dict leaves out: it is the file's bytes, not a parameter.
         self.register_buffer("blocks", weight.data, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (B*T, in)
+        if rows.shape[0] < BF16_MIN_ROWS and rows.dtype is torch.float32 and rows.is_contiguous() and rows.is_cpu:
+            # The decode-sized pass, ~120 times a token: straight to the int8 kernel (kernels.linear checks more)
+            return small_linear(rows, self.blocks, self.type_id, self.kernel, self.out_features).view(*x.shape[:-1], self.out_features)
         if rows.dtype != torch.float32 or not rows.is_contiguous():
             rows = rows.float().contiguous()
         if self.float32_out and rows.shape[0] >= FLOAT32_TILE_ROWS:
@@ -93,6 +98,7 @@ def quantize_model(model: Transformer, weights: Mapping[str, torch.Tensor | Quan
     A tied head shares the embedding's blocks: the head is a QuantizedLinear over the same bytes.
     """
     rest: dict[str, torch.Tensor | QuantizedTensor] = {}
+    prepare({w.qtype for w in weights.values() if isinstance(w, QuantizedTensor)})  # every type's kernel built at once
     for name, weight in weights.items():
         if not runs_quantized(weight):
             rest[name] = weight
@@ -110,6 +116,8 @@ def quantize_model(model: Transformer, weights: Mapping[str, torch.Tensor | Quan
     for layer in model.layers:
         _fuse(layer.attention, ("wq", "wk", "wv"), "wqkv")
         _fuse(layer.feed_forward, ("w1", "w3"), "w13")
+    if available():
+        swap_kernel_modules(model)
     return rest
 
 
