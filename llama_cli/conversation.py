@@ -107,6 +107,8 @@ def _read_json(path: str | Path, error: type[LlamaError]) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise error(f"{source}: JSON nested too deeply") from None
 
 
 def read_messages(path: str | Path, *, conversation: bool = True) -> list[ChatMessage]:

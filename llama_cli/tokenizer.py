@@ -248,6 +248,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    except RecursionError:
+        raise TokenizerError(f"cannot read {path}: JSON nested too deeply") from None
     return data if isinstance(data, dict) else {}
 
 

@@ -162,3 +162,37 @@ def test_training_that_cannot_fit_in_memory_is_refused_before_it_starts(tmp_path
     with pytest.raises(MemoryLimitError, match=r"at most [\d,]+ sequences per batch fit"):
         pretrain(too_many, device="cpu")
     assert not (tmp_path / "a" / "train.json").exists()  # refused before anything was trained or written
+
+
+def test_json_nested_too_deeply_is_a_clear_error(tmp_path: Path) -> None:
+    from llama_cli.conversation import HistoryError, read_messages
+
+    deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(deep)
+    (folder / "model.safetensors").write_text("")
+    with pytest.raises(ModelFormatError, match="config.json: JSON nested too deeply"):
+        load_checkpoint(folder)
+    (tmp_path / "history.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(HistoryError, match="history.json: JSON nested too deeply"):
+        read_messages(tmp_path / "history.json")
+
+
+def test_errors_are_one_line_and_a_closed_pipe_is_141(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    help_piped = subprocess.run(f"'{sys.executable}' -m llama_cli --help | head -c 10", shell=True, capture_output=True, text=True)
+    assert help_piped.returncode == 0 and not help_piped.stderr  # head's status; ours below
+    closed = subprocess.Popen([sys.executable, "-m", "llama_cli", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    closed.stdout.read(10)  # type: ignore[union-attr]
+    closed.stdout.close()  # type: ignore[union-attr]
+    assert closed.wait(timeout=60) == 141 and closed.stderr.read() == b""  # type: ignore[union-attr]
+
+
+def test_a_newline_in_an_error_stays_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from llama_cli.cli.errors import fail
+
+    fail("no model file or folder at 'bad\nname.gguf'")
+    assert capsys.readouterr().err == "llama: error: no model file or folder at 'bad\\nname.gguf'\n"

@@ -13,12 +13,13 @@ import signal
 import sys
 from typing import Annotated, Any
 
+import rich.console
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from . import bench, chat, generate, models, presets, serve, tokenize, train
-from .errors import click_errors
+from .errors import click_errors, quiet_broken_pipe
 from .render import ensure_utf8_stdout, print_warnings_as_lines
 
 
@@ -75,6 +76,8 @@ class Group(TyperGroup):
         except typer.Abort:  # Ctrl-C or EOF outside a command's own handling
             print("llama: interrupted", file=sys.stderr)
             code = 130
+        except BrokenPipeError:  # stdout closed while help or a usage message was printed (`llama --help | head -c 10`)
+            code = quiet_broken_pipe().exit_code
         if not standalone_mode:
             return code
         sys.exit(code)
@@ -148,8 +151,15 @@ def root_command() -> Any:
     return typer.main.get_command(app)
 
 
+def _on_broken_pipe(console: Any) -> None:
+    """rich's reaction to a closed stdout (help piped into `head`), with our exit code: 141, not 1."""
+    console.quiet = True
+    raise SystemExit(quiet_broken_pipe().exit_code)
+
+
 def main() -> None:
     """The console script's entry point."""
+    rich.console.Console.on_broken_pipe = _on_broken_pipe  # type: ignore[method-assign]
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is KeyboardInterrupt, handled per command
     atexit.register(gc.freeze)  # at exit, skip the final collection of torch's objects (~0.3 s of every command)
     app()

@@ -32,8 +32,11 @@ def debug_enabled() -> bool:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print `llama: error: message` on stderr and return the Exit to raise."""
-    print(f"llama: error: {message}", file=sys.stderr, flush=True)
+    """Print `llama: error: message` on stderr and return the Exit to raise.
+
+    Always one line: a newline or carriage return inside (a file name can hold one) is escaped."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    print(f"llama: error: {one_line}", file=sys.stderr, flush=True)
     return typer.Exit(code)
 
 

@@ -206,6 +206,8 @@ def read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelFormatError(f"cannot read {path}: {exc}") from exc
+    except RecursionError:
+        raise ModelFormatError(f"cannot read {path}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ModelFormatError(f"{path}: expected a JSON object")
     return data
