@@ -13,11 +13,13 @@ Chat formatting lives in chat_template.py, not here.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,11 +96,25 @@ class Tokenizer(ABC):
         (folder / SPECIAL_FILE).write_text(json.dumps(self.special.to_dict(), indent=1) + "\n", encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _rust_panics_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while `tokenizers` runs: a Rust panic prints its own
+    lines there before Python sees the exception. (A line another thread writes meanwhile is lost.)"""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class BPETokenizer(Tokenizer):
     """A `tokenizers` pipeline: byte-level BPE from a GGUF, or any `tokenizer.json`."""
 
-    def __init__(self, backend: Backend, special: SpecialTokens) -> None:
-        self._backend, self.special = backend, special
+    def __init__(self, backend: Backend, special: SpecialTokens, source: str = "the tokenizer") -> None:
+        self._backend, self.special, self.source = backend, special, source  # source: where it was read from, for errors
         added = backend.get_added_tokens_decoder()
         self._added, self._control = frozenset(added), frozenset(i for i, t in added.items() if t.special)
         self._byte_level = isinstance(backend.decoder, decoders.ByteLevel)
@@ -110,7 +126,17 @@ class BPETokenizer(Tokenizer):
     def encode(self, text: str, *, bos: bool | None = None, parse_special: bool = False) -> list[int]:
         # Special added tokens are matched only when asked; user-defined ones always (as llama.cpp does).
         self._backend.encode_special_tokens = not parse_special
-        return self._bos(self._backend.encode(text, add_special_tokens=False).ids, bos)
+        try:
+            with _rust_panics_silenced():
+                ids = self._backend.encode(text, add_special_tokens=False).ids
+        except BaseException as error:
+            # A tokenizer.json's pre-tokenizer regex that backtracks without end makes the Rust
+            # library panic; its PanicException derives from BaseException, past every handler.
+            if type(error).__name__ != "PanicException":
+                raise
+            reason = str(error).splitlines()[0] if str(error) else "a panic"
+            raise TokenizerError(f"{self.source} failed on this text (its pre-tokenizer's regex?): {reason}") from None
+        return self._bos(ids, bos)
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special)
@@ -289,13 +315,14 @@ def load_tokenizer(folder: Path) -> Tokenizer:
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise TokenizerError(f"cannot read {folder / 'tokenizer.json'}: {exc}") from exc
         if cached.is_file():
-            return BPETokenizer(backend, SpecialTokens.from_dict(_read_json(cached)))
+            return BPETokenizer(backend, SpecialTokens.from_dict(_read_json(cached)), str(folder / "tokenizer.json"))
         controls = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
 
         def post_processor_adds(bos: int) -> bool:
             return backend.encode("a", add_special_tokens=True).ids[:1] == [bos]
 
-        return BPETokenizer(backend, _special_from_folder(folder, backend.token_to_id, controls.__contains__, post_processor_adds))
+        special = _special_from_folder(folder, backend.token_to_id, controls.__contains__, post_processor_adds)
+        return BPETokenizer(backend, special, str(folder / "tokenizer.json"))
     path = folder / "tokenizer.model"
     if not path.is_file():
         raise TokenizerError(f"no tokenizer in {folder}: expected tokenizer.json or tokenizer.model (a Hugging Face or Meta model folder)")

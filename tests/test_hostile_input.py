@@ -196,3 +196,20 @@ def test_a_newline_in_an_error_stays_on_one_line(capsys: pytest.CaptureFixture[s
 
     fail("no model file or folder at 'bad\nname.gguf'")
     assert capsys.readouterr().err == "llama: error: no model file or folder at 'bad\\nname.gguf'\n"
+
+
+def test_a_tokenizer_regex_that_panics_is_a_clear_error_naming_the_file(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from tokenizers import Regex, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
+    from llama_cli.errors import TokenizerError
+    from llama_cli.tokenizer import load_tokenizer
+
+    backend = Backend(models.BPE(vocab={"a": 0, "!": 1}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("(a|a)+$"), behavior="isolated")  # backtracks without end
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.encode("aaa") == [0, 0, 0]
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json failed on this text .*retry-limit"):
+        tokenizer.encode("a" * 40 + "!")
+    assert "panicked" not in capfd.readouterr().err  # the Rust panic's own lines are not printed
