@@ -375,6 +375,29 @@ def test_chat_with_server_replies_as_a_local_chat(server: str, llm) -> None:  # 
     assert refused.exit_code == 2 and "--template cannot be combined with --server" in refused.stderr
 
 
+@pytest.mark.parametrize("ctx", [256, 110])  # the server's own (it refuses, then the client fits), or a smaller --ctx
+def test_chat_with_server_drops_old_turns_as_a_local_chat(server: str, llm, ctx: int) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from llama_cli.chat import ChatSession
+    from llama_cli.cli import app
+    from llama_cli.settings import make_settings
+
+    turns = [f"Tell me about the {word} " + "very " * 60 + "old city." for word in ("first", "second", "third")]
+    session = ChatSession(llm, make_settings(temperature=0, max_tokens=16), context=ctx)
+    local = []
+    for text in turns:
+        turn = session.turn(text)
+        for _ in turn:
+            pass
+        local.append((turn.text, turn.dropped))
+    args = ["chat", "--server", server, "-t", "0", "-n", "16", "--json", *(["--ctx", str(ctx)] if ctx < 256 else [])]
+    result = CliRunner().invoke(app, args, input="\n".join(turns) + "\n")
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == [text for text, _ in local]
+    assert any(dropped for _, dropped in local)
+    assert result.stderr.count("[dropped the oldest") == sum(1 for _, dropped in local if dropped)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -4,9 +4,11 @@ The conversation lives here (chat_history.py, as in a local session: the same dr
 turns, /save, /load, /system, interrupted replies marked); each turn sends the whole conversation
 to /v1/chat/completions and streams the reply. The server's KV cache keeps the earlier turns
 (kv_cache.py: exact prefix reuse), so a turn prefills only what is new there, and the reply is
-the one a local `llama chat` gives for the same settings. Prompt sizes come from the server's
-/tokenize (the conversation rendered by its template), so turns are dropped exactly where a
-local session drops them.
+the one a local `llama chat` gives for the same settings.
+
+A turn is one request when it fits: the server refuses a conversation that does not fit the
+context before it generates anything, and only then are prompt sizes asked for (/tokenize, the
+conversation rendered by the server's template) to drop old turns as a local session drops them.
 
 Timings are the client's: prefill is the time to the first token, decode the rest. Not here:
 --tools, --template, structured output, or a different model than the server's (those run
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..chat_history import ChatHistory
-from ..errors import LlamaError, UsageError
+from ..errors import ContextOverflowError, LlamaError, UsageError
 from ..stats import StopReason, TurnStats
 from .client import refusal
 
@@ -65,12 +67,12 @@ class RemoteChatSession(ChatHistory):
         health = self._call("GET", "/health")
         if health.get("status") != "ok":
             raise LlamaError(f"the server at {self.url} is not ready: {health.get('error') or health.get('status')}")
-        self.context = min(context or int(health["context"]), int(health["context"]))
+        self.server_context = int(health["context"])
+        self.context = min(context or self.server_context, self.server_context)
         self.tokens_in_use = 0  # prompt and reply of the last turn: what the server's cache row holds for us
         self.load(messages)
         if system is not None:
             self.set_system(system)
-        self._encode([*self.messages, {"role": "user", "content": "Hi"}])  # a bad template fails now, not mid-chat
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         import httpx
@@ -92,9 +94,35 @@ class RemoteChatSession(ChatHistory):
         Raises ContextOverflowError (and leaves the conversation as it was) when the message cannot
         fit even alone with the system message.
         """
-        messages, ids, dropped, max_tokens = self.fit(text)
-        self.messages = messages
-        return RemoteTurn(self, len(ids), max_tokens, dropped)
+        before, started = self.messages, time.perf_counter()
+        if self.context == self.server_context:  # else --ctx is below the server's: fit it here first
+            self.messages = [*before, {"role": "user", "content": text}]
+            try:
+                return RemoteTurn(self, self._open(self.max_tokens), self.max_tokens, 0, started)
+            except ContextOverflowError:
+                self.messages = before
+        messages, _, dropped, max_tokens = self.fit(text)
+        self.messages, before = messages, self.messages
+        try:
+            return RemoteTurn(self, self._open(max_tokens), max_tokens, dropped, started)
+        except BaseException:
+            self.messages = before
+            raise
+
+    def _open(self, max_tokens: int) -> httpx.Response:
+        """Send this turn's request; the streaming reply, once the server has accepted it."""
+        import httpx
+
+        request = self.client.build_request("POST", self.url + "/v1/chat/completions", json=self.request(max_tokens))
+        try:
+            reply = self.client.send(request, stream=True)
+        except httpx.HTTPError as error:
+            raise LlamaError(f"cannot reach the server at {self.url}: {error} (is `llama serve` running?)") from None
+        if reply.status_code != 200:
+            raw = reply.read()
+            reply.close()
+            raise refusal(reply.status_code, raw, self.url)
+        return reply
 
     def request(self, max_tokens: int) -> dict[str, Any]:
         """The body of this turn's request: the conversation and the sampling settings."""
@@ -115,15 +143,16 @@ class RemoteTurn:
     """One reply streamed from the server: iterate for its pieces. It enters the history when
     iteration ends or on `finish()` (after a Ctrl-C outside the iteration; idempotent)."""
 
-    def __init__(self, session: RemoteChatSession, prompt_tokens: int, max_tokens: int, dropped: int) -> None:
-        self.session, self.prompt_tokens, self.max_tokens, self.dropped = session, prompt_tokens, max_tokens, dropped
+    def __init__(self, session: RemoteChatSession, reply: httpx.Response, max_tokens: int, dropped: int, started: float) -> None:
+        self.session, self.reply, self.max_tokens, self.dropped = session, reply, max_tokens, dropped
+        self.prompt_tokens = 0  # from the server's usage at the end
         self.settings = session.settings
         self.text = ""
         self.stop_reason: StopReason | None = None
         self.complete: bool | None = None  # structured output is not sent to a server
         self.stats: TurnStats | None = None
         self._tokens = self._received = self._cached = 0
-        self._started = self._first = 0.0
+        self._started, self._first = started, 0.0  # when the request was sent; the first token's arrival
 
     @property
     def interrupted(self) -> bool:
@@ -132,15 +161,10 @@ class RemoteTurn:
     def __iter__(self) -> Iterator[ReplyPiece]:
         import httpx
 
-        session = self.session
-        self._started = time.perf_counter()
         try:
-            with session.client.stream("POST", session.url + "/v1/chat/completions", json=session.request(self.max_tokens)) as reply:
-                if reply.status_code != 200:
-                    raise refusal(reply.status_code, reply.read(), session.url)
-                yield from self._pieces(reply)
+            yield from self._pieces(self.reply)
         except httpx.HTTPError as error:
-            raise LlamaError(f"cannot reach the server at {session.url}: {error} (is `llama serve` running?)") from None
+            raise LlamaError(f"the connection to the server at {self.session.url} broke: {error}") from None
         finally:
             self.finish()
 
@@ -169,6 +193,7 @@ class RemoteTurn:
     def finish(self) -> None:
         if self.stats is not None:
             return
+        self.reply.close()  # the server cancels a generation whose client went away
         if self.stop_reason is None:
             self.stop_reason = "interrupted"
         ended = time.perf_counter()
@@ -178,7 +203,7 @@ class RemoteTurn:
             cached_tokens=self._cached,
             generated_tokens=self._tokens if self.stop_reason != "interrupted" else self._received,
             samples=1,
-            prefill_seconds=first - self._started if self._started else 0.0,
+            prefill_seconds=first - self._started,
             decode_seconds=ended - first,
             stop_reason=self.stop_reason,
             dropped_messages=self.dropped,
