@@ -375,6 +375,19 @@ def test_chat_with_server_replies_as_a_local_chat(server: str, llm) -> None:  # 
     assert refused.exit_code == 2 and "--template cannot be combined with --server" in refused.stderr
 
 
+def test_server_urls_and_unreachable_servers_are_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from llama_cli.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["generate", "--server", "localhost:8080", "hi"])
+    assert bad.exit_code == 2 and "expected a URL such as http://127.0.0.1:8080" in bad.stderr
+    for args in (["generate", "hi"], ["chat"]):
+        gone = runner.invoke(app, [*args, "--server", "http://127.0.0.1:1"], input="hi\n")
+        assert gone.exit_code == 1 and "cannot reach the server at http://127.0.0.1:1" in gone.stderr, gone.stderr
+
+
 @pytest.mark.parametrize("ctx", [256, 110])  # the server's own (it refuses, then the client fits), or a smaller --ctx
 def test_chat_with_server_drops_old_turns_as_a_local_chat(server: str, llm, ctx: int) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner

@@ -17,8 +17,6 @@ locally).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,11 +25,10 @@ from typing import TYPE_CHECKING, Any
 from ..chat_history import ChatHistory
 from ..errors import ContextOverflowError, LlamaError, UsageError
 from ..stats import StopReason, TurnStats
-from .client import refusal
+from .client import events, refusal
+from .http_client import Reply, send
 
 if TYPE_CHECKING:
-    import httpx
-
     from ..conversation import ChatMessage
     from ..settings import GenerationSettings
 
@@ -56,14 +53,10 @@ class RemoteChatSession(ChatHistory):
         context: int | None = None,
         messages: Sequence[ChatMessage] = (),
     ) -> None:
-        import httpx
-
         if context is not None and context < 2:
             raise UsageError(f"--ctx must be at least 2, got {context}")
         super().__init__()
         self.url, self.settings, self.max_tokens = server.rstrip("/"), settings, settings.max_tokens
-        key = os.environ.get("LLAMA_API_KEY")
-        self.client = httpx.Client(timeout=httpx.Timeout(None, connect=10), headers={"Authorization": f"Bearer {key}"} if key else {})
         health = self._call("GET", "/health")
         if health.get("status") != "ok":
             raise LlamaError(f"the server at {self.url} is not ready: {health.get('error') or health.get('status')}")
@@ -75,15 +68,13 @@ class RemoteChatSession(ChatHistory):
             self.set_system(system)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        import httpx
-
+        reply = send(self.url, method, path, body)
         try:
-            reply = self.client.request(method, self.url + path, json=body)
-        except httpx.HTTPError as error:
-            raise LlamaError(f"cannot reach the server at {self.url}: {error} (is `llama serve` running?)") from None
-        if reply.status_code != 200 and not (path == "/health" and reply.status_code == 503):
-            raise refusal(reply.status_code, reply.read(), self.url)
-        return reply.json()  # type: ignore[no-any-return]
+            if reply.status != 200 and not (path == "/health" and reply.status == 503):
+                raise refusal(reply.status, reply.read(), self.url)
+            return reply.json()  # type: ignore[no-any-return]
+        finally:
+            reply.close()
 
     def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
         return list(self._call("POST", "/tokenize", {"messages": list(messages)})["tokens"])
@@ -109,19 +100,13 @@ class RemoteChatSession(ChatHistory):
             self.messages = before
             raise
 
-    def _open(self, max_tokens: int) -> httpx.Response:
+    def _open(self, max_tokens: int) -> Reply:
         """Send this turn's request; the streaming reply, once the server has accepted it."""
-        import httpx
-
-        request = self.client.build_request("POST", self.url + "/v1/chat/completions", json=self.request(max_tokens))
-        try:
-            reply = self.client.send(request, stream=True)
-        except httpx.HTTPError as error:
-            raise LlamaError(f"cannot reach the server at {self.url}: {error} (is `llama serve` running?)") from None
-        if reply.status_code != 200:
+        reply = send(self.url, "POST", "/v1/chat/completions", self.request(max_tokens))
+        if reply.status != 200:
             raw = reply.read()
             reply.close()
-            raise refusal(reply.status_code, raw, self.url)
+            raise refusal(reply.status, raw, self.url)
         return reply
 
     def request(self, max_tokens: int) -> dict[str, Any]:
@@ -143,7 +128,7 @@ class RemoteTurn:
     """One reply streamed from the server: iterate for its pieces. It enters the history when
     iteration ends or on `finish()` (after a Ctrl-C outside the iteration; idempotent)."""
 
-    def __init__(self, session: RemoteChatSession, reply: httpx.Response, max_tokens: int, dropped: int, started: float) -> None:
+    def __init__(self, session: RemoteChatSession, reply: Reply, max_tokens: int, dropped: int, started: float) -> None:
         self.session, self.reply, self.max_tokens, self.dropped = session, reply, max_tokens, dropped
         self.prompt_tokens = 0  # from the server's usage at the end
         self.settings = session.settings
@@ -159,22 +144,13 @@ class RemoteTurn:
         return self.stop_reason == "interrupted"
 
     def __iter__(self) -> Iterator[ReplyPiece]:
-        import httpx
-
         try:
             yield from self._pieces(self.reply)
-        except httpx.HTTPError as error:
-            raise LlamaError(f"the connection to the server at {self.session.url} broke: {error}") from None
         finally:
             self.finish()
 
-    def _pieces(self, reply: httpx.Response) -> Iterator[ReplyPiece]:
-        for line in reply.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise LlamaError(f"the server failed: {chunk['error'].get('message')}")
+    def _pieces(self, reply: Reply) -> Iterator[ReplyPiece]:
+        for chunk in events(reply):
             usage = chunk.get("usage") or {}
             if usage:
                 self._cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))

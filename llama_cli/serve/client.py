@@ -18,12 +18,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import typer
 
 from ..errors import ContextOverflowError, LlamaError, UsageError
 from ..textio import write_out
+from .http_client import Reply, send
 
 
 def server_url(option: str | None) -> str | None:
@@ -44,8 +46,6 @@ def remote_generate(
     stats: bool,
     truncate: bool,
 ) -> None:
-    import httpx
-
     url = server.rstrip("/")
     body: dict[str, Any] = {**options, "n": samples, "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
     body["truncate"] = truncate
@@ -58,47 +58,39 @@ def remote_generate(
         path, body["prompt"] = "/v1/completions", text
         if json_output:
             body["logprobs"] = 0
-    key = os.environ.get("LLAMA_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     texts, reasons, counts = [""] * samples, [None] * samples, [0] * samples  # per sample, from the stream
     usage: dict[str, Any] = {}
     seed = options.get("seed")
     started = time.perf_counter()
     first = 0.0
     interrupted = False
+    reply = None
     try:
-        with (
-            httpx.Client(timeout=httpx.Timeout(None, connect=10)) as client,
-            client.stream("POST", url + path, json=body, headers=headers) as reply,
-        ):
-            if reply.status_code != 200:
-                raise refusal(reply.status_code, reply.read(), url)
-            for line in reply.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+        reply = send(url, "POST", path, body)
+        if reply.status != 200:
+            raise refusal(reply.status, reply.read(), url)
+        for chunk in events(reply):
+            if chunk.get("usage"):
+                usage, seed = chunk["usage"], chunk.get("seed", seed)
+            for choice in chunk.get("choices", []):
+                i = choice["index"]
+                piece = choice["text"] if "text" in choice else (choice.get("delta") or {}).get("content") or ""
+                if choice.get("stop_reason"):
+                    reasons[i], counts[i] = choice["stop_reason"], choice.get("tokens", counts[i])
+                ids = choice.get("token_ids") or []
+                if not ids:
                     continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    raise LlamaError(f"the server failed: {chunk['error'].get('message')}")
-                if chunk.get("usage"):
-                    usage, seed = chunk["usage"], chunk.get("seed", seed)
-                for choice in chunk.get("choices", []):
-                    i = choice["index"]
-                    piece = choice["text"] if "text" in choice else (choice.get("delta") or {}).get("content") or ""
-                    if choice.get("stop_reason"):
-                        reasons[i], counts[i] = choice["stop_reason"], choice.get("tokens", counts[i])
-                    ids = choice.get("token_ids") or []
-                    if not ids:
-                        continue
-                    first = first or time.perf_counter()
-                    texts[i] += piece
-                    if json_output:
-                        write_out(json.dumps(_token_event(ids[0], piece, choice, i), ensure_ascii=False) + "\n")
-                    elif samples == 1:
-                        write_out(piece)
+                first = first or time.perf_counter()
+                texts[i] += piece
+                if json_output:
+                    write_out(json.dumps(_token_event(ids[0], piece, choice, i), ensure_ascii=False) + "\n")
+                elif samples == 1:
+                    write_out(piece)
     except KeyboardInterrupt:
         interrupted = True
-    except httpx.HTTPError as error:
-        raise LlamaError(f"cannot reach the server at {url}: {error} (is `llama serve` running?)") from None
+    finally:
+        if reply is not None:
+            reply.close()  # after Ctrl-C: the server cancels the generation
     ended = time.perf_counter()
     reasons = [r or "interrupted" for r in reasons]
     generated = sum(counts)  # tokens of the text (an end-of-sequence token is not one), as the server counted them
@@ -132,6 +124,17 @@ def remote_generate(
     if interrupted:
         print("llama: interrupted", file=sys.stderr, flush=True)
         raise typer.Exit(130)
+
+
+def events(reply: Reply) -> Iterator[dict[str, Any]]:
+    """The JSON chunks of an SSE reply, up to `data: [DONE]`; a chunk reporting an error raises."""
+    for line in reply.lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            raise LlamaError(f"the server failed: {chunk['error'].get('message')}")
+        yield chunk
 
 
 def _token_event(token: int, text: str, choice: dict[str, Any], sample: int) -> dict[str, Any]:
