@@ -303,6 +303,33 @@ def _special_from_folder(
     return SpecialTokens(bos_id, eos_id, _stop_ids(eos, lookup, is_control), add_bos)
 
 
+COUNT_CHUNK = 1 << 20  # characters per piece when counting the tokens of a long text
+
+
+def count_tokens(tokenizer: Tokenizer, text: str) -> int:
+    """len(tokenizer.encode(text)) in bounded memory: `tokenizers` keeps offsets and strings for
+    every token (3 GB for 20 MB of text), so a long text is encoded in pieces that end at a single
+    line break between two non-space characters, where byte-level BPE pre-tokenizers split anyway.
+    sentencepiece returns bare ids (and would add a word-start marker to every piece): one call."""
+    if not isinstance(tokenizer, BPETokenizer) or len(text) <= COUNT_CHUNK:
+        return len(tokenizer.encode(text))
+    total, start = 0, 0
+    while start < len(text):
+        end = len(text) if len(text) - start <= COUNT_CHUNK else _piece_end(text, start + COUNT_CHUNK)
+        total += len(tokenizer.encode(text[start:end], bos=False))
+        start = end
+    return total + len(tokenizer.encode("", bos=None))  # the BOS token, when this tokenizer adds one
+
+
+def _piece_end(text: str, at: int) -> int:
+    """The first position at or after `at` just after a single line break between non-space characters (else the end)."""
+    found = _LINE_START.search(text, at)
+    return found.end() if found else len(text)
+
+
+_LINE_START = re.compile(r"(?<=\S)\n(?=\S)")  # one line break between two non-space characters
+
+
 def load_tokenizer(folder: Path) -> Tokenizer:
     """The tokenizer in a model folder: our cache (tokenizer.json or tokenizer.model plus
     tokenizer_special.json), a Hugging Face folder (tokenizer.json, else tokenizer.model, with its

@@ -213,3 +213,14 @@ def test_a_tokenizer_regex_that_panics_is_a_clear_error_naming_the_file(tmp_path
     with pytest.raises(TokenizerError, match=r"tokenizer\.json failed on this text .*retry-limit"):
         tokenizer.encode("a" * 40 + "!")
     assert "panicked" not in capfd.readouterr().err  # the Rust panic's own lines are not printed
+
+
+def test_token_counts_of_long_texts_are_exact_in_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llama_cli.tokenizer
+    from llama_cli.registry import resolve_model
+    from llama_cli.tokenizer import count_tokens, load_vocabulary
+
+    tokenizer, _ = load_vocabulary(resolve_model(None))
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8") * 3
+    monkeypatch.setattr(llama_cli.tokenizer, "COUNT_CHUNK", 2_000)  # many pieces, each ending at a line break
+    assert count_tokens(tokenizer, text) == len(tokenizer.encode(text))

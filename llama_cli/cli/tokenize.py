@@ -59,7 +59,7 @@ def tokenize(
     from ..conversation import read_messages
     from ..detokenize import mark_special
     from ..registry import resolve_model
-    from ..tokenizer import load_vocabulary
+    from ..tokenizer import count_tokens, load_vocabulary
 
     tool_list = read_tools(tools, chat=chat)
     if chat:  # read the input before the tokenizer, so bad input fails fast
@@ -67,6 +67,9 @@ def tokenize(
     else:
         source = prompt_from(text, what="text")
     tokenizer, model_template = load_vocabulary(resolve_model(model))
+    if count and not chat:
+        write_out(f"{count_tokens(tokenizer, source)}\n")  # in bounded memory, however long the text
+        return
     if chat:
         ids = encode_conversation(tokenizer, template_text(model_template, template), messages, tools=tool_list)
     else:
