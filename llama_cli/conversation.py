@@ -11,6 +11,7 @@ schema as transformers' `apply_chat_template(tools=...)` takes it, usually
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,9 +118,18 @@ def read_messages(path: str | Path, *, conversation: bool = True) -> list[ChatMe
 
 
 def write_messages(path: str | Path, messages: Sequence[ChatMessage]) -> None:
+    """Write the conversation whole or not at all: a temporary file beside it, then a rename, so a
+    full disk or a kill mid-write leaves the previous file as it was."""
+    target = Path(path).expanduser()
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        Path(path).expanduser().write_text(json.dumps(list(messages), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        with open(partial, "w", encoding="utf-8") as file:
+            file.write(json.dumps(list(messages), ensure_ascii=False, indent=2) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, target)
     except OSError as error:
+        partial.unlink(missing_ok=True)
         raise HistoryError(f"cannot write {path}: {error.strerror or error}") from None
 
 

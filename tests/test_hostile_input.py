@@ -224,3 +224,22 @@ def test_token_counts_of_long_texts_are_exact_in_bounded_memory(monkeypatch: pyt
     text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8") * 3
     monkeypatch.setattr(llama_cli.tokenizer, "COUNT_CHUNK", 2_000)  # many pieces, each ending at a line break
     assert count_tokens(tokenizer, text) == len(tokenizer.encode(text))
+
+
+def test_save_on_a_full_disk_keeps_the_previous_conversation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import llama_cli.conversation
+    from llama_cli.conversation import HistoryError, read_messages, write_messages
+
+    path = tmp_path / "talk.json"
+    before = [{"role": "user", "content": "keep me"}, {"role": "assistant", "content": "kept"}]
+    write_messages(path, before)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(llama_cli.conversation.os, "fsync", disk_full)
+    with pytest.raises(HistoryError, match="No space left on device"):
+        write_messages(path, [*before, {"role": "user", "content": "x" * 10_000}])
+    assert read_messages(path) == before and [p.name for p in tmp_path.iterdir()] == ["talk.json"]
