@@ -25,7 +25,7 @@ from .errors import ModelFormatError, UsageError
 from .generation import Generation
 from .model import Transformer
 from .registry import resolve_model
-from .settings import SettingsError, make_settings
+from .settings import SettingsError, context_window, make_settings
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
 from .weights.quantized import QuantizedTensor, dense
@@ -157,7 +157,7 @@ class LLM:
         A prompt that does not fit the context with room for `max_tokens` is an error, or with
         `truncate` is cut to its end (with a warning)."""
         settings = make_settings(**options)
-        context = min(context or self.context_length, self.context_length)
+        context = context_window(context, self.context_length)
         ids = fit_context(
             self.encode_prompt(prompt, chat=chat, system=system, template=template), settings.max_tokens, context, truncate=truncate
         )

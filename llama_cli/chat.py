@@ -27,6 +27,7 @@ from .conversation import ChatMessage, HistoryError, ToolsError, parse_messages,
 from .errors import UsageError
 from .generation import Generation, GenerationSettings, TokenEvent
 from .kv_cache import KVCache
+from .settings import context_window
 from .stats import TurnStats
 
 # Re-exported: the CLI and tests reach conversation files through chat.
@@ -61,7 +62,7 @@ class ChatSession(ChatHistory):
             raise UsageError(f"--ctx must be at least 2, got {context}")
         super().__init__()
         self.llm, self.settings, self.max_tokens = llm, settings, settings.max_tokens
-        self.context = min(context or llm.context_length, llm.context_length)
+        self.context = context_window(context, llm.context_length)
         self.template = template_text(llm.checkpoint.chat_template, template)
         self.tools = None if tools is None else list(tools)  # JSON schemas for templates that take them (--tools)
         self.cache = KVCache(llm.model)  # row 0 holds the conversation's tokens from the last turn

@@ -122,3 +122,13 @@ def make_settings(**options: Any) -> GenerationSettings:
     if "stop" in options:
         options["stop"] = tuple(options["stop"] or ())
     return GenerationSettings(sampling=SamplingSettings(**sampling), **options)
+
+
+def context_window(requested: int | None, model_context: int) -> int:
+    """The context window to use: `requested` (None: the model's), never beyond the model's own,
+    with a warning when it had to be cut (positions past it were never trained)."""
+    if requested is not None and requested > model_context:
+        import warnings
+
+        warnings.warn(f"a context of {requested:,} tokens is beyond the model's {model_context:,}; using {model_context:,}", stacklevel=2)
+    return min(requested or model_context, model_context)

@@ -243,3 +243,11 @@ def test_save_on_a_full_disk_keeps_the_previous_conversation(tmp_path: Path, mon
     with pytest.raises(HistoryError, match="No space left on device"):
         write_messages(path, [*before, {"role": "user", "content": "x" * 10_000}])
     assert read_messages(path) == before and [p.name for p in tmp_path.iterdir()] == ["talk.json"]
+
+
+def test_a_context_beyond_the_models_is_cut_with_a_warning() -> None:
+    from llama_cli.settings import context_window
+
+    assert context_window(None, 8192) == 8192 and context_window(512, 8192) == 512
+    with pytest.warns(UserWarning, match="a context of 1,000,000,000 tokens is beyond the model's 8,192; using 8,192"):
+        assert context_window(10**9, 8192) == 8192

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import LlamaError, UsageError
-from ..settings import GenerationSettings
+from ..settings import GenerationSettings, context_window
 from .bundles import bundled
 from .errors import handles_errors
 from .inputs import prompt_from, read_tools
@@ -161,7 +161,7 @@ def generate(
         ids = encode_conversation(llm.tokenizer, template_text(llm.checkpoint.chat_template, template), messages, tools=tool_list)  # type: ignore[arg-type]
     else:
         ids = llm.encode_prompt(text, chat=chat, system=system, template=template)
-    context = min(model_options.ctx or llm.context_length, llm.context_length)
+    context = context_window(model_options.ctx, llm.context_length)
     kept = fit_context(ids, settings.max_tokens, context, truncate=truncate)
     if len(kept) < len(ids):
         print(

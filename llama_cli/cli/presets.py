@@ -33,7 +33,7 @@ def make_runner(recipe: Recipe, options: PresetOptions) -> Runner:
     """Load the model and set up a Runner with `recipe`'s defaults for what the options leave out."""
     from ..chat_template import check_builtin_template
     from ..presets.run import Runner
-    from ..settings import make_settings
+    from ..settings import context_window, make_settings
 
     penalties = dict(options.penalties)
     if penalties.get("no_repeat_ngram") is None:
@@ -46,7 +46,7 @@ def make_runner(recipe: Recipe, options: PresetOptions) -> Runner:
         # Lookup's verify pass gives the same text only where its arithmetic matches a decode step's:
         # on the float32 reference, not (yet) on the int4 fast path, so the default follows the path.
         settings = dataclasses.replace(settings, lookup=recipe.lookup)
-    context = min(options.model.ctx or llm.context_length, llm.context_length)
+    context = context_window(options.model.ctx, llm.context_length)
     return Runner(llm, settings, context=context, template=options.template, dry_run=options.show_prompt)
 
 
