@@ -1,8 +1,9 @@
 """`llama serve`: the OpenAI-compatible server, driven as clients drive it (the `openai` client and httpx).
 
-The server runs in-process on 127.0.0.1 (uvicorn on a thread, its own float32 copy of the
-default model, so the session's `llm` stays a free-standing reference); readiness comes from
-/health. Replies are compared with `llm.generate` on the same ids and settings. Auth and CORS
+The server runs in-process on 127.0.0.1 (uvicorn on a thread, its own float32 copy of the tiny
+model from conftest.py, so the tiny model loaded here stays a free-standing reference: `llm` in
+this module); readiness comes from /health. Replies are compared with `llm.generate` on the same
+ids and settings. Auth and CORS
 use starlette's TestClient, which needs no socket and no model. One test runs `llama serve` in
 a subprocess to check that SIGTERM lets an open stream finish.
 """
@@ -56,11 +57,17 @@ def wait_idle(client: httpx.Client, timeout: float = 30) -> dict[str, Any]:
     raise AssertionError(f"the server is still busy: {health}")
 
 
+@pytest.fixture(scope="session")
+def llm(tiny_llm):  # type: ignore[no-untyped-def]
+    """The reference replies here come from the tiny model, which the server runs too."""
+    return tiny_llm
+
+
 @pytest.fixture(scope="module")
-def server(default_model_path: Path) -> Iterator[str]:
+def server(tiny_model_path: Path) -> Iterator[str]:
     from llama_cli import load
 
-    own = load(default_model_path, dtype="float32")  # the server's: the session's `llm` stays the reference
+    own = load(tiny_model_path, dtype="float32")  # the server's: `llm` stays the reference
     app = create_app(ServeConfig(parallel=PARALLEL, ctx=256, queue=1, max_body=64 << 10), llm=own)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -178,9 +185,10 @@ def test_seed_reproduces_and_stream_carries_n_choices(client: openai.OpenAI) -> 
 
 def test_stop_string_cuts_the_text(client: openai.OpenAI) -> None:
     full = client.completions.create(model="x", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0).choices[0]
-    assert " 6," in full.text
-    cut = client.completions.create(model="x", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[" 6,"]).choices[0]
-    assert cut.text == full.text[: full.text.index(" 6,")] and cut.finish_reason == "stop"
+    stop = full.text[len(full.text) // 2 :][:3]  # from the middle of the greedy text, so it is cut there (or earlier)
+    assert stop
+    cut = client.completions.create(model="x", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[stop]).choices[0]
+    assert cut.text == full.text[: full.text.index(stop)] and cut.finish_reason == "stop"
 
 
 def test_logprobs(client: openai.OpenAI, http: httpx.Client) -> None:
@@ -305,12 +313,13 @@ def test_api_key_and_cors_without_a_model() -> None:
 # ---------------------------------------------------------------- the command
 
 
-def test_sigterm_lets_an_open_stream_finish(tmp_path: Path) -> None:
+def test_sigterm_lets_an_open_stream_finish(tmp_path: Path, tiny_model_path: Path) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    command = [sys.executable, "-m", "llama_cli", "serve", "--dtype", "float32", "--port", str(port), "--ctx", "128", "--parallel", "1"]
+    options = ["-m", str(tiny_model_path), "--port", str(port), "--ctx", "128", "--parallel", "1"]
+    command = [sys.executable, "-m", "llama_cli", "serve", *options]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "LLAMA_THREADS": "1"})
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
