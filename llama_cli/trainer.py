@@ -88,7 +88,9 @@ class StopFlag:
         if self.requested_at is None:
             self.requested_at = time.monotonic()
             if self.announce:
-                print("\nllama: stopping after this step to save a checkpoint (Ctrl-C again to quit without one)", file=sys.stderr, flush=True)
+                print(
+                    "\nllama: stopping after this step to save a checkpoint (Ctrl-C again to quit without one)", file=sys.stderr, flush=True
+                )
 
     def __enter__(self) -> StopFlag:  # noqa: PYI034 (Python 3.10 has no typing.Self)
         if threading.current_thread() is threading.main_thread():
@@ -101,7 +103,9 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def save_state(out: Path, step: int, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], settings: LoopSettings, extra: dict[str, Any]) -> None:
+def save_state(
+    out: Path, step: int, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], settings: LoopSettings, extra: dict[str, Any]
+) -> None:
     """train_state.pt, written beside and renamed into place (a crash never leaves half a file)."""
     state = {"step": step, "trainable": trainable, "optimizer": optimizer, "settings": settings.to_dict(), "extra": extra}
     temporary = out / (STATE_FILE + ".tmp")
@@ -240,7 +244,17 @@ def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=1e-8)
 
 
-def run_loop(model: nn.Module, task: Task, settings: LoopSettings, out: Path, dist: Dist, *, resume: bool, label: str = "training", extra: dict[str, Any] | None = None) -> LoopResult:
+def run_loop(
+    model: nn.Module,
+    task: Task,
+    settings: LoopSettings,
+    out: Path,
+    dist: Dist,
+    *,
+    resume: bool,
+    label: str = "training",
+    extra: dict[str, Any] | None = None,
+) -> LoopResult:
     """Train `model` (on dist.device, parameters to train marked requires_grad) until settings.max_steps.
 
     With `resume`, weights, optimizer and step come from out/train_state.pt. Returns the last
@@ -267,7 +281,10 @@ def run_loop(model: nn.Module, task: Task, settings: LoopSettings, out: Path, di
         rewrite_metrics(out, start) if resume else (out / METRICS_FILE).write_text("", encoding="utf-8")
     if start >= settings.max_steps:
         if dist.main:
-            print(f"llama: {out} is already at step {start} of --max-steps {settings.max_steps}; raise --max-steps to train further", file=sys.stderr)
+            print(
+                f"llama: {out} is already at step {start} of --max-steps {settings.max_steps}; raise --max-steps to train further",
+                file=sys.stderr,
+            )
         return LoopResult(start, False, None)
 
     trained.train()
@@ -304,7 +321,13 @@ def run_loop(model: nn.Module, task: Task, settings: LoopSettings, out: Path, di
                 if val_loss is not None or step % settings.log_every == 0:
                     last_val = val_loss if val_loss is not None else last_val
                     elapsed = time.monotonic() - window_start
-                    record = {"step": step, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+                    record = {
+                        "step": step,
+                        "train_loss": train_loss,
+                        "val_loss": val_loss,
+                        "lr": lr,
+                        "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                    }
                     window_tokens, window_start = 0, time.monotonic()
                     if dist.main:
                         with (out / METRICS_FILE).open("a", encoding="utf-8") as file:
@@ -319,7 +342,16 @@ def run_loop(model: nn.Module, task: Task, settings: LoopSettings, out: Path, di
         progress.close()
 
 
-def _save(model: nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings, out: Path, dist: Dist, task: Task, step: int, extra: dict[str, Any]) -> None:
+def _save(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: LoopSettings,
+    out: Path,
+    dist: Dist,
+    task: Task,
+    step: int,
+    extra: dict[str, Any],
+) -> None:
     weights = full_state(model, dist)  # under FSDP these two gather from every rank
     optim = optimizer_state(model, optimizer, dist)
     if dist.main:
