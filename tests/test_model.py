@@ -11,7 +11,8 @@ from llama_cli.model import Transformer, rope_frequencies
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
-    base = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 97, "ffn_dim": 128, "rope_theta": 10000.0, "context_length": 64}
+    base = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 97, "ffn_dim": 128}
+    base |= {"rope_theta": 10000.0, "context_length": 64}
     base.update(overrides)
     return ModelConfig(**base)  # type: ignore[arg-type]
 
@@ -87,7 +88,13 @@ def test_matches_transformers_llama_on_random_weights() -> None:
         vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=config.norm_eps, tie_word_embeddings=False,
         rope_theta=10000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
     )  # fmt: skip
     hf = transformers.LlamaForCausalLM(hf_config).eval()
     ours = model.state_dict()

@@ -153,10 +153,9 @@ def free_port() -> int:
 def torchrun(corpus: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """Two CPU processes on this machine, talking gloo over the loopback interface only."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        "-m", "llama_cli", "train", str(corpus), "-o", str(out), "--max-steps", "40", "--log-every", "10", "--eval-every", "20", *FAST, *extra,
-    ]  # fmt: skip
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    train_args = ["train", str(corpus), "-o", str(out), "--max-steps", "40", "--log-every", "10", "--eval-every", "20", *FAST, *extra]
+    command = [sys.executable, *launcher, "-m", "llama_cli", *train_args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -227,7 +226,9 @@ def bad_files(tmp_path: Path) -> Path:
         (["--resume"], 2, ["holds no training run"]),
     ],
 )
-def test_bad_training_data_is_one_clear_line(bad_files: Path, args: list[str], code: int, needles: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_training_data_is_one_clear_line(
+    bad_files: Path, args: list[str], code: int, needles: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(bad_files)
     result = runner.invoke(app, ["train", *args, "-o", str(bad_files / "out"), *FAST])
     lines = [line for line in result.stderr.splitlines() if line.strip()]

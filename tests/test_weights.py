@@ -276,8 +276,8 @@ def write_meta(folder: Path, config: ModelConfig, weights: dict[str, torch.Tenso
             else:
                 part[name] = t.chunk(shards, dim=0)[s].clone()
         torch.save(part, folder / f"consolidated.{s:02d}.pth")
-    params = {"dim": config.dim, "n_layers": config.n_layers, "n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "vocab_size": -1,
-              "multiple_of": 32, "norm_eps": config.norm_eps, "rope_theta": config.rope_theta, "max_seq_len": config.context_length}  # fmt: skip
+    params = {"dim": config.dim, "n_layers": config.n_layers, "n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "vocab_size": -1}
+    params |= {"multiple_of": 32, "norm_eps": config.norm_eps, "rope_theta": config.rope_theta, "max_seq_len": config.context_length}
     (folder / "params.json").write_text(json.dumps(params))
     (folder / "tokenizer.model").write_bytes(sentencepiece_model())
     return folder
