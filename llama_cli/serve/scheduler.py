@@ -81,6 +81,7 @@ class Scheduler:
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="llama-serve-scheduler", daemon=True)
         self.steps = 0
+        self.admitting = 0  # jobs taken off the waiting line and being prefilled (counted as active by `load`)
 
     # -- any thread
 
@@ -111,7 +112,7 @@ class Scheduler:
 
     @property
     def load(self) -> dict[str, int]:
-        return {"active": len(self.active), "waiting": len(self.waiting), "free_rows": self.cache.free}
+        return {"active": len(self.active) + self.admitting, "waiting": len(self.waiting), "free_rows": self.cache.free}
 
     # -- the worker
 
@@ -130,7 +131,14 @@ class Scheduler:
                         if not self.waiting or self.cache.free < self.waiting[0].rows_needed:
                             break
                         job = self.waiting.popleft()
-                    self._guarded([job], self._prefill, job)
+                        if job.cancelled:  # its client left after this turn's _drop_cancelled
+                            continue
+                        self.admitting += 1
+                    try:
+                        self._guarded([job], self._prefill, job)
+                    finally:
+                        with self.cond:
+                            self.admitting -= 1
                     admitted += max(len(job.generation.prompt_ids) - job.cached_tokens, 1)
                 if self.active:
                     self._guarded(sorted({id(s.job): s.job for s in self.active}.values(), key=id), self._decode)
