@@ -186,7 +186,23 @@ ServerOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, flag("--json", help="JSON lines on stdout: one event per token, then a summary.", panel=OUTPUT_PANEL)]
+JsonOpt = Annotated[
+    bool,
+    flag(
+        "--json",
+        help='JSON lines on stdout: one event per token, then a summary (its "data": the parsed value of a --schema, --regex, ... output).',
+        panel=OUTPUT_PANEL,
+    ),
+]
+PresetJsonOpt = Annotated[
+    bool,
+    flag(
+        "--json",
+        help='JSON lines on stdout: one event per token, then a summary whose "data" is {"answer", "quotes"} for qa '
+        'and {"points"} for summarize --bullets.',
+        panel=OUTPUT_PANEL,
+    ),
+]
 JsonDocOpt = Annotated[
     bool, flag("--json", help="One JSON document on stdout instead of text.", panel=OUTPUT_PANEL)
 ]  # commands that do not stream
@@ -435,7 +451,7 @@ PRESET = Bundle(
             Annotated[bool, flag("--show-prompt", help="Print the rendered prompt(s) instead of running the model.", panel=PROMPT_PANEL)],
             False,
         ),
-        option("json_output", JsonOpt, False),
+        option("json_output", PresetJsonOpt, False),
         option("stats", StatsOpt, False),
         *MODEL.parameters,
     ],
