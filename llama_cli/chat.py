@@ -69,7 +69,8 @@ class ChatSession(ChatHistory):
         self.load(messages)
         if system is not None:
             self.set_system(system)
-        self._encode([*self.messages, {"role": "user", "content": "Hi"}])  # a bad template fails now, not mid-chat
+        system = self.messages[:1] if self.system is not None else []
+        self._encode([*system, {"role": "user", "content": "Hi"}])  # a bad template fails now, not mid-chat
 
     def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
         return encode_conversation(self.llm.tokenizer, self.template, messages, tools=self.tools)

@@ -19,6 +19,17 @@ from .conversation import ChatMessage, parse_messages, read_messages, write_mess
 from .errors import ContextOverflowError
 from .stats import StopReason, TurnStats
 
+MAX_TOKEN_CHARS = 256  # no vocabulary's token spells more characters than this (the longest are runs of spaces or dashes)
+
+
+def _turn_starts(messages: Sequence[ChatMessage], start: int) -> list[int]:
+    """Where each turn begins: the first message after the system one, then every user message."""
+    return [i for i in range(start, len(messages)) if i == start or messages[i]["role"] == "user"]
+
+
+def _chars(messages: Sequence[ChatMessage]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in messages)
+
 
 class ChatHistory:
     """Messages, per-turn stats, and `_encode(messages) -> prompt ids`, which subclasses provide."""
@@ -53,7 +64,9 @@ class ChatHistory:
         """Continue from these messages (validated as a conversation and rendered once to check the template)."""
         checked = parse_messages([dict(m) for m in messages], "the conversation")
         if checked:  # some templates cannot render no messages at all (Llama 3.1 with tools reads messages[0])
-            self._encode(checked)
+            start = 1 if checked[0]["role"] == "system" else 0
+            turns = _turn_starts(checked, start)
+            self._encode([*checked[:start], *checked[turns[self._first_turn_by_length(checked, turns)] :]])  # the part that can fit
         self.messages = checked
 
     def load_file(self, path: str | Path) -> int:
@@ -75,26 +88,44 @@ class ChatHistory:
         """The conversation with a new user message, fitted into the context: (messages, their prompt
         ids, how many old messages were dropped, the most tokens the reply may have).
 
-        Raises ContextOverflowError when the message cannot fit even alone with the system message.
+        The fewest oldest turns are dropped, found by bisection (a few encodes, however long the
+        history), after dropping at once the turns that cannot fit by their length in characters
+        (no token spans more than MAX_TOKEN_CHARS). Raises ContextOverflowError when the message
+        cannot fit even alone with the system message.
         """
         messages: list[ChatMessage] = [*self.messages, {"role": "user", "content": text}]
-        ids = self._encode(messages)
-        dropped = 0
         start = 1 if messages[0]["role"] == "system" else 0
-        while len(ids) + self.max_tokens > self.context and len(messages) - start > 1:
-            end = start + 1  # the oldest turn: its user message and everything up to the next one
-            while end < len(messages) - 1 and messages[end]["role"] != "user":
-                end += 1
-            del messages[start:end]
-            dropped += end - start
-            ids = self._encode(messages)
+        turns = _turn_starts(messages, start)
+        budget = self.context - self.max_tokens
+
+        def fits(k: int) -> bool:  # with the first k turns dropped
+            return len(self._encode([*messages[:start], *messages[turns[k] :]])) <= budget
+
+        low, high = self._first_turn_by_length(messages, turns), len(turns) - 1  # the answer is in [low, high]: the newest turn stays
+        if not fits(low):
+            while low < high:
+                middle = (low + high) // 2
+                if fits(middle):
+                    high = middle
+                else:
+                    low = middle + 1
+        messages = [*messages[:start], *messages[turns[low] :]]
+        ids = self._encode(messages)
         room = self.context - len(ids)
         if room < 1:
             raise ContextOverflowError(
                 f"this message makes a prompt of {len(ids)} tokens, which does not fit the {self.context}-token context; "
                 "shorten it, or raise --ctx"
             )
-        return messages, ids, dropped, min(room, self.max_tokens)
+        return messages, ids, turns[low] - start, min(room, self.max_tokens)
+
+    def _first_turn_by_length(self, messages: Sequence[ChatMessage], turns: list[int]) -> int:
+        """The oldest turn from which on the messages could fit the context by their length in characters."""
+        chars, first = 0, len(turns) - 1
+        while first > 0 and chars + _chars(messages[turns[first - 1] : turns[first]]) <= self.context * MAX_TOKEN_CHARS:
+            chars += _chars(messages[turns[first - 1] : turns[first]])
+            first -= 1
+        return first
 
     def finish_turn(self, text: str, stop_reason: StopReason | None, stats: TurnStats) -> None:
         """The reply enters the conversation (marked when interrupted; an interrupted turn with no
