@@ -33,6 +33,7 @@ from .detokenize import byte_level_text
 from .errors import TokenizerError
 from .gguf_metadata import read_gguf_metadata
 from .gguf_vocab import CONTROL, PRE_TOKENIZERS, USER_DEFINED, bpe_backend, piece_types, sentencepiece_processor
+from .textio import read_json_object
 
 SPECIAL_FILE = "tokenizer_special.json"
 # Control tokens that end a turn or a document, by their text (llama.cpp's end-of-generation list).
@@ -268,15 +269,7 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
-    except RecursionError:
-        raise TokenizerError(f"cannot read {path}: JSON nested too deeply") from None
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path, error=TokenizerError) if path.is_file() else {}
 
 
 def _as_ids(value: Any) -> list[int]:

@@ -9,7 +9,6 @@ Importing it does not import torch (`llama show` reads a GGUF's metadata without
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..config import ModelConfig, RopeScaling
 from ..errors import ModelFormatError
+from ..textio import read_json_object
 from ..tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # torch is imported by the functions that handle tensors: describing a model needs none
@@ -202,15 +202,7 @@ def linear_rope_scaling(factor: float) -> RopeScaling:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"cannot read {path}: {exc}") from exc
-    except RecursionError:
-        raise ModelFormatError(f"cannot read {path}: JSON nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, error=ModelFormatError)
 
 
 def float32_value(value: float) -> float:
