@@ -367,3 +367,17 @@ def test_tiny_context_is_refused_not_truncated() -> None:
     text, _ = long_document()
     result = run("summarize", "--ctx", "128", "-n", "64", input=text)
     assert result.exit_code == 2 and "--ctx" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_long_input_says_how_much_work_and_max_chunks_caps_it(llama, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    document = tmp_path / "long.txt"
+    document.write_text("\n\n".join(f"Paragraph {i}: the harbour wall was repaired in stone and lime." for i in range(60)))
+    refused = llama("summarize", "--ctx", "256", "-n", "8", "--max-chunks", "2", document)
+    assert refused.exit_code == 2, refused.stderr
+    assert refused.stderr.startswith("llama: error: the input splits into ") and "more than --max-chunks 2" in refused.stderr
+    assert "raise --max-chunks to " in refused.stderr and refused.stdout == ""
+    ran = llama("summarize", "--ctx", "256", "-n", "8", document)
+    assert ran.exit_code == 0, ran.stderr
+    assert "chunks: a summary of each, then " in ran.stderr and "steps in all, each up to 8 tokens" in ran.stderr
+    translated = llama("translate", "--to", "French", "--ctx", "256", "-n", "8", "--max-chunks", "3", document)
+    assert translated.exit_code == 2 and "more than --max-chunks 3" in translated.stderr

@@ -13,12 +13,23 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import UsageError
+from ..presets.split import MAX_CHUNKS
 from .bundles import bundled
 from .errors import handles_errors
 from .inputs import read_documents
 from .loader import load_model
 from .options import PRESET, PRESET_PANEL, Length, PresetOptions, choice
 from .render_presets import run_preset
+
+MaxChunksOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-chunks",
+        help="Refuse input that splits into more chunks than this (one step each, and a step takes seconds to minutes);"
+        " the refusal says how many it needs.",
+        rich_help_panel=PRESET_PANEL,
+    ),
+]
 
 if TYPE_CHECKING:
     from ..presets.recipes import Recipe
@@ -71,6 +82,7 @@ def summarize(
         str | None,
         typer.Option("--focus", help="What the summary should concentrate on.", rich_help_panel=PRESET_PANEL, show_default=False),
     ] = None,
+    max_chunks: MaxChunksOpt = MAX_CHUNKS,
     options: PresetOptions,
 ) -> None:
     """Summarize text from files or stdin; long input is summarized in chunks, then combined.
@@ -91,6 +103,7 @@ def summarize(
     n = options.max_tokens or recipes.summary_tokens(length=length, words=words)
     document = read_documents(files)
     runner = make_runner(recipes.SUMMARIZE, options)
+    runner.max_chunks = max_chunks
     runner.bullets = bullets  # '- ' lines, held by a constraint: a small model often answers "a list" with prose
     runner.structured = bullets and options.json_output  # the done event's "data": {"points": [...]}, each a string
     _run("summarize", runner, run.summarize(runner, document, fields, n), options)
@@ -108,6 +121,7 @@ def translate(
             "--from", help="The language of the input (default: the model guesses).", rich_help_panel=PRESET_PANEL, show_default=False
         ),
     ] = None,
+    max_chunks: MaxChunksOpt = MAX_CHUNKS,
     options: PresetOptions,
 ) -> None:
     """Translate text from files or stdin, paragraph by paragraph, keeping blank lines and line breaks in place.
@@ -125,6 +139,7 @@ def translate(
     fields = recipes.translate_fields(target=to, source=source)
     document = read_documents(files)
     runner = make_runner(recipes.TRANSLATE, options)
+    runner.max_chunks = max_chunks
     _run("translate", runner, run.translate(runner, document, fields, options.max_tokens), options)
 
 

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..chat_template import Message
 from ..errors import LlamaError, UsageError
+from ..settings import SettingsError
 from .rank import bm25_scores, supporting_sentences, terms
 from .recipes import CANNOT_TELL, COMBINE, QA, SUMMARIZE, SUMMARIZE_PART, TRANSLATE, Recipe, points, points_spec
-from .split import BLANK_LINE, MARGIN, MIN_CHUNK, Chunk, pack, split_text, whole_sentences
+from .split import BLANK_LINE, MARGIN, MAX_CHUNKS, MIN_CHUNK, Chunk, pack, split_text, whole_sentences
 
 if TYPE_CHECKING:
     from ..api import LLM
@@ -98,6 +99,17 @@ class Runner:
     structured: bool = False  # --json: the answer as data too (summarize --bullets: {"points"}, qa: {"answer", "quotes"})
     bullets: bool = False  # summarize --bullets: the final summary held to '- ' lines (presets.BULLETS)
     data: Any = None  # that data (None when the answer was cut short)
+    max_chunks: int = MAX_CHUNKS  # summarize/translate refuse an input that splits into more
+
+    def plan(self, what: str, steps: int, n: int) -> None:
+        """Refuse work beyond `max_chunks` with the number it would take, else say how much there is."""
+        if len(self.chunks) > self.max_chunks:
+            raise SettingsError(
+                f"the input splits into {len(self.chunks):,} chunks, more than {{max_chunks}} {self.max_chunks}: "
+                f"{steps:,} steps of up to {n:,} tokens each; raise {{max_chunks}} to {len(self.chunks):,} to run them, or give less text"
+            )
+        if len(self.chunks) > 1:
+            self.notes.append(f"{len(self.chunks):,} chunks: {what} ({steps:,} steps in all, each up to {n:,} tokens)")
 
     def count(self, text: str) -> int:
         return len(self.llm.tokenizer.encode(text, bos=False)) if text else 0
@@ -175,6 +187,9 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     if map_budget < MIN_CHUNK or reduce_budget < 2 * (n + MARGIN):  # reduce rounds must at least halve the count
         raise _too_small(runner, tokens, n)
     runner.chunks = split_text(document, map_budget, runner.count)
+    combining = _combining_steps(len(runner.chunks), n + MARGIN, reduce_budget)
+    then = f"about {combining:,} steps that combine them" if combining > 1 else "one step that combines them"
+    runner.plan(f"a summary of each, then {then}", len(runner.chunks) + combining, n)
     partials: list[str] = []
     for chunk in runner.chunks:
         step = runner.step(
@@ -209,6 +224,16 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
         partials, level = merged, level + 1
 
 
+def _combining_steps(partials: int, each: int, budget: int) -> int:
+    """How many reduce steps summarize will take for `partials` summaries of up to `each` tokens
+    (an estimate: a summary is often shorter than -n, and then fewer are needed)."""
+    steps = 0
+    while partials > 1 and partials * each > budget:
+        partials = -(-partials * each // budget)  # groups of this round, each one step
+        steps += partials
+    return steps + 1
+
+
 def _summary_output(runner: Runner, step: Step) -> None:
     runner.output = finish(step)
     result = step.generation.results[0] if step.generation is not None else None
@@ -235,6 +260,7 @@ def translate(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     if budget < MIN_CHUNK:
         raise _too_small(runner, runner.count(document.strip()), max_tokens or 0)
     runner.chunks = split_text(document, budget, runner.count, merge_paragraphs=False)
+    runner.plan("each translated in turn", len(runner.chunks), max_tokens or 2 * budget + 16)
     out = []
     for chunk in runner.chunks:
         body = chunk.text.strip()

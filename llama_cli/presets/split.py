@@ -15,6 +15,7 @@ from dataclasses import dataclass
 Count = Callable[[str], int]
 
 MARGIN = 8  # tokens kept free: counts of joined pieces can differ slightly from the sum of their parts
+MAX_CHUNKS = 256  # summarize/translate refuse more chunks than this unless --max-chunks says otherwise (hours of work)
 MIN_CHUNK = 32  # a context that leaves less room than this per chunk is too small to be useful
 # Cut points, coarsest first; each cut falls after the separator, so chunks keep their whitespace.
 SEPARATORS = (re.compile(r"\n[ \t]*\n\s*"), re.compile(r"\n\s*"), re.compile(r"(?<=[.!?;:。！？])\s+"), re.compile(r"\s+"))
