@@ -30,6 +30,7 @@ from .distributed import Dist, close_distributed, full_state, init_distributed
 from .errors import UsageError
 from .lora import ADAPTER_CONFIG, Adapter, LoRAConfig, add_lora, save_adapter
 from .settings import SettingsError
+from .textio import read_json_object
 from .tokenizer import Tokenizer
 from .train_settings import DEFAULT_LOOP, FULL_LOOP, LoopSettings
 from .trainer import IGNORE, STATE_FILE, LoopResult, run_loop, saved_settings
@@ -259,7 +260,7 @@ def finetune(settings: FinetuneSettings, *, resume: bool = False, device: str = 
         pad = tokenizer.special.eos_id if tokenizer.special.eos_id is not None else 0
         task = FinetuneTask(train, val, settings.loop, dist, pad, save)
         data_key = fingerprint(torch.tensor([t for e in train + val for t in (*e.inputs, *e.targets)], dtype=torch.int64))
-        if resume and json.loads((out / FINETUNE_FILE).read_text(encoding="utf-8")).get("data") != data_key:
+        if resume and read_json_object(out / FINETUNE_FILE, error=UsageError).get("data") != data_key:
             raise UsageError("--resume: the examples differ from the run's; give the same files (or none, to reuse the run's)")
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)

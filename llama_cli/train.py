@@ -31,6 +31,7 @@ from .distributed import Dist, close_distributed, init_distributed
 from .errors import UsageError
 from .memory import check_fits
 from .model import Transformer
+from .textio import read_json_object
 from .tokenizer import Tokenizer
 from .train_settings import PRESETS, LoopSettings, PretrainSettings, parameter_count, training_bytes
 from .trainer import STATE_FILE, LoopResult, run_loop, saved_settings
@@ -62,8 +63,11 @@ def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume:
     saved = saved_settings(out, TRAIN_FILE, "training") if resume else {}
     given = {k: v for k, v in cli.items() if v is not None and v != []}
     if resume:  # the model's shape is what llama.json says; the rest, what the run was started with
-        shape = json.loads((out / "llama.json").read_text(encoding="utf-8"))
-        actual = {**saved, **{k: shape[k] for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size")}}
+        shape = read_json_object(out / "llama.json", error=UsageError)
+        keys = ("dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size")
+        if missing := [k for k in keys if k not in shape]:
+            raise UsageError(f"--resume: {out / 'llama.json'} lacks {', '.join(missing)} (a damaged file?)")
+        actual = {**saved, **{k: shape[k] for k in keys}}
         fixed = [k for k in FIXED_ON_RESUME if k in given and given[k] != actual.get(k)]
         if fixed:
             changes = "; ".join(
@@ -195,12 +199,13 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
             check_fits(what, needed, per_unit=per_sequence, unit="sequences per batch", base=fixed, **device)
         tokenizer, chat_template = _tokenizer(settings, documents, dist, resume=resume)
         if resume:
-            config = ModelConfig.from_dict(json.loads((out / "llama.json").read_text(encoding="utf-8")))
+            config = ModelConfig.from_dict(read_json_object(out / "llama.json", error=UsageError))
         else:
             config = settings.model_config(tokenizer.vocab_size)
         stream = data.pack(documents, tokenizer)
         key = data.fingerprint(stream)
-        if resume and json.loads((out / TRAIN_FILE).read_text(encoding="utf-8"))["corpus"].get("fingerprint") != key:
+        corpus = read_json_object(out / TRAIN_FILE, error=UsageError).get("corpus") if resume else None
+        if resume and (corpus.get("fingerprint") if isinstance(corpus, dict) else None) != key:
             raise UsageError("--resume: the training data differ from the run's; give the same files (or none, to reuse the run's paths)")
         train, val = data.split_holdout(stream, settings.val_fraction, config.context_length, dist.world)
         baseline = data.unigram_baseline(train, val, config.vocab_size)

@@ -36,6 +36,7 @@ from torch import nn
 
 from .distributed import Dist, full_state, gradient_sync, load_optimizer_state, optimizer_state, wrap
 from .errors import UsageError
+from .textio import read_json_object
 from .train_settings import LoopSettings as LoopSettings  # noqa: PLC0414 (re-exported: defined torch-free in train_settings.py)
 
 STATE_FILE = "train_state.pt"  # weights being trained, optimizer state, step: what --resume reads
@@ -118,7 +119,10 @@ def saved_settings(out: Path, filename: str, run: str) -> dict[str, Any]:
     path = out / filename
     if not path.is_file():
         raise UsageError(f"--resume: {out} holds no {run} run ({filename} is missing)")
-    return json.loads(path.read_text(encoding="utf-8"))["settings"]
+    settings = read_json_object(path, error=UsageError).get("settings")
+    if not isinstance(settings, dict):
+        raise UsageError(f"--resume: {path} holds no settings (a damaged file?); start the run again in another --out")
+    return settings
 
 
 def load_state(out: Path) -> dict[str, Any]:
@@ -128,7 +132,8 @@ def load_state(out: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 (a truncated or foreign file: torch raises many kinds)
-        raise UsageError(f"--resume: cannot read {path}: {error}") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--resume: cannot read {path}: {first}") from None
 
 
 def check_resumable(saved: LoopSettings, now: LoopSettings) -> None:
@@ -145,8 +150,18 @@ def rewrite_metrics(out: Path, up_to: int) -> None:
     """Keep the metrics of steps <= up_to (a resumed run logs the later ones again)."""
     path = out / METRICS_FILE
     if path.is_file():
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= up_to]
+        kept = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if _step_of(line) <= up_to]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _step_of(line: str) -> float:
+    """A metrics line's step; a damaged line (a run killed mid-write) counts as past every step, so it is dropped."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return math.inf
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else math.inf
 
 
 # ---------------------------------------------------------------- progress

@@ -251,3 +251,21 @@ def test_a_context_beyond_the_models_is_cut_with_a_warning() -> None:
     assert context_window(None, 8192) == 8192 and context_window(512, 8192) == 512
     with pytest.warns(UserWarning, match="a context of 1,000,000,000 tokens is beyond the model's 8,192; using 8,192"):
         assert context_window(10**9, 8192) == 8192
+
+
+def test_a_damaged_run_folder_is_a_clear_error_on_resume(tmp_path: Path) -> None:
+    from llama_cli.trainer import load_state, rewrite_metrics, saved_settings
+
+    (tmp_path / "train.json").write_text('{"settings": {"preset": "ti')  # killed mid-write
+    with pytest.raises(UsageError, match=r"cannot read .*train\.json: Unterminated string"):
+        saved_settings(tmp_path, "train.json", "training")
+    (tmp_path / "train.json").write_text('{"corpus": {}}')
+    with pytest.raises(UsageError, match="train.json holds no settings"):
+        saved_settings(tmp_path, "train.json", "training")
+    (tmp_path / "train_state.pt").write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(UsageError, match=r"--resume: cannot read .*train_state\.pt") as error:
+        load_state(tmp_path)
+    assert "\n" not in str(error.value)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n{"step": 3, "lo')
+    rewrite_metrics(tmp_path, 2)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n'
