@@ -48,6 +48,8 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise UsageError(f"--lora-rank must be at least 1, got {self.rank}")
+        if not math.isfinite(self.alpha):
+            raise UsageError(f"--lora-alpha must be a finite number, got {self.alpha}")
         unknown = [t for t in self.targets if t not in TARGET_PATHS]
         if unknown or not self.targets:
             raise UsageError(f"unknown --lora-targets {', '.join(unknown) or '(none)'}; choose from {', '.join(TARGET_PATHS)}")
@@ -134,9 +136,9 @@ class Adapter:
     def check_base(self, config: ModelConfig, source: object) -> None:
         """Refuse a model of another shape than the one the adapter was trained on."""
         shape = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
-        base = ModelConfig.from_dict(self.base_config) if self.base_config else None
-        if base is not None and any(getattr(base, k) != getattr(config, k) for k in shape):
-            theirs = ", ".join(f"{k} {getattr(base, k)}" for k in shape)
+        base = self.base_config  # only its shape is compared: other fields (a newer version's) do not matter here
+        if base and any(base.get(k) != getattr(config, k) for k in shape):
+            theirs = ", ".join(f"{k} {base.get(k)}" for k in shape)
             ours = ", ".join(f"{k} {getattr(config, k)}" for k in shape)
             raise AdapterError(f"the adapter was trained on another model ({theirs}); {source} has {ours}")
 

@@ -269,3 +269,14 @@ def test_a_damaged_run_folder_is_a_clear_error_on_resume(tmp_path: Path) -> None
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n{"step": 3, "lo')
     rewrite_metrics(tmp_path, 2)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n'
+
+
+def test_an_adapter_with_nan_alpha_is_refused_and_unknown_base_fields_are_ignored() -> None:
+    from llama_cli.config import ModelConfig
+    from llama_cli.lora import Adapter, LoRAConfig
+
+    with pytest.raises(UsageError, match="--lora-alpha must be a finite number, got nan"):
+        LoRAConfig(alpha=float("nan"))
+    shape = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128, "vocab_size": 300}
+    config = ModelConfig(**shape, rope_theta=10000.0, context_length=64)
+    Adapter(LoRAConfig(), {}, {**shape, "a_field_from_a_newer_version": 3}).check_base(config, "the model")
