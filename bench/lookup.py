@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2000, help="document length to assemble (default 2000)")
     parser.add_argument("-n", "--max-tokens", type=int, default=200)
     parser.add_argument("--lookup", type=int, default=SUMMARIZE.lookup, help="most drafted tokens per step")
-    parser.add_argument("--dtype", action="append", default=None, help="auto (the fast path on CPU) and/or float32; repeatable (default: both)")
+    parser.add_argument(
+        "--dtype", action="append", default=None, help="auto (the fast path on CPU) and/or float32; repeatable (default: both)"
+    )
     parser.add_argument("-r", "--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -68,7 +70,11 @@ def main() -> None:
     text = args.file.read_text() if args.file else document(first, args.tokens)
     prompt = first.encode_chat(SUMMARIZE.messages(text=text, **summary_fields(length="medium")))
     plain = GenerationSettings(max_tokens=args.max_tokens, sampling=SamplingSettings(temperature=0))
-    runs = [(dtype, name, settings) for dtype in models for name, settings in (("plain", plain), ("lookup", dataclasses.replace(plain, lookup=args.lookup)))]
+    runs = [
+        (dtype, name, settings)
+        for dtype in models
+        for name, settings in (("plain", plain), ("lookup", dataclasses.replace(plain, lookup=args.lookup)))
+    ]
 
     wall: dict[tuple[str, str], list[float]] = {(d, n): [] for d, n, _ in runs}
     cpu: dict[tuple[str, str], list[float]] = {(d, n): [] for d, n, _ in runs}
@@ -86,7 +92,10 @@ def main() -> None:
                 if name == "lookup":
                     counts[dtype] = (generation.stats.accepted_tokens, generation.stats.drafted_tokens)
 
-    print(f"model: {first.checkpoint.source.name}  threads: {torch.get_num_threads()}  prompt: {len(prompt)} tokens  summary: {plain.max_tokens} tokens at most  repeats: {args.repeats}")
+    print(
+        f"model: {first.checkpoint.source.name}  threads: {torch.get_num_threads()}  prompt: {len(prompt)} tokens  "
+        f"summary: {plain.max_tokens} tokens at most  repeats: {args.repeats}"
+    )
     print("| weights | decoding | tok/s (median, wall) | tok per CPU-second | speedup (wall / CPU) | drafted tokens accepted | same text |")
     print("|---|---|---|---|---|---|---|")
     for dtype, name, _ in runs:
@@ -94,7 +103,11 @@ def main() -> None:
         w0, c0 = statistics.median(wall[dtype, "plain"]), statistics.median(cpu[dtype, "plain"])
         label = "fast path (int4)" if models[dtype].fast else str(models[dtype].dtype).removeprefix("torch.")
         accepted, drafted = counts[dtype]
-        extra = f"{w / w0:.2f}x / {c / c0:.2f}x | {accepted} of {drafted} | {texts[dtype, name] == texts[dtype, 'plain']}" if name == "lookup" else "1.00x | - | -"
+        extra = (
+            f"{w / w0:.2f}x / {c / c0:.2f}x | {accepted} of {drafted} | {texts[dtype, name] == texts[dtype, 'plain']}"
+            if name == "lookup"
+            else "1.00x | - | -"
+        )
         print(f"| {label} | {name if name == 'plain' else f'prompt lookup ({args.lookup})'} | {w:.1f} | {c:.1f} | {extra} |")
 
 
