@@ -65,8 +65,9 @@ class ChatHistory:
         checked = parse_messages([dict(m) for m in messages], "the conversation")
         if checked:  # some templates cannot render no messages at all (Llama 3.1 with tools reads messages[0])
             start = 1 if checked[0]["role"] == "system" else 0
-            turns = _turn_starts(checked, start)
-            self._encode([*checked[:start], *checked[turns[self._first_turn_by_length(checked, turns)] :]])  # the part that can fit
+            turns = _turn_starts(checked, start)  # none when the conversation is a system message alone
+            tail = checked[turns[self._first_turn_by_length(checked, turns)] :] if turns else []
+            self._encode([*checked[:start], *tail])  # the part that can fit
         self.messages = checked
 
     def load_file(self, path: str | Path) -> int:

@@ -280,3 +280,24 @@ def test_an_adapter_with_nan_alpha_is_refused_and_unknown_base_fields_are_ignore
     shape = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128, "vocab_size": 300}
     config = ModelConfig(**shape, rope_theta=10000.0, context_length=64)
     Adapter(LoRAConfig(), {}, {**shape, "a_field_from_a_newer_version": 3}).check_base(config, "the model")
+
+
+def test_old_turns_are_dropped_as_one_at_a_time_would_and_a_system_message_alone_loads() -> None:
+    from llama_cli.chat_history import ChatHistory
+
+    class Counted(ChatHistory):  # a token per character: sizes are easy to follow
+        context, max_tokens = 400, 50
+
+        def _encode(self, messages):  # type: ignore[no-untyped-def]
+            return [0] * sum(len(m["content"]) + 4 for m in messages)
+
+    history = Counted()
+    history.load([{"role": "system", "content": "Be brief."}])  # no turn at all
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "x" * (i % 7) * 9} for i in range(200)]
+    history.load([{"role": "system", "content": "Be brief."}, *turns])
+    messages, ids, dropped, room = history.fit("and now?")
+    one_at_a_time = [history.messages[0], *turns, {"role": "user", "content": "and now?"}]
+    while len(history._encode(one_at_a_time)) + 50 > 400:
+        del one_at_a_time[1:3]  # the oldest turn: a user message and its reply
+    assert messages == one_at_a_time and ids == history._encode(messages) and room == 50
+    assert dropped == len(turns) + 2 - len(one_at_a_time)  # of the system message, the turns and the new message
