@@ -174,9 +174,13 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
 
 def _bounded_filter(function: Any) -> Any:
+    """`function` with its arguments checked; not the value filtered, which comes first (after the
+    context or environment, for filters jinja2 passes one to)."""
+    arguments_from = 2 if getattr(function, "jinja_pass_arg", None) is not None else 1
+
     @functools.wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        for value in (*args[1:], *kwargs.values()):  # args[0] is the value filtered (or the context)
+        for value in (*args[arguments_from:], *kwargs.values()):
             _check_size(value)
         return function(*args, **kwargs)
 

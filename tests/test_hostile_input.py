@@ -301,3 +301,9 @@ def test_old_turns_are_dropped_as_one_at_a_time_would_and_a_system_message_alone
         del one_at_a_time[1:3]  # the oldest turn: a user message and its reply
     assert messages == one_at_a_time and ids == history._encode(messages) and room == 50
     assert dropped == len(turns) + 2 - len(one_at_a_time)  # of the system message, the turns and the new message
+
+
+def test_a_large_number_a_template_only_prints_is_not_refused() -> None:
+    from llama_cli.chat_template import render_chat
+
+    assert render_chat("{{ 12345678901 | string }} {{ 12345678901 | truncate(20) }}", []) == "12345678901 12345678901"
