@@ -306,4 +306,5 @@ def test_old_turns_are_dropped_as_one_at_a_time_would_and_a_system_message_alone
 def test_a_large_number_a_template_only_prints_is_not_refused() -> None:
     from llama_cli.chat_template import render_chat
 
-    assert render_chat("{{ 12345678901 | string }} {{ 12345678901 | truncate(20) }}", []) == "12345678901 12345678901"
+    # `attr` is a filter jinja2 passes the environment to: the number is its value, not an argument.
+    assert render_chat("{{ 12345678901 | string }} {{ 12345678901 | attr('real') }}", []) == "12345678901 12345678901"
