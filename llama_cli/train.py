@@ -193,10 +193,10 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
             fixed, per_sequence = training_bytes(shape)
             batch = settings.loop.batch_size
             what = f"training {parameter_count(shape):,} parameters with --batch-size {batch}"
-            device = {"device_type": dist.device.type, "index": dist.device.index}
-            check_fits(what, fixed, **device)
-            needed = fixed + batch * per_sequence
-            check_fits(what, needed, per_unit=per_sequence, unit="sequences per batch", base=fixed, **device)
+            check_fits(
+                what, fixed + batch * per_sequence, per_unit=per_sequence, unit="sequences per batch", base=fixed,
+                device_type=dist.device.type, index=dist.device.index,
+            )  # fmt: skip
         tokenizer, chat_template = _tokenizer(settings, documents, dist, resume=resume)
         if resume:
             config = ModelConfig.from_dict(read_json_object(out / "llama.json", error=UsageError))
