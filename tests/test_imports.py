@@ -136,3 +136,18 @@ def test_usage_errors_and_help_come_before_torch(args: list[str]) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr
+
+
+def test_every_data_file_of_the_package_ships_in_the_wheel() -> None:
+    """Files under llama_cli/ that are not Python (the kernels' C sources) reach an installed copy
+    only through package-data: a non-editable install without them cannot build the kernels."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).parents[1]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = [f"{package.replace('.', '/')}/{pattern}" for package, patterns in package_data.items() for pattern in patterns]
+    data = [p.relative_to(root).as_posix() for p in (root / "llama_cli").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert data  # the C sources at least
+    for name in data:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in shipped), f"{name} is not in [tool.setuptools.package-data]"
