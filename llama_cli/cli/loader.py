@@ -34,6 +34,7 @@ class ModelLoader:
     def load(self, options: ModelOptions) -> LLM:
         from ..errors import UsageError
         from ..lora import ADAPTER_CONFIG
+        from ..progress import Reporter
         from ..registry import resolve_model
 
         path = resolve_model(options.model)
@@ -41,7 +42,8 @@ class ModelLoader:
             raise UsageError(
                 f"{path} is a LoRA adapter, not a model: give it as --adapter {path} (with -m its base model, if not the default)"
             )
-        return _load_path(str(path), options.dtype, options.device, options.threads, options.no_cache, options.adapter)
+        with Reporter().wait(f"loading {path}"):  # a first load of a big file converts and caches it: seconds
+            return _load_path(str(path), options.dtype, options.device, options.threads, options.no_cache, options.adapter)
 
 
 class FixedModel(ModelLoader):

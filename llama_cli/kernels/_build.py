@@ -24,9 +24,10 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from ..progress import Reporter
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 LIB_NAME = "libllk.so"
@@ -145,11 +146,10 @@ class _Builder:
             raise KernelBuildError(f"the C kernels failed to compile: {failure}")
 
 
-def _announce(types: list[str], core: bool) -> None:
-    """One line on a terminal while the compiler runs (seconds, once per machine and version)."""
-    if sys.stderr.isatty():
-        what = ", ".join((["the core"] if core else []) + types)
-        print(f"llama: compiling the C kernels for this CPU ({what}); once per machine", file=sys.stderr, flush=True)
+def _describe(types: list[str], core: bool) -> str:
+    """What a build compiles, for the progress shown when it lasts more than a couple of seconds."""
+    what = ", ".join((["the core"] if core else []) + types)
+    return f"compiling the C kernels for this CPU ({what}); once per machine"
 
 
 def load(types: dict[str, int] | None = None) -> tuple[ctypes.CDLL, dict[str, ctypes.CDLL]]:
@@ -166,12 +166,12 @@ def load(types: dict[str, int] | None = None) -> tuple[ctypes.CDLL, dict[str, ct
     core_missing = not (folder / LIB_NAME).exists()
     missing = {name: tid for name, tid in types.items() if not (folder / type_lib_name(name)).exists()}
     if core_missing or missing:
-        _announce(sorted(missing), core_missing)
-        try:
-            _Builder(cc, folder).build(core_missing, missing)
-        except OSError:  # unwritable cache: build everything into a private temporary folder
-            folder = Path(tempfile.mkdtemp(prefix="llama-kernels-"))
-            _Builder(cc, folder).build(True, types)
+        with Reporter().wait(_describe(sorted(missing), core_missing)):
+            try:
+                _Builder(cc, folder).build(core_missing, missing)
+            except OSError:  # unwritable cache: build everything into a private temporary folder
+                folder = Path(tempfile.mkdtemp(prefix="llama-kernels-"))
+                _Builder(cc, folder).build(True, types)
     core = _open(folder / LIB_NAME)
     _declare(core)
     per_type = {}
