@@ -766,3 +766,94 @@ def test_a_new_entry_replaces_the_old_one_of_the_same_file(tmp_path: Path, priva
     os.utime(path, ns=(1, 1_000_000_000))
     load_checkpoint(path)
     assert len(list((private_cache / "gguf").iterdir())) == 1  # entries of changed files do not pile up
+
+
+# ---------------------------------------------------------------- `llama show` without torch
+
+
+def write_folder(fmt: str, folder: Path, weights: dict[str, torch.Tensor]) -> Path:
+    if fmt.startswith("hf"):
+        half = {k: v.to(torch.bfloat16) for k, v in weights.items()} if fmt == "hf-bf16" else weights
+        return write_hf(folder, TINY, half, shards=3 if fmt == "hf-sharded" else 1)
+    if fmt.startswith("meta"):
+        return write_meta(folder, TINY, weights, shards=2 if fmt == "meta-2-shards" else 1)
+    hf = load_checkpoint(write_hf(folder.with_name(folder.name + "-hf"), TINY, weights))
+    save_native(
+        folder, hf.config, hf.weights, hf.tokenizer, hf.chat_template, origin={"quantization": "Q4_1"} if fmt == "native-q" else None
+    )
+    return folder
+
+
+def show_json(path: Path) -> dict[str, Any]:
+    from typer.testing import CliRunner
+
+    from llama_cli.cli import app
+
+    result = CliRunner().invoke(app, ["show", "--json", "-m", str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "hf-sharded", "hf-bf16", "meta", "meta-2-shards", "native", "native-q"])
+def test_show_reads_a_folder_as_loading_does(
+    fmt: str, tmp_path: Path, weights: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llama_cli.weights
+
+    folder = write_folder(fmt, tmp_path / fmt, weights)
+    inside = {"hf": "config.json", "meta": "params.json", "native": "model.safetensors"}[fmt.split("-")[0]]  # a file names its folder
+    info, checkpoint = llama_cli.weights.describe_folder(folder / inside), load_checkpoint(folder)
+    assert info is not None
+    assert (info.config, info.format, info.source, info.quantization) == (
+        checkpoint.config,
+        checkpoint.format,
+        folder,
+        checkpoint.quantization,
+    )
+    assert info.chat_template == checkpoint.chat_template and info.tokenizer.special == checkpoint.tokenizer.special
+    described = show_json(folder)
+    monkeypatch.setattr(llama_cli.weights, "describe_folder", lambda path: None)  # the loading path `show` took before
+    assert described == show_json(folder)
+
+
+def test_show_refuses_what_loading_refuses(tmp_path: Path, weights: dict[str, torch.Tensor]) -> None:
+    from llama_cli.weights import describe_folder
+
+    cases: list[tuple[Path, str]] = []
+    data = (write_hf(tmp_path / "hf", TINY, weights) / "model.safetensors").read_bytes()
+    for cut in (0, 7, 100, len(data) - 1):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            (folder / name).write_bytes((tmp_path / "hf" / name).read_bytes())
+        (folder / "model.safetensors").write_bytes(data[:cut])
+        cases.append((folder, "truncated or corrupt"))
+    cases.append((write_hf(tmp_path / "ffn", TINY, weights, intermediate_size=96), "config implies"))
+    partial = {k: v for k, v in weights.items() if k != "layers.1.ffn_norm.weight"}
+    cases.append((write_hf(tmp_path / "partial", TINY, partial), r"missing tensors \['layers\.1\.ffn_norm\.weight'\]"))
+    cases.append((write_hf(tmp_path / "int", TINY, {**weights, "norm.weight": torch.ones(64, dtype=torch.int32)}), "is torch.int32"))
+    meta = write_meta(tmp_path / "meta-cut", TINY, weights)
+    (meta / "consolidated.00.pth").write_bytes((meta / "consolidated.00.pth").read_bytes()[:5000])
+    cases.append((meta, "truncated"))
+    meta = write_meta(tmp_path / "meta-object", TINY, weights)
+    torch.save({**torch.load(meta / "consolidated.00.pth"), "path": Path("x")}, meta / "consolidated.00.pth")
+    cases.append((meta, "not tensors only"))
+    for folder, message in cases:
+        with pytest.raises(ModelFormatError, match=message):
+            load_checkpoint(folder)
+        with pytest.raises(ModelFormatError, match=message):
+            describe_folder(folder)
+
+
+def test_show_imports_no_torch(tmp_path: Path, weights: dict[str, torch.Tensor], default_model_path: Path) -> None:
+    import subprocess
+    import sys
+
+    paths = [write_folder(fmt, tmp_path / fmt, weights) for fmt in ("hf", "meta", "native")] + [default_model_path]
+    code = "import sys\nfrom llama_cli.cli import app\nfor path in sys.argv[1:]:\n    try:\n        app(['show', '--json', '-m', path])\n"
+    code += "    except SystemExit as exit:\n        assert not exit.code, exit.code\n"
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [json.loads(line)["format"] for line in result.stdout.splitlines()] == ["huggingface", "meta", "native", "gguf"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "safetensors" in imported and not {m for m in imported if m == "torch" or m.startswith("torch.")}

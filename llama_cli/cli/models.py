@@ -111,10 +111,11 @@ def models(json_output: JsonDocOpt = False) -> None:
 
 def _describe(model: str | None, cache: bool) -> dict[str, Any]:
     from ..registry import resolve_model
-    from ..weights import gguf_file, load_checkpoint
+    from ..weights import describe_folder, gguf_file, load_checkpoint
 
     path = resolve_model(model)
     gguf = gguf_file(path)
+    folder = None if gguf is not None else describe_folder(path)
     if gguf is not None:  # its metadata says it all: no torch, no tensors mapped
         from ..weights.cache import gguf_model_info
         from ..weights.gguf_header import scan_header
@@ -124,6 +125,9 @@ def _describe(model: str | None, cache: bool) -> dict[str, Any]:
         config, tokenizer, template, quantization = info.config, info.tokenizer, info.chat_template, info.quantization
         source, kind = gguf, "gguf"
         quantized = any(t.type.name != "F32" and len(t.shape) == 2 for t in header.tensors.values())  # kept as stored
+    elif folder is not None:  # config, tokenizer files and the tensors' headers: no torch either
+        config, tokenizer, template, quantization = folder.config, folder.tokenizer, folder.chat_template, folder.quantization
+        source, kind, quantized = folder.source, folder.format, False  # folders hold float tensors only
     else:
         checkpoint = load_checkpoint(path, cache=cache)
         config, tokenizer, template, quantization = (

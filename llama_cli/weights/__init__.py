@@ -9,12 +9,14 @@ Formats, by what the path is:
 - a folder with config.json and safetensors: a Hugging Face Llama checkpoint (huggingface.py);
 - a folder with params.json and consolidated.*.pth: a Meta checkpoint (meta.py).
 A file inside such a folder (config.json, model.safetensors, ...) loads its folder.
-Importing this package does not import torch; loading the tensors does.
+Importing this package does not import torch; loading the tensors does. `gguf_file` and
+`describe_folder` say what a model is without loading it (gguf_info.py, folder_info.py: `llama show`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelFormatError, ModelNotFoundError
 from .cache import CacheWarning, cache_root, load_gguf_cached
@@ -22,7 +24,10 @@ from .common import Checkpoint
 from .gguf_header import MAGIC
 from .native import NATIVE_CONFIG, load_native, save_native
 
-__all__ = ["CacheWarning", "Checkpoint", "cache_root", "load_checkpoint", "save_native"]
+if TYPE_CHECKING:
+    from .folder_info import FolderModelInfo
+
+__all__ = ["CacheWarning", "Checkpoint", "cache_root", "describe_folder", "load_checkpoint", "save_native"]
 
 LOOKED_FOR = "llama.json (native), config.json + *.safetensors (Hugging Face), params.json + consolidated.*.pth (Meta), or one *.gguf file"
 FOLDER_FILES = (NATIVE_CONFIG, "config.json", "params.json", "model.safetensors.index.json")
@@ -58,6 +63,25 @@ def gguf_file(path: Path) -> Path | None:
         return None
     ggufs = [p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file()]
     return ggufs[0] if len(ggufs) == 1 else None
+
+
+def describe_folder(path: Path) -> FolderModelInfo | None:
+    """What the native, Hugging Face or Meta folder `load_checkpoint(path)` would load holds, read
+    without torch (folder_info.py); None for anything else (a GGUF, no model, a Meta shard in
+    torch's pre-1.6 format): load those."""
+    path = Path(path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if folder is not path and not (path.is_file() and (path.name in FOLDER_FILES or path.suffix.lower() in FOLDER_SUFFIXES)):
+        return None
+    if not any((folder / name).is_file() for name in (NATIVE_CONFIG, "config.json", "params.json")):
+        return None
+    from .folder_info import read_folder_info
+    from .tensor_shapes import NotReadableWithoutTorch
+
+    try:
+        return read_folder_info(folder)
+    except NotReadableWithoutTorch:
+        return None
 
 
 def _load_folder(folder: Path, *, cache: bool) -> Checkpoint:

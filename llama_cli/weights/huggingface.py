@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from ..config import ModelConfig
 from ..errors import ModelFormatError
-from ..tokenizer import chat_template_from_folder, load_tokenizer
+from ..tokenizer import Tokenizer, chat_template_from_folder, load_tokenizer
 from .common import Checkpoint, check_tokenizer, check_weights, dtype_label, read_json, rename, rope_scaling_from_dict
+from .tensor_shapes import TensorShape, safetensors_shapes
+
+if TYPE_CHECKING:  # torch comes with the tensors (safe_open's "pt"): describing a folder needs none
+    import torch
+
+T = TypeVar("T")  # a tensor, or its TensorShape (folder_info.py)
 
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 
@@ -40,21 +45,31 @@ HF_NAMES = {
 HF_IGNORED = ("model.layers.{i}.self_attn.rotary_emb.inv_freq",)  # a buffer older transformers saved
 
 
-def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of model.safetensors, or of the shards model.safetensors.index.json lists (memory-mapped)."""
+def safetensors_files(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """(weight_map, files): model.safetensors alone, or the shards model.safetensors.index.json lists."""
     index_path = folder / INDEX
     if index_path.is_file():
         weight_map = read_json(index_path).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) and Path(f).name == f for f in weight_map.values()):
             raise ModelFormatError(f"{index_path}: no valid weight_map (tensor name -> shard file in this folder)")
-        files = sorted(set(weight_map.values()))
-    elif (folder / SINGLE).is_file():
-        weight_map, files = {}, [SINGLE]
-    else:
-        found = ", ".join(sorted(p.name for p in folder.glob("*.bin"))) or "none"
-        raise ModelFormatError(
-            f"{folder}: no {SINGLE} or {INDEX} (pickled .bin weights are not loaded: {found}); convert the weights to safetensors"
-        )
+        return weight_map, sorted(set(weight_map.values()))
+    if (folder / SINGLE).is_file():
+        return {}, [SINGLE]
+    found = ", ".join(sorted(p.name for p in folder.glob("*.bin"))) or "none"
+    raise ModelFormatError(
+        f"{folder}: no {SINGLE} or {INDEX} (pickled .bin weights are not loaded: {found}); convert the weights to safetensors"
+    )
+
+
+def _check_all_found(folder: Path, weight_map: Mapping[str, str], found: Mapping[str, object]) -> None:
+    missing = sorted(set(weight_map) - set(found))
+    if missing:
+        raise ModelFormatError(f"{folder / INDEX}: tensors {missing[:3]} are listed but in no shard ({len(missing)} in all)")
+
+
+def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors, or of the shards model.safetensors.index.json lists (memory-mapped)."""
+    weight_map, files = safetensors_files(folder)
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
         path = folder / name
@@ -64,10 +79,18 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
                     tensors[key] = shard.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelFormatError(f"{path}: unreadable safetensors file ({exc}); it is truncated or corrupt, download it again") from exc
-    missing = sorted(set(weight_map) - set(tensors))
-    if missing:
-        raise ModelFormatError(f"{index_path}: tensors {missing[:3]} are listed but in no shard ({len(missing)} in all)")
+    _check_all_found(folder, weight_map, tensors)
     return tensors
+
+
+def folder_tensor_shapes(folder: Path) -> dict[str, TensorShape]:
+    """What load_safetensors would give, as shapes and dtypes from the files' headers (no torch, no data)."""
+    weight_map, files = safetensors_files(folder)
+    shapes: dict[str, TensorShape] = {}
+    for name in files:
+        shapes.update(safetensors_shapes(folder / name))
+    _check_all_found(folder, weight_map, shapes)
+    return shapes
 
 
 # ---------------------------------------------------------------- Hugging Face
@@ -109,17 +132,32 @@ def config_from_hf(cfg: Mapping[str, Any], path: Path) -> ModelConfig:
 
 
 def load_huggingface(folder: Path) -> Checkpoint:
-    config = config_from_hf(read_json(folder / "config.json"), folder / "config.json")
-    tensors = load_safetensors(folder)
-    names = rename(tensors, HF_NAMES, ignore=HF_IGNORED, source=folder)
-    if config.tie_embeddings:
-        names.pop("output.weight", None)  # some tied checkpoints store a copy of the embedding
-    weights = {internal: tensors[name] for internal, name in names.items()}
+    config = hf_config(folder)
+    weights = hf_weights(config, load_safetensors(folder), folder)
     return finish_checkpoint(folder, config, weights, "huggingface", dtype_label(weights))
 
 
+def hf_config(folder: Path) -> ModelConfig:
+    return config_from_hf(read_json(folder / "config.json"), folder / "config.json")
+
+
+def hf_weights(config: ModelConfig, tensors: Mapping[str, T], folder: Path) -> dict[str, T]:
+    """The folder's tensors (or their shapes) under internal names."""
+    names = rename(tensors, HF_NAMES, ignore=HF_IGNORED, source=folder)
+    if config.tie_embeddings:
+        names.pop("output.weight", None)  # some tied checkpoints store a copy of the embedding
+    return {internal: tensors[name] for internal, name in names.items()}
+
+
 def finish_checkpoint(folder: Path, config: ModelConfig, weights: dict[str, torch.Tensor], kind: str, quantization: str) -> Checkpoint:
+    tokenizer, template = checked_text(folder, config, weights)
+    return Checkpoint(config, weights, tokenizer, template, folder, kind, quantization)  # type: ignore[arg-type]
+
+
+def checked_text(folder: Path, config: ModelConfig, weights: Mapping[str, Any]) -> tuple[Tokenizer, str | None]:
+    """The folder's tokenizer and chat template, once its weights (tensors or shapes) and then the
+    tokenizer are checked against the config."""
     check_weights(config, weights, folder)
     tokenizer = load_tokenizer(folder)
     check_tokenizer(config, tokenizer, folder)
-    return Checkpoint(config, weights, tokenizer, chat_template_from_folder(folder), folder, kind, quantization)
+    return tokenizer, chat_template_from_folder(folder)

@@ -13,17 +13,17 @@ convert_llama_weights_to_hf.py for the shard layout and the q/k permutation.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig, RopeScaling
 from ..errors import ModelFormatError
-from ..tokenizer import chat_template_from_folder, load_tokenizer
-from .common import Checkpoint, check_layer_count, check_tokenizer, check_weights, dtype_label, rename, to_rotate_half
-from .huggingface import read_json
+from .common import Checkpoint, check_layer_count, dtype_label, rename, to_rotate_half
+from .huggingface import checked_text, read_json
+
+if TYPE_CHECKING:  # torch loads the shards; describing a folder (folder_info.py) reads their shapes without it
+    import torch
 
 # Meta's names are the internal ones; the table still lists them so a stray tensor is caught.
 META_NAMES = {
@@ -39,23 +39,35 @@ ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight")  # split along 
 
 
 def load_meta(folder: Path) -> Checkpoint:
+    import torch
+
     params = read_json(folder / "params.json")
+    merged = merge_shards([_load_shard(p) for p in shard_paths(folder)], params, folder, cat=torch.cat)
+    config, weights = meta_weights(params, merged, folder)
+    to_rotate_half(weights, config)  # Meta's rotary kernel pairs adjacent rows (complex numbers)
+    tokenizer, template = checked_text(folder, config, weights)
+    return Checkpoint(config, weights, tokenizer, template, folder, "meta", dtype_label(weights))  # type: ignore[arg-type]
+
+
+def shard_paths(folder: Path) -> list[Path]:
     paths = sorted(folder.glob("consolidated.*.pth"))
     if not paths:
         raise ModelFormatError(f"{folder}: params.json but no consolidated.*.pth weights")
-    merged = merge_shards([_load_shard(p) for p in paths], params, folder)
+    return paths
+
+
+def meta_weights(params: Mapping[str, Any], merged: Mapping[str, Any], folder: Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The config, and the merged tensors (or their shapes) under internal names."""
     names = rename(merged, META_NAMES, ignore=META_IGNORED, source=folder)
     weights = {internal: merged[name] for internal, name in names.items()}
     config = config_from_params(params, weights, folder)
     check_layer_count(config, len(weights), folder)
-    to_rotate_half(weights, config)  # Meta's rotary kernel pairs adjacent rows (complex numbers)
-    check_weights(config, weights, folder)
-    tokenizer = load_tokenizer(folder)
-    check_tokenizer(config, tokenizer, folder)
-    return Checkpoint(config, weights, tokenizer, chat_template_from_folder(folder), folder, "meta", dtype_label(weights))
+    return config, weights
 
 
 def _load_shard(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
@@ -68,27 +80,29 @@ def _load_shard(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def merge_shards(shards: list[dict[str, torch.Tensor]], params: Mapping[str, Any], folder: Path) -> dict[str, torch.Tensor]:
-    """One state dict from model-parallel shards (a single shard is returned as is, still memory-mapped)."""
+def merge_shards(shards: list[dict[str, Any]], params: Mapping[str, Any], folder: Path, *, cat: Callable[..., Any]) -> dict[str, Any]:
+    """One state dict from model-parallel shards (a single shard is returned as is, still memory-mapped).
+
+    `cat(parts, dim=)` joins a split tensor: torch.cat, or tensor_shapes.cat_shapes for shapes."""
     if len(shards) == 1:
         return shards[0]
     if any(set(s) != set(shards[0]) for s in shards):
         raise ModelFormatError(f"{folder}: the consolidated.*.pth shards hold different tensor names")
-    merged: dict[str, torch.Tensor] = {}
+    merged: dict[str, Any] = {}
     for name, first in shards[0].items():
         parts = [s[name] for s in shards]
         if first.dim() < 2:  # norms, rope.freqs: replicated on every shard
             merged[name] = first
         elif name.endswith(ROW_PARALLEL):
-            merged[name] = torch.cat(parts, dim=1)
+            merged[name] = cat(parts, dim=1)
         elif name == "tok_embeddings.weight" and first.shape[1] != params.get("dim"):
-            merged[name] = torch.cat(parts, dim=1)  # LLaMA 1/2 ParallelEmbedding splits the width
+            merged[name] = cat(parts, dim=1)  # LLaMA 1/2 ParallelEmbedding splits the width
         else:
-            merged[name] = torch.cat(parts, dim=0)  # column-parallel, and Llama 3's vocab-parallel embedding
+            merged[name] = cat(parts, dim=0)  # column-parallel, and Llama 3's vocab-parallel embedding
     return merged
 
 
-def config_from_params(params: Mapping[str, Any], weights: Mapping[str, torch.Tensor], folder: Path) -> ModelConfig:
+def config_from_params(params: Mapping[str, Any], weights: Mapping[str, Any], folder: Path) -> ModelConfig:
     """ModelConfig from params.json; vocabulary and FFN width come from the tensors.
 
     params.json has no context length: `max_seq_len` if present, else 131072 for scaled-rope

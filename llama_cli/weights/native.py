@@ -29,14 +29,23 @@ def load_native(folder: Path) -> Checkpoint:
     """A folder `save_native` wrote; `quantization` comes from origin.json when it was converted."""
     from .huggingface import finish_checkpoint, load_safetensors
 
+    config = native_config(folder)
+    weights = load_safetensors(folder)
+    return finish_checkpoint(folder, config, weights, "native", native_label(folder, weights))
+
+
+def native_config(folder: Path) -> ModelConfig:
     try:
-        config = ModelConfig.from_dict(read_json(folder / NATIVE_CONFIG))
+        return ModelConfig.from_dict(read_json(folder / NATIVE_CONFIG))
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise ModelFormatError(f"{folder / NATIVE_CONFIG}: not a valid model config: {exc}") from exc
-    weights = load_safetensors(folder)
+
+
+def native_label(folder: Path, weights: Mapping[str, Any]) -> str:
+    """The storage type: origin.json's (a converted GGUF's), else that of most of `weights` (tensors or shapes)."""
     origin = read_json(folder / ORIGIN) if (folder / ORIGIN).is_file() else {}
     label = origin.get("quantization")
-    return finish_checkpoint(folder, config, weights, "native", label if isinstance(label, str) else dtype_label(weights))
+    return label if isinstance(label, str) else dtype_label(weights)
 
 
 def save_native(
