@@ -1,8 +1,16 @@
-"""Choosing the next token: pure functions over a logits vector.
+"""Choosing the next token: pure functions over logits.
 
 Each filter takes logits (vocab,) and returns logits with the excluded tokens set to -inf; nothing
-here keeps state. Randomness comes only from the `torch.Generator` passed in, so a seed reproduces
-a run exactly. Temperature 0 means greedy (argmax) and ignores the other filters.
+here keeps state. Randomness comes only from the `torch.Generator`s passed in, one per row, so a
+seed reproduces a run exactly and a row's token never depends on the other rows of its batch.
+Temperature 0 means greedy (argmax) and ignores the other filters.
+
+With top-k on (the default, 40), a row is sampled among its k survivors only: one `topk` over the
+vocabulary, then temperature, top-p and min-p over those k values (already sorted, so top-p needs
+no sort of the vocabulary) and a k-way draw, for all rows of a step at once. Over the whole
+vocabulary the same filters cost ~5 ms a row (a sort and a 49k-way multinomial), a quarter of a
+batched decode step on the default model. With top-k off (0) every token stays a candidate and
+the whole-vocabulary path below runs, one row at a time.
 """
 
 from __future__ import annotations
@@ -72,11 +80,44 @@ def sampling_distribution(logits: torch.Tensor, s: SamplingSettings) -> torch.Te
     return scaled.softmax(-1)
 
 
-def sample(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None, counts: torch.Tensor | None = None) -> int:
-    """One token id from logits (vocab,). `counts` (vocab,) feeds the penalties when they are on."""
+def survivor_distribution(values: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """The probabilities (rows, k) over each row's top-k logits `values` (rows, k), sorted most likely
+    first: temperature, then top-p and min-p as `sampling_distribution` applies them to the vocabulary."""
+    scaled = values.float() / s.temperature
+    if s.top_p < 1.0:
+        probs = scaled.softmax(-1)
+        scaled = scaled.masked_fill((probs.cumsum(-1) - probs) >= s.top_p, float("-inf"))  # the rule of top_p_filter
+    if s.min_p > 0.0:
+        probs = scaled.softmax(-1)
+        scaled = scaled.masked_fill(probs < s.min_p * probs.amax(-1, keepdim=True), float("-inf"))
+    return scaled.softmax(-1)
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One index per row of probs (rows, k) by inverse CDF; row i's uniform comes from generators[i] alone."""
+    uniform = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])  # (rows,)
+    cdf = probs.double().cumsum(-1)  # (rows, k)
+    picked = (cdf <= (uniform * cdf[:, -1])[:, None]).sum(-1)  # the first index whose cdf passes the uniform's share
+    return torch.minimum(picked, (probs > 0).sum(-1) - 1)  # rounding may reach the total: stay on a possible token
+
+
+def sample_rows(
+    logits: torch.Tensor, s: SamplingSettings, generators: Sequence[torch.Generator | None], counts: torch.Tensor | None = None
+) -> list[int]:
+    """One token id per row of logits (rows, vocab), every row under the same settings, row i drawing
+    from generators[i]. `counts` (rows, vocab) feeds the penalties when they are on; they apply to
+    the whole vocabulary before top-k, as they can move a token into or out of the k best."""
     if counts is not None and s.uses_penalties:
         logits = apply_penalties(logits, counts, s)
     if s.greedy:
-        return int(torch.argmax(logits))
-    probs = sampling_distribution(logits, s)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        return torch.argmax(logits, dim=-1).tolist()
+    if not 0 < s.top_k < logits.shape[-1]:  # every token a candidate: the whole-vocabulary distribution
+        return [int(torch.multinomial(sampling_distribution(row, s), 1, generator=g)) for row, g in zip(logits, generators)]
+    values, ids = torch.topk(logits.float(), s.top_k)  # (rows, k), most likely first
+    chosen = draw(survivor_distribution(values, s), generators)  # (rows,)
+    return ids.gather(-1, chosen[:, None])[:, 0].tolist()
+
+
+def sample(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None, counts: torch.Tensor | None = None) -> int:
+    """One token id from logits (vocab,). `counts` (vocab,) feeds the penalties when they are on."""
+    return sample_rows(logits[None], s, [generator], None if counts is None else counts[None])[0]

@@ -13,6 +13,7 @@ from llama_cli.sampling import (
     apply_penalties,
     min_p_filter,
     sample,
+    sample_rows,
     sampling_distribution,
     top_k_filter,
     top_p_filter,
@@ -81,6 +82,8 @@ def test_penalties_can_change_the_greedy_choice() -> None:
     (SamplingSettings(temperature=1.0, top_p=0.8, top_k=0, min_p=0.0), {0, 1, 2}),
     (SamplingSettings(temperature=1.0, min_p=0.25, top_k=0, top_p=1.0), {0, 1, 2}),
     (SamplingSettings(temperature=1.5, top_k=2, top_p=1.0, min_p=0.0), {0, 1}),
+    (SamplingSettings(temperature=1.0, top_k=4, top_p=0.85, min_p=0.0), {0, 1, 2}),  # top-p over the k survivors
+    (SamplingSettings(temperature=0.7, top_k=4, top_p=1.0, min_p=0.1), {0, 1, 2}),  # min-p over the k survivors
 ])  # fmt: skip
 def test_sampling_never_leaves_the_allowed_set(settings: SamplingSettings, allowed: set[int]) -> None:
     generator = torch.Generator().manual_seed(0)
@@ -98,6 +101,29 @@ def test_same_seed_same_draws() -> None:
     b = [sample(LOGITS, s, g) for g in [torch.Generator().manual_seed(7)] for _ in range(50)]
     c = [sample(LOGITS, s, g) for g in [torch.Generator().manual_seed(8)] for _ in range(50)]
     assert a == b and a != c
+
+
+ROWS = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3  # (rows, vocab)
+
+
+@pytest.mark.parametrize("settings", [
+    SamplingSettings(),  # top-k 40: the survivors' path
+    SamplingSettings(temperature=1.2, top_k=5, top_p=0.6, min_p=0.1, presence_penalty=0.5, repetition_penalty=1.3),
+    SamplingSettings(top_k=0),  # the whole vocabulary
+    SamplingSettings(temperature=0, frequency_penalty=0.4),
+])  # fmt: skip
+def test_rows_sampled_together_equal_rows_sampled_alone(settings: SamplingSettings) -> None:
+    """What lets a server's batch, `--samples` and a lone request give the same tokens: a row's draw
+    depends on its logits and its own generator, not on the rows beside it."""
+    counts = (ROWS > 2.5).to(torch.int32)
+    together_gens = [torch.Generator().manual_seed(i) for i in range(len(ROWS))]
+    alone_gens = [torch.Generator().manual_seed(i) for i in range(len(ROWS))]
+    steps = []
+    for _ in range(20):
+        together = sample_rows(ROWS, settings, together_gens, counts)
+        assert together == [sample(row, settings, g, c) for row, g, c in zip(ROWS, alone_gens, counts)]
+        steps.append(tuple(together))
+    assert len(set(steps)) == 1 if settings.greedy else len(set(steps)) > 1  # sampled draws do move
 
 
 @pytest.mark.parametrize(
