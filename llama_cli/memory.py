@@ -16,21 +16,43 @@ class MemoryLimitError(UsageError):
 
 
 def available_bytes(device_type: str = "cpu", index: int | None = None) -> int | None:
-    """Memory free for a new allocation on the device (None when unknown: the check is skipped)."""
+    """Memory free for a new allocation on the device (None when unknown: the check is skipped).
+    On the CPU, the lesser of the machine's available memory and what this process's address-space
+    limit (`ulimit -v`, RLIMIT_AS) leaves: past that limit an allocation fails however much the
+    machine has free."""
     if device_type == "cpu":
-        try:
-            with open("/proc/meminfo", encoding="ascii") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
-        return None
+        known = [n for n in (_proc_kilobytes("/proc/meminfo", "MemAvailable:"), _address_space_left()) if n is not None]
+        return min(known) if known else None
     if device_type == "cuda":
         import torch
 
         return int(torch.cuda.mem_get_info(index if index is not None else torch.cuda.current_device())[0])
     return None
+
+
+def _proc_kilobytes(path: str, field: str) -> int | None:
+    """A `field: N kB` line of a /proc file, in bytes (None without /proc: macOS)."""
+    try:
+        with open(path, encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _address_space_left() -> int | None:
+    """Bytes of address space this process may still map under RLIMIT_AS (None when unlimited or unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    mapped = _proc_kilobytes("/proc/self/status", "VmSize:")
+    if limit == resource.RLIM_INFINITY or mapped is None:
+        return None
+    return max(0, limit - mapped)
 
 
 def gigabytes(n: int) -> str:

@@ -299,19 +299,19 @@ def _special_from_folder(
 COUNT_CHUNK = 1 << 20  # characters per piece when counting the tokens of a long text
 
 
-def count_tokens(tokenizer: Tokenizer, text: str) -> int:
-    """len(tokenizer.encode(text)) in bounded memory: `tokenizers` keeps offsets and strings for
+def count_tokens(tokenizer: Tokenizer, text: str, *, bos: bool | None = None) -> int:
+    """len(tokenizer.encode(text, bos=bos)) in bounded memory: `tokenizers` keeps offsets and strings for
     every token (3 GB for 20 MB of text), so a long text is encoded in pieces that end at a single
     line break between two non-space characters, where byte-level BPE pre-tokenizers split anyway.
     sentencepiece returns bare ids (and would add a word-start marker to every piece): one call."""
     if not isinstance(tokenizer, BPETokenizer) or len(text) <= COUNT_CHUNK:
-        return len(tokenizer.encode(text))
+        return len(tokenizer.encode(text, bos=bos))
     total, start = 0, 0
     while start < len(text):
         end = len(text) if len(text) - start <= COUNT_CHUNK else _piece_end(text, start + COUNT_CHUNK)
         total += len(tokenizer.encode(text[start:end], bos=False))
         start = end
-    return total + len(tokenizer.encode("", bos=None))  # the BOS token, when this tokenizer adds one
+    return total + len(tokenizer.encode("", bos=bos))  # the BOS token, when one is added
 
 
 def _piece_end(text: str, at: int) -> int:

@@ -1,6 +1,9 @@
 """Hostile input to the loader and the engine: one clear error, never a hang, a crash or garbage.
 
-In-process (the subprocess matrix is tests/test_bad_input.py): files crafted in fixtures.
+In-process, with files crafted in fixtures, except the cases that once took the whole machine
+(sizes, threads, big inputs, a FIFO, template attacks): those run the command in a child under
+an address-space and CPU limit (limits.py), so a regression fails the test instead of the machine.
+Part of the bad-input matrix (tests/test_bad_input.py holds the rest).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
+from limits import run_limited
 from test_weights import TINY, random_weights, write_gguf
 
 from llama_cli import load
 from llama_cli.api import set_threads
 from llama_cli.errors import ModelFormatError, UsageError
 from llama_cli.weights import load_checkpoint
+
+pytestmark = pytest.mark.bad_input
 
 
 def test_nan_weights_are_an_error_not_nul_bytes(tmp_path: Path) -> None:
@@ -308,3 +314,88 @@ def test_a_large_number_a_template_only_prints_is_not_refused() -> None:
 
     # `attr` is a filter jinja2 passes the environment to: the number is its value, not an argument.
     assert render_chat("{{ 12345678901 | string }} {{ 12345678901 | attr('real') }}", []) == "12345678901 12345678901"
+
+
+def _prose(characters: int) -> str:
+    """`characters` of plain English lines (varied, so BPE does not merge them into a few tokens)."""
+    words = ("the", "harbour", "wall", "was", "built", "of", "granite", "blocks", "carried", "by", "cart", "from", "the", "quarry")
+    line = [" ".join(words[(i * 7 + j) % len(words)] for j in range(15)) + ".\n" for i in range(len(words))]
+    return ("".join(line) * (characters // len("".join(line)) + 1))[:characters]
+
+
+@pytest.fixture(scope="module")
+def hostile_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> dict[str, Path]:
+    """Inputs that once took the machine: big texts and histories, a FIFO, a GGUF claiming a context
+    of 2**40 tokens, a model folder whose chat template builds a 10 GB string."""
+    import json
+
+    root = tmp_path_factory.mktemp("hostile")
+    files = {name: root / name for name in ("text_1mb", "text_2mb", "history", "corpus", "fifo", "huge_context", "template")}
+    files["text_1mb"].write_text(_prose(1_000_000))
+    files["text_2mb"].write_text(_prose(2_000_000))
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": _prose(1000)} for i in range(1000)]
+    files["history"].write_text(json.dumps(turns))  # 1 MB: took 63-81 s before old turns were dropped by bisection
+    files["corpus"].write_text("The harbour wall was built of granite blocks. " * 200)
+    os.mkfifo(files["fifo"])
+
+    def huge_context(writer: gguf.GGUFWriter) -> None:
+        writer.add_uint64("llama.context_length", 2**40)
+
+    write_gguf(files["huge_context"], TINY, random_weights(TINY), extra=huge_context)
+    files["template"].mkdir()
+    for part in tiny_model_path.iterdir():
+        (files["template"] / part.name).symlink_to(part)
+    (files["template"] / "chat_template.jinja").unlink()
+    (files["template"] / "chat_template.jinja").write_text("{{ 'a' * 10**10 }}")
+    files["out"] = root / "out"
+    files["tiny"] = tiny_model_path
+    return files
+
+
+# id: (arguments ({name} is a file of `hostile_files`), stdin file, exit code, what the one line says,
+# address space allowed beyond the imported package's, in MB)
+RESOURCE_CASES: dict[str, tuple[list[str], str | None, int, str, int]] = {
+    "samples-10**6": (["generate", "-m", "{tiny}", "--samples", "1000000", "Hi"], None, 2, "--samples must be between 1 and 1024", 3072),
+    "samples-beyond-memory": (["generate", "-m", "{tiny}", "--samples", "1024", "-n", "4000", "Hi"], None, 2, "sequences fit", 1024),
+    "train-dim-layers": (
+        ["train", "{corpus}", "-o", "{out}", "--dim", "65536", "--heads", "512", "--layers", "1000"], None, 2,
+        "parameters with --batch-size 16 needs", 3072,
+    ),
+    "train-batch-size": (["train", "{corpus}", "-o", "{out}", "--batch-size", "100000000"], None, 2, "sequences per batch fit", 3072),
+    "threads-100000": (["generate", "-m", "{tiny}", "--threads", "100000", "Hi"], None, 2, "100000 threads on", 3072),
+    "threads-20000": (["generate", "-m", "{tiny}", "--threads", "20000", "Hi"], None, 2, "20000 threads on", 3072),
+    "summarize-1mb": (["summarize", "-m", "{tiny}", "--ctx", "512", "-n", "8"], "text_1mb", 2, "more than --max-chunks 256", 3072),
+    "fifo-as-model": (["generate", "-m", "{fifo}", "Hi"], None, 1, "not a regular file or a folder", 3072),
+    "context-2**40": (["generate", "-m", "{huge_context}", "-n", "1000000000", "Hi"], None, 1, "beyond any real model", 3072),
+    "template-10gb-string": (["generate", "--chat", "-m", "{template}", "Hi"], None, 1, "would build 10,000,000,000 items", 3072),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(RESOURCE_CASES))
+def test_resource_cases_fail_cleanly_under_limits(case: str, hostile_files: dict[str, Path]) -> None:
+    """Each is one line and its exit code inside the limits (a regression is killed or refused
+    memory: a signal's negative exit code, or an allocation failure's message)."""
+    args, stdin, code, needle, megabytes = RESOURCE_CASES[case]
+    names = {name: str(path) for name, path in hostile_files.items()}
+    result = run_limited(
+        *(arg.format(**names) for arg in args),
+        input=hostile_files[stdin].read_bytes() if stdin else None,
+        memory_bytes=megabytes << 20,
+        wall_seconds=60,
+    )
+    assert result.exit_code == code, f"exit {result.exit_code}: {result.stderr[-2000:]}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama: error: ") and needle in lines[0], result.stderr[-2000:]
+
+
+def test_big_inputs_run_in_bounded_memory(hostile_files: dict[str, Path]) -> None:
+    """`tokenize --count` of 2 MB in 224 MB beyond the package (one encode of it took ~260 MB more;
+    20 MB took 3.1 GB), and `chat --history` of 1,000 messages (1 MB: 63-81 s when the issue was filed)."""
+    counted = run_limited(
+        "tokenize", "--count", "-m", hostile_files["tiny"], "-", input=hostile_files["text_2mb"].read_bytes(), memory_bytes=224 << 20
+    )
+    assert counted.exit_code == 0 and counted.stdout.strip().isdigit() and counted.stderr == "", counted.stderr[-2000:]
+    history = ["chat", "-m", hostile_files["tiny"], "--ctx", "1024", "-n", "2", "--history", hostile_files["history"]]
+    chatted = run_limited(*history, input="Hello\n")
+    assert chatted.exit_code == 0, chatted.stderr[-2000:]
+    assert "[dropped the oldest 996 messages to fit the 1024-token context]" in chatted.stderr and "Traceback" not in chatted.stderr

@@ -112,7 +112,20 @@ class Runner:
             self.notes.append(f"{len(self.chunks):,} chunks: {what} ({steps:,} steps in all, each up to {n:,} tokens)")
 
     def count(self, text: str) -> int:
-        return len(self.llm.tokenizer.encode(text, bos=False)) if text else 0
+        from ..tokenizer import count_tokens  # bounded memory for a long input
+
+        return count_tokens(self.llm.tokenizer, text, bos=False) if text else 0
+
+    def refuse_past_max_chunks(self, tokens: int, budget: int) -> None:
+        """Refuse at once an input whose token count alone makes more than `max_chunks` chunks of
+        `budget` tokens: cutting it up to count its chunks exactly costs several more encodes of it
+        (33 s of CPU and 1.6 GB for 8 MB) before `plan` could refuse it."""
+        least = -(-tokens // budget)
+        if least > self.max_chunks:
+            raise SettingsError(
+                f"the input splits into at least {least:,} chunks ({tokens:,} tokens, up to {budget:,} a chunk), more than "
+                f"{{max_chunks}} {self.max_chunks}; raise {{max_chunks}} to {least:,} or more to run them, or give less text"
+            )
 
     def encode(self, recipe: Recipe, **fields: str) -> list[int]:
         return self.llm.encode_chat(recipe.messages(**fields), template=self.template)
@@ -186,6 +199,7 @@ def summarize(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     reduce_budget = context - runner.overhead(COMBINE, **fields) - n - MARGIN
     if map_budget < MIN_CHUNK or reduce_budget < 2 * (n + MARGIN):  # reduce rounds must at least halve the count
         raise _too_small(runner, tokens, n)
+    runner.refuse_past_max_chunks(tokens, map_budget)
     runner.chunks = split_text(document, map_budget, runner.count)
     combining = _combining_steps(len(runner.chunks), n + MARGIN, reduce_budget)
     then = f"about {combining:,} steps that combine them" if combining > 1 else "one step that combines them"
@@ -257,8 +271,10 @@ def translate(runner: Runner, document: str, fields: dict[str, str], max_tokens:
     overhead = runner.overhead(TRANSLATE, **fields)
     room = runner.context - overhead - MARGIN
     budget = room - max_tokens if max_tokens else (room - 16) // 3
+    tokens = runner.count(document.strip())
     if budget < MIN_CHUNK:
-        raise _too_small(runner, runner.count(document.strip()), max_tokens or 0)
+        raise _too_small(runner, tokens, max_tokens or 0)
+    runner.refuse_past_max_chunks(tokens, budget)
     runner.chunks = split_text(document, budget, runner.count, merge_paragraphs=False)
     runner.plan("each translated in turn", len(runner.chunks), max_tokens or 2 * budget + 16)
     out = []
