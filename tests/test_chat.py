@@ -206,6 +206,7 @@ def test_load_of_a_bad_file_keeps_the_session(tiny_llm, tmp_path: Path, capsys) 
         "not-a-list.json": '{"role": "user", "content": "Hi"}',
         "bad-role.json": '[{"role": "robot", "content": "Hi"}]',
         "unanswered.json": '[{"role": "user", "content": "Hi"}]',
+        "nested-too-deeply.json": "[" * 100_000 + "]" * 100_000,  # RecursionError ended the session
     }
     for name, text in files.items():
         if text is not None:

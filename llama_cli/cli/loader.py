@@ -27,6 +27,12 @@ class ModelOptions:
     no_cache: bool = False
     adapter: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.ctx is not None and self.ctx < 1:  # 0 quietly meant the model's own in generate; -5 failed later, oddly
+            from ..errors import UsageError
+
+            raise UsageError(f"--ctx must be at least 1, got {self.ctx}")
+
 
 class ModelLoader:
     """Loads models by their options; a model folder that is a LoRA adapter is refused with a hint."""

@@ -110,19 +110,21 @@ def config_from_hf(cfg: Mapping[str, Any], path: Path) -> ModelConfig:
     if not isinstance(rope, dict):
         raise ModelFormatError(f"{path}: rope_scaling/rope_parameters must be an object")
     try:
-        n_heads = int(cfg["num_attention_heads"])
+        # The sizes go to ModelConfig as written, which refuses any that is not a whole number:
+        # int() here took "num_hidden_layers": "1" and "hidden_size": 64.9 without a word.
+        n_heads = cfg["num_attention_heads"]
         return ModelConfig(
-            dim=int(cfg["hidden_size"]),
-            n_layers=int(cfg["num_hidden_layers"]),
+            dim=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
             n_heads=n_heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            vocab_size=int(cfg["vocab_size"]),
-            ffn_dim=int(cfg["intermediate_size"]),
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            vocab_size=cfg["vocab_size"],
+            ffn_dim=cfg["intermediate_size"],
             norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
-            context_length=int(cfg.get("max_position_embeddings", 2048)),
+            context_length=cfg.get("max_position_embeddings", 2048),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            head_dim=int(cfg.get("head_dim") or 0),
+            head_dim=cfg.get("head_dim") or 0,
             rope_scaling=rope_scaling_from_dict(rope, path),
         )
     except KeyError as exc:

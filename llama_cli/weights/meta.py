@@ -121,17 +121,17 @@ def config_from_params(params: Mapping[str, Any], weights: Mapping[str, Any], fo
                 factor=float(params.get("rope_scaling_factor", 8.0)), high_freq_factor=float(params.get("rope_high_freq_factor", 4.0))
             )
         default_context = 131072 if scaled else 8192 if theta >= 500000 else 4096
-        n_heads = int(params["n_heads"])
+        n_heads = params["n_heads"]  # sizes as written: ModelConfig refuses what is not a whole number (int() took "1" and 64.9)
         return ModelConfig(
-            dim=int(params["dim"]),
-            n_layers=int(params["n_layers"]),
+            dim=params["dim"],
+            n_layers=params["n_layers"],
             n_heads=n_heads,
-            n_kv_heads=int(params.get("n_kv_heads") or n_heads),
+            n_kv_heads=params.get("n_kv_heads") or n_heads,
             vocab_size=embed.shape[0],  # params.json says -1 in LLaMA 2
             ffn_dim=gate.shape[0],  # the multiple_of / ffn_dim_multiplier formula, already applied
             norm_eps=float(params.get("norm_eps", 1e-5)),
             rope_theta=theta,
-            context_length=int(params.get("max_seq_len", default_context)),
+            context_length=params.get("max_seq_len", default_context),
             tie_embeddings="output.weight" not in weights,
             rope_scaling=scaling,
         )
