@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from .chat_template import Message, render_prompt, template_text
-from .errors import ModelFormatError, UsageError
+from .errors import ModelFormatError, UsageError, literal
 from .generation import Generation
 from .model import Transformer
 from .registry import resolve_model
@@ -35,24 +35,19 @@ MAX_THREADS_PER_CORE = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _literal(text: str) -> str:
-    """`text` inside a SettingsError template, where braces name fields."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
 def pick_device(name: str) -> torch.device:
     """`auto` is the CPU; `cuda`/`mps` must actually be present."""
     if name in ("auto", "cpu"):
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise SettingsError(f"{{device}} {_literal(name)}: no CUDA device is available here; use {{device}} cpu")
+            raise SettingsError(f"{{device}} {literal(name)}: no CUDA device is available here; use {{device}} cpu")
         return torch.device(name)
     if name == "mps":
         if not torch.backends.mps.is_available():
             raise SettingsError("{device} mps: MPS is not available here; use {device} cpu")
         return torch.device("mps")
-    raise SettingsError(f"unknown {{device}} '{_literal(name)}'; choose auto, cpu, cuda, cuda:N or mps")
+    raise SettingsError(f"unknown {{device}} '{literal(name)}'; choose auto, cpu, cuda, cuda:N or mps")
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -60,7 +55,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
     if name not in DTYPES:
-        raise SettingsError(f"unknown {{dtype}} '{_literal(name)}'; choose auto, float32, bfloat16 or float16")
+        raise SettingsError(f"unknown {{dtype}} '{literal(name)}'; choose auto, float32, bfloat16 or float16")
     return DTYPES[name]
 
 

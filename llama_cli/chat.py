@@ -35,6 +35,7 @@ __all__ = ["ChatMessage", "ChatSession", "HistoryError", "ToolsError", "parse_me
 
 if TYPE_CHECKING:
     from .api import LLM
+    from .progress import Reporter
 
 FIRST_CACHE_POSITIONS = 1024  # the cache grows (doubling, up to the context) as the conversation does
 
@@ -55,17 +56,19 @@ class ChatSession(ChatHistory):
         context: int | None = None,
         messages: Sequence[ChatMessage] = (),
         tools: Sequence[Tool] | None = None,
+        progress: Reporter | None = None,
     ) -> None:
         if settings.samples != 1 or settings.lookup:
-            raise UsageError("chat generates one sample at a time, without --lookup")
+            raise UsageError.naming("chat generates one sample at a time, without {lookup}")
         if context is not None and context < 2:
-            raise UsageError(f"--ctx must be at least 2, got {context}")
+            raise UsageError.naming(f"{{context}} must be at least 2, got {context}")
         super().__init__()
         self.llm, self.settings, self.max_tokens = llm, settings, settings.max_tokens
         self.context = context_window(context, llm.context_length)
         self.template = template_text(llm.checkpoint.chat_template, template)
         self.tools = None if tools is None else list(tools)  # JSON schemas for templates that take them (--tools)
         self.cache = KVCache(llm.model)  # row 0 holds the conversation's tokens from the last turn
+        self.progress = progress  # shows a turn's prefill when it lasts more than a couple of seconds
         self.load(messages)
         if system is not None:
             self.set_system(system)
@@ -90,7 +93,9 @@ class ChatSession(ChatHistory):
             self.cache.ensure(1, min(self.context, max(needed, 2 * self.cache.length, FIRST_CACHE_POSITIONS)))
         reused = self.cache.reusable(0, ids)
         llm = self.llm
-        generation = Generation(llm.model, llm.tokenizer, ids, settings, context=self.context, cache=self.cache, cached_prefix=reused)
+        generation = Generation(
+            llm.model, llm.tokenizer, ids, settings, context=self.context, cache=self.cache, cached_prefix=reused, progress=self.progress
+        )
         self.messages = messages
         return Turn(self, generation, dropped)
 

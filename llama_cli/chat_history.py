@@ -114,9 +114,9 @@ class ChatHistory:
         ids = self._encode(messages)
         room = self.context - len(ids)
         if room < 1:
-            raise ContextOverflowError(
+            raise ContextOverflowError.naming(
                 f"this message makes a prompt of {len(ids)} tokens, which does not fit the {self.context}-token context; "
-                "shorten it, or raise --ctx"
+                "shorten it, or raise {context}"
             )
         return messages, ids, turns[low] - start, min(room, self.max_tokens)
 

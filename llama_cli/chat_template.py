@@ -35,7 +35,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from .errors import LlamaError, UsageError
+from .errors import LlamaError, UsageError, literal
 from .tokenizer import Tokenizer
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -305,7 +305,7 @@ def select_template(model_template: str | None, choice: str = "auto") -> Templat
             return TemplateText(model_template, "the model's chat template")
         return TemplateText(BUILTIN_TEMPLATES["chatml"], "the built-in chatml template (the model has none)")
     if choice not in BUILTIN_TEMPLATES:
-        raise UsageError(f"unknown --template '{choice}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}")
+        raise UsageError.naming(f"unknown {{template}} '{literal(choice)}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}")
     return TemplateText(BUILTIN_TEMPLATES[choice], f"the built-in {choice} template")
 
 
@@ -349,9 +349,9 @@ def check_builtin_template(tokenizer: Tokenizer, choice: str) -> None:
         if not any(map(tokenizer.is_special, tokenizer.encode(t, bos=False, parse_special=True)))
     ]
     if missing:
-        raise UsageError(
-            f"--template {choice} writes {', '.join(missing)}, which this model's vocabulary lacks; use --template auto (the "
-            "model's own) or another"
+        raise UsageError.naming(
+            f"{{template}} {literal(choice)} writes {literal(', '.join(missing))}, which this model's vocabulary lacks; use "
+            "{template} auto (the model's own) or another"
         )
 
 
@@ -364,8 +364,10 @@ def template_text(model_template: str | None, choice: str) -> TemplateText:
         try:
             return TemplateText(path.read_text(encoding="utf-8"), f"template {choice}")
         except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"--template {choice}: cannot read it: {error}") from None
-    raise UsageError(f"unknown --template '{choice}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}, or a Jinja template file")
+            raise UsageError.naming(f"{{template}} {literal(choice)}: cannot read it: {literal(error)}") from None
+    raise UsageError.naming(
+        f"unknown {{template}} '{literal(choice)}'; choose auto, {', '.join(BUILTIN_TEMPLATES)}, or a Jinja template file"
+    )
 
 
 def render_prompt(

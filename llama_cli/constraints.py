@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import LlamaError
+from .errors import LlamaError, literal
 from .schema import Spec
 from .tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -146,7 +146,7 @@ class RowMatcher:
 
     def _check(self) -> None:
         if self._matcher.is_error():
-            raise LlamaError(f"{self.constraint.spec.option}: {self._matcher.get_error()}")
+            raise LlamaError.naming(f"{self.constraint.spec.option}: {literal(self._matcher.get_error())}")
 
     def allowed(self, logits: np.ndarray | None = None) -> np.ndarray:
         """A boolean (vocab,) array: True for the tokens that may come next.
@@ -204,7 +204,9 @@ class RowMatcher:
     def advance(self, token: int) -> None:
         """Consume a chosen token (end-of-sequence included); a token the mask forbade is a bug."""
         if not self._matcher.consume_token(token):
-            raise LlamaError(f"internal error: {self.constraint.spec.option}: token {token} was not allowed ({self._matcher.get_error()})")
+            raise LlamaError.naming(
+                f"internal error: {self.constraint.spec.option}: token {token} was not allowed ({literal(self._matcher.get_error())})"
+            )
         self.consumed += 1
         if self._closing:
             self._closing = self._closing[1:] if self._closing[0] == token else []

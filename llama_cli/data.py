@@ -27,7 +27,7 @@ from typing import Literal
 import sentencepiece
 import torch
 
-from .errors import LlamaError
+from .errors import LlamaError, literal
 from .textio import decode_text
 from .tokenizer import SentencePieceTokenizer, SpecialTokens, Tokenizer
 
@@ -156,7 +156,7 @@ def train_tokenizer(
         lines = str(error).strip().splitlines() or [type(error).__name__]
         message = lines[-1].split("] ", 1)[-1]  # drop sentencepiece's "INTERNAL: src/file.cc(123) [check]" prefix
         if "Vocabulary size" in message or "vocab_size" in message:
-            raise DataError(f"--vocab-size {vocab_size} does not fit this corpus: {message}") from None
+            raise DataError.naming(f"{{vocab_size}} {vocab_size} does not fit this corpus: {literal(message)}") from None
         raise DataError(f"sentencepiece could not train a tokenizer on this corpus: {message}") from None
     processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
     return SentencePieceTokenizer(processor, SpecialTokens(BOS_ID, EOS_ID, frozenset({EOS_ID}), add_bos=True))
@@ -182,15 +182,15 @@ def fingerprint(tokens: torch.Tensor) -> str:
 def split_holdout(tokens: torch.Tensor, fraction: float, seq_len: int, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, validation): the last `fraction` of the stream is held out (at least one window)."""
     if not 0 < fraction < 1:
-        raise DataError(f"--val-fraction must be between 0 and 1, got {fraction}")
+        raise DataError.naming(f"{{val_fraction}} must be between 0 and 1, got {fraction}")
     window = seq_len + 1
     n_val = max(window, int(len(tokens) * fraction))
     need = n_val + world * window
     if len(tokens) < need:
         ranks = f" for {world} ranks" if world > 1 else ""
-        raise DataError(
+        raise DataError.naming(
             f"the corpus is only {len(tokens):,} tokens: too small for a context of {seq_len}{ranks} "
-            f"(need at least {need:,}: one window per rank plus a held-out window); add text or lower --ctx"
+            f"(need at least {need:,}: one window per rank plus a held-out window); add text or lower {{context_length}}"
         )
     return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
 

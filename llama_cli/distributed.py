@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UsageError
+from .errors import UsageError, literal
 
 
 @dataclass
@@ -70,13 +70,13 @@ def init_distributed(device: str = "auto", *, fsdp: bool = False) -> Dist:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+            raise UsageError.naming(f"{{device}} {literal(device)}: no CUDA device is available here; use {{device}} cpu")
         torch_device = torch.device("cuda", local_rank if world > 1 else (torch.device(device).index or 0))
         torch.cuda.set_device(torch_device)
     elif device == "cpu":
         torch_device = torch.device("cpu")
     else:
-        raise UsageError(f"unknown --device '{device}'; choose auto, cpu, cuda or cuda:N")
+        raise UsageError.naming(f"unknown {{device}} '{literal(device)}'; choose auto, cpu, cuda or cuda:N")
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
     return Dist(rank, world, local_rank, torch_device, fsdp)

@@ -27,7 +27,7 @@ import torch
 from .chat_template import Message, render_prompt, template_text
 from .data import DataError, fingerprint, jsonl_records
 from .distributed import Dist, close_distributed, full_state, init_distributed
-from .errors import UsageError
+from .errors import UsageError, literal
 from .lora import ADAPTER_CONFIG, Adapter, LoRAConfig, add_lora, save_adapter
 from .settings import SettingsError
 from .textio import read_json_object
@@ -146,7 +146,7 @@ def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume:
     loop = {**(FULL_LOOP if full else DEFAULT_LOOP), **saved.get("loop", {}), **{k: v for k, v in loop_cli.items() if v is not None}}
     changed = [k for k, v in lora_given.items() if k in saved.get("lora", {}) and (list(v) if k == "targets" else v) != saved["lora"][k]]
     if changed or (resume and "full" in given and given["full"] != saved.get("full")):
-        raise UsageError("--resume cannot change --full or the LoRA rank, alpha or targets of the run")
+        raise UsageError.naming("{resume} cannot change {full} or the LoRA {rank}, {alpha} or {targets} of the run")
     lora_config = LoRAConfig(**{**lora, "targets": tuple(lora.get("targets", LoRAConfig().targets))})
     return FinetuneSettings(out=out, lora=lora_config, loop=LoopSettings.from_dict(loop), **merged)
 
@@ -158,9 +158,9 @@ def prepare_examples(
     too_long = [e for e in examples if len(e.inputs) > max_len]
     if too_long:
         worst = max(too_long, key=lambda e: len(e.inputs))
-        raise DataError(
-            f"{worst.source}: {len(worst.inputs) + 1} tokens, longer than {max_len} (the model's context is {context}; "
-            f"{len(too_long)} example(s) too long in all); shorten them or raise --max-len"
+        raise DataError.naming(
+            f"{literal(worst.source)}: {len(worst.inputs) + 1} tokens, longer than {max_len} (the model's context is {context}; "
+            f"{len(too_long)} example(s) too long in all); shorten them or raise {{max_len}}"
         )
     return examples
 
@@ -205,9 +205,9 @@ class FinetuneTask:
 
 def split_examples(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     if len(examples) < 2:
-        raise DataError("need at least 2 examples: one or more to train on and one held out (or give --val FILE)")
+        raise DataError.naming("need at least 2 examples: one or more to train on and one held out (or give {val} FILE)")
     if not 0 < fraction < 1:
-        raise UsageError(f"--val-fraction must be between 0 and 1, got {fraction}")
+        raise UsageError.naming(f"{{val_fraction}} must be between 0 and 1, got {fraction}")
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
     held = set(order[:n_val])
@@ -224,9 +224,11 @@ def finetune(settings: FinetuneSettings, *, resume: bool = False, device: str = 
 
     out = settings.out
     if not resume and ((out / STATE_FILE).exists() or (out / ADAPTER_CONFIG).exists() or (out / "llama.json").exists()):
-        raise UsageError(f"{out} already holds a fine-tuning run or model; continue it with --resume, or choose another --out")
+        raise UsageError.naming(
+            f"{literal(out)} already holds a fine-tuning run or model; continue it with {{resume}}, or choose another {{out}}"
+        )
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder")
+        raise UsageError.naming(f"{{out}} {literal(out)} is a file; give a folder")
     conversations = read_conversations(settings.data)  # bad data fails before the model loads
     held_out = read_conversations(settings.val) if settings.val else None
     dist = init_distributed(device, fsdp=fsdp)
@@ -236,7 +238,7 @@ def finetune(settings: FinetuneSettings, *, resume: bool = False, device: str = 
         config, tokenizer = checkpoint.config, checkpoint.tokenizer
         max_len = settings.max_len or config.context_length
         if max_len > config.context_length:
-            raise UsageError(f"--max-len {max_len} is longer than the model's context ({config.context_length} tokens)")
+            raise UsageError.naming(f"{{max_len}} {max_len} is longer than the model's context ({config.context_length} tokens)")
         template = template_text(checkpoint.chat_template, settings.template)
         examples = prepare_examples(conversations, settings.data, tokenizer, template, max_len, config.context_length)
         if held_out is not None:
@@ -261,7 +263,7 @@ def finetune(settings: FinetuneSettings, *, resume: bool = False, device: str = 
         task = FinetuneTask(train, val, settings.loop, dist, pad, save)
         data_key = fingerprint(torch.tensor([t for e in train + val for t in (*e.inputs, *e.targets)], dtype=torch.int64))
         if resume and read_json_object(out / FINETUNE_FILE, error=UsageError).get("data") != data_key:
-            raise UsageError("--resume: the examples differ from the run's; give the same files (or none, to reuse the run's)")
+            raise UsageError.naming("{resume}: the examples differ from the run's; give the same files (or none, to reuse the run's)")
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -2,7 +2,8 @@
 
 One prefill pass over the prompt, then one token per step reusing the KV cache. Several samples
 of one prompt share a single prefill (the cache row is copied) and then decode as one batch.
-Sample i draws from its own `torch.Generator` seeded with `seed + i`.
+Sample i draws from its own `torch.Generator` seeded with `seed + i`; the samples of a step are
+drawn together (`choose_tokens`), each from its own generator.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .errors import ContextOverflowError, ModelFormatError, UsageError
 from .kv_cache import KVCache
 from .lookup import PromptLookup
 from .model import Transformer
-from .sampling import repeated_ngram_tokens, sample
+from .progress import SILENT, Reporter
+from .sampling import SamplingSettings, repeated_ngram_tokens, sample_rows
 from .settings import GenerationSettings as GenerationSettings  # noqa: PLC0414 (re-exported: defined torch-free in settings.py)
 from .stats import GenerationStats
 from .stats import StopReason as StopReason  # noqa: PLC0414 (re-exported)
@@ -96,9 +98,9 @@ class StopMatcher:
 def context_budget(prompt_tokens: int, max_tokens: int, context: int) -> None:
     """Refuse (never truncate silently) a prompt that leaves no room for the tokens asked for."""
     if prompt_tokens + max_tokens > context:
-        raise ContextOverflowError(
-            f"prompt of {prompt_tokens} tokens plus --max-tokens {max_tokens} exceeds the context window of "
-            f"{context} tokens; shorten the prompt, lower -n, or pass --truncate to keep the end of the prompt"
+        raise ContextOverflowError.naming(
+            f"prompt of {prompt_tokens} tokens plus {{max_tokens}} {max_tokens} exceeds the context window of "
+            f"{context} tokens; shorten the prompt, lower {{max_tokens}}, or set {{truncate}} to keep the end of the prompt"
         )
 
 
@@ -107,7 +109,8 @@ class Generation:
 
     `cache` is the KV cache to decode in (kv_cache.py; default: a new one of this generation's
     own). `cached_prefix` says how many leading prompt tokens its row 0 already holds from an
-    earlier call, so only the rest is prefilled (chat uses this).
+    earlier call, so only the rest is prefilled (chat uses this). `progress` shows a prefill that
+    lasts more than a couple of seconds (progress.py; the CLI passes one, the library is silent).
 
     One decode loop: each step feeds every sample's last token, and, with a drafting strategy
     (prompt lookup, a constraint's forced tokens; lookup.py), drafted tokens after it, verified in
@@ -124,6 +127,7 @@ class Generation:
         context: int | None = None,
         cache: KVCache | None = None,
         cached_prefix: int = 0,
+        progress: Reporter | None = None,
     ) -> None:
         if not prompt_ids:
             raise UsageError("the prompt is empty: give some text to continue")
@@ -134,6 +138,7 @@ class Generation:
         self.cache = cache if cache is not None else KVCache(model)
         self._owns_cache = cache is None
         self.cached_prefix = min(cached_prefix, len(self.prompt_ids) - 1)  # at least one token is always fed
+        self.progress = progress
         self.seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.results = [SampleResult() for _ in range(settings.samples)]
         self._prefill_seconds = 0.0
@@ -180,10 +185,12 @@ class Generation:
             raise ValueError(f"cached_prefix {self.cached_prefix} given, but the cache's row 0 does not hold it")
         start, end = self.cached_prefix, len(self.prompt_ids)
         logits = torch.empty(0)
-        while start < end:
-            stop = min(start + PREFILL_CHUNK, end)
-            logits = self.cache.run([self.prompt_ids[start:stop]], start, last_only=True)[:, -1].cpu()
-            start = stop
+        with self.progress.wait("prefill", end - start, "tokens") if self.progress else SILENT as wait:
+            while start < end:
+                stop = min(start + PREFILL_CHUNK, end)
+                logits = self.cache.run([self.prompt_ids[start:stop]], start, last_only=True)[:, -1].cpu()
+                wait.advance(stop - start)
+                start = stop
         if not bool(torch.isfinite(logits).all()):  # NaN would sample token 0 for ever, silently
             raise ModelFormatError(
                 "the model's output is NaN or infinite: its weights hold NaN/inf values or overflow; the file is damaged"
@@ -219,14 +226,16 @@ class Generation:
             try:
                 while True:
                     fed = []
+                    live = [i for i, result in enumerate(self.results) if result.stop_reason is None]
+                    firsts = dict(zip(live, choose_tokens([(self, i, states[i]) for i in live], rows[live, 0])))  # row 0s together
                     for i, result in enumerate(self.results):
                         if result.stop_reason is not None:
                             fed.append([0])  # a finished sample's row still runs, ignored, so the batch keeps its shape
                             continue
                         emitted: list[int] = []
                         for j, row in enumerate(rows[i]):  # row j: logits after the fed token and draft[:j]
-                            token, events = self.advance(i, row, states[i])
-                            yield from events
+                            token = firsts[i] if j == 0 else choose_tokens([(self, i, states[i])], row[None])[0]
+                            yield from self.emit(i, token, row, states[i])
                             emitted.append(token)
                             if result.stop_reason is not None:
                                 break
@@ -273,11 +282,12 @@ class Generation:
         self._constraint_seconds += time.perf_counter() - started
         return masked
 
-    def advance(self, i: int, logits: torch.Tensor, state: SampleState) -> tuple[int, list[TokenEvent]]:
-        """Sample i's next token from its logits (vocab,) and the event it releases (none or one).
+    def allowed(self, i: int, logits: torch.Tensor, state: SampleState) -> torch.Tensor:
+        """The logits (vocab,) sample i chooses from: end-of-sequence banned under ignore_eos, the
+        constraint's forbidden tokens and (no_repeat_ngram) repeats at -inf.
 
-        The token is what to feed back; `results[i].stop_reason` says whether the sample ended.
-        The decode loop here and the server's batch scheduler (serve/scheduler.py) both step through this.
+        A step is `choose_tokens` (which calls this) then `emit`, in the decode loop here and in the
+        server's batch scheduler (serve/scheduler.py) alike.
         """
         if self.settings.ignore_eos:
             banned = [t for t in self.tokenizer.special.stop_ids if t < logits.shape[-1]]
@@ -289,8 +299,12 @@ class Generation:
             unrepeated[repeats] = float("-inf")  # logprobs (from `logits`) stay the model's own
             if state.rule is None or bool(np.isfinite(unrepeated.numpy()).any()):  # a constraint's forced token may repeat
                 allowed = unrepeated
-        token = sample(allowed, self.settings.sampling, state.generator, state.counts)
-        return token, list(self._emit(i, token, logits, state.decoder, state.matcher, state.counts, state.rule))
+        return allowed
+
+    def emit(self, i: int, token: int, logits: torch.Tensor, state: SampleState) -> list[TokenEvent]:
+        """Record `token` as sample i's next (chosen from `logits`, before `allowed`): the event it
+        releases (none or one); `results[i].stop_reason` says whether the sample ended."""
+        return list(self._emit(i, token, logits, state.decoder, state.matcher, state.counts, state.rule))
 
     def _emit(
         self,
@@ -339,3 +353,24 @@ class Generation:
             result.complete = rule.complete and result.stop_reason != "stop"  # a stop string cuts the value
         result.text += text
         yield TokenEvent(id=token, text=text, logprob=float(logprobs[token]), sample=i, top_logprobs=top)
+
+
+def choose_tokens(rows: Sequence[tuple[Generation, int, SampleState]], logits: torch.Tensor) -> list[int]:
+    """The next token of each row of logits (rows, vocab); row r is sample rows[r][1] of generation rows[r][0].
+
+    Rows under the same sampling settings are sampled together (sampling.sample_rows), each from its
+    own sample's generator, so a row's token does not depend on what else is in the batch: choice i
+    of the server's `n` equals `--samples`' sample i and a lone request with seed + i.
+    """
+    allowed = [generation.allowed(i, row, state) for (generation, i, state), row in zip(rows, logits)]
+    groups: dict[SamplingSettings, list[int]] = {}
+    for r, (generation, _, _) in enumerate(rows):
+        groups.setdefault(generation.settings.sampling, []).append(r)
+    tokens = [0] * len(rows)
+    for settings, members in groups.items():
+        states = [rows[r][2] for r in members]
+        counts = torch.stack([state.counts for state in states]) if settings.uses_penalties else None
+        picked = sample_rows(torch.stack([allowed[r] for r in members]), settings, [state.generator for state in states], counts)
+        for r, token in zip(members, picked):
+            tokens[r] = token
+    return tokens

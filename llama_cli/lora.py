@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ModelConfig
-from .errors import LlamaError, ModelNotFoundError, UsageError
+from .errors import LlamaError, ModelNotFoundError, UsageError, literal
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter.json", "adapter.safetensors"
 TARGET_PATHS = {  # --targets name -> the linear layer's path inside a TransformerBlock
@@ -47,12 +47,12 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise UsageError(f"--lora-rank must be at least 1, got {self.rank}")
+            raise UsageError.naming(f"{{rank}} must be at least 1, got {self.rank}")
         if not math.isfinite(self.alpha):
-            raise UsageError(f"--lora-alpha must be a finite number, got {self.alpha}")
+            raise UsageError.naming(f"{{alpha}} must be a finite number, got {self.alpha}")
         unknown = [t for t in self.targets if t not in TARGET_PATHS]
         if unknown or not self.targets:
-            raise UsageError(f"unknown --lora-targets {', '.join(unknown) or '(none)'}; choose from {', '.join(TARGET_PATHS)}")
+            raise UsageError.naming(f"unknown {{targets}} {literal(', '.join(unknown) or '(none)')}; choose from {', '.join(TARGET_PATHS)}")
 
     @property
     def scale(self) -> float:

@@ -56,7 +56,7 @@ class PerplexityResult:
 def windows(ids: Sequence[int], ctx: int) -> list[list[int]]:
     """Non-overlapping windows of `ctx` tokens; a last one shorter than two tokens is dropped."""
     if ctx < 2:
-        raise UsageError(f"--ctx must be at least 2 for perplexity, got {ctx}")
+        raise UsageError.naming(f"{{ctx}} must be at least 2 for perplexity, got {ctx}")
     cut = [list(ids[i : i + ctx]) for i in range(0, len(ids), ctx)]
     return [w for w in cut if len(w) >= 2]
 

@@ -78,10 +78,7 @@ def start_notices(turn: Turn, session: ChatSession) -> None:
 
 def end_notices(turn: Turn) -> None:
     if turn.complete is False and not turn.interrupted:  # a constrained reply cut short
-        notice(
-            f"[the reply stopped at {turn.max_tokens} tokens inside the {turn.settings.constraint.option} value: it is "
-            "not valid; raise -n]"
-        )  # type: ignore[union-attr]
+        notice(f"[the reply stopped at {turn.max_tokens} tokens before the value it must match was complete: it is not valid; raise -n]")
 
 
 class WordWrap:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import UsageError
+from .errors import UsageError, literal
 
 Kind = Literal["json", "regex", "choice", "grammar"]
 
@@ -46,7 +46,8 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 @dataclass(frozen=True)
 class Spec:
     """A checked output constraint. `grammar` is llguidance's grammar text (JSON); `option` names
-    where it came from (for messages); `schema` is the JSON Schema of a "json" spec."""
+    where it came from, for messages, as an errors.LlamaError.naming template: `{schema}` is the
+    field (the CLI writes --schema), other text is literal; `schema` is the JSON Schema of a "json" spec."""
 
     kind: Kind
     grammar: str
@@ -86,11 +87,11 @@ def _check(grammar: str, option: str) -> tuple[str, ...]:
 
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
-        raise UsageError(f"{option}: {one_line(messages[0])}")
+        raise UsageError.naming(f"{option}: {literal(one_line(messages[0]))}")
     return tuple(one_line(m) for m in messages)
 
 
-def concise_schema(text: str) -> dict[str, Any]:
+def concise_schema(text: str, option: str = "{schema}") -> dict[str, Any]:
     """`llm`'s concise schema ('name, age int, bio: one sentence') as a JSON Schema object."""
     separator = "\n" if "\n" in text else ","
     properties: dict[str, Any] = {}
@@ -100,61 +101,66 @@ def concise_schema(text: str) -> dict[str, Any]:
         head, colon, description = item.partition(":")
         words = head.split()
         if not words or len(words) > 2:
-            raise UsageError(f"--schema: cannot read the field {item!r}: write 'name [type][: description]', e.g. 'age int: in years'")
+            raise UsageError.naming(
+                f"{option}: cannot read the field {literal(repr(item))}: write 'name [type][: description]', e.g. 'age int: in years'"
+            )
         name, kind = words[0], words[1] if len(words) == 2 else "str"
         if kind not in CONCISE_TYPES:
-            raise UsageError(f"--schema: unknown type {kind!r} for field {name!r}; use str, int, float or bool")
+            raise UsageError.naming(
+                f"{option}: unknown type {literal(repr(kind))} for field {literal(repr(name))}; use str, int, float or bool"
+            )
         if name in properties:
-            raise UsageError(f"--schema: the field {name!r} is given twice")
+            raise UsageError.naming(f"{option}: the field {literal(repr(name))} is given twice")
         properties[name] = {"type": CONCISE_TYPES[kind]}
         if colon and description.strip():
             properties[name]["description"] = description.strip()
     if not properties:
-        raise UsageError("--schema: no fields given; e.g. --schema 'name, age int'")
+        raise UsageError.naming(f"{option}: no fields given; e.g. {option} 'name, age int'")
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def read_schema(value: str) -> dict[str, Any]:
+def read_schema(value: str, option: str = "{schema}") -> dict[str, Any]:
     """A JSON Schema from inline JSON, a .json file, or the concise form."""
     text = value.strip()
     if not text:
-        raise UsageError("--schema: empty; give JSON, a file, or fields like 'name, age int'")
+        raise UsageError.naming(f"{option}: empty; give JSON, a file, or fields like 'name, age int'")
     path = Path(text)
     if not text.startswith(("{", "[")) and (text.endswith(".json") or path.is_file()):
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"--schema: cannot read {value}: {getattr(error, 'strerror', None) or error}") from None
+            reason = literal(getattr(error, "strerror", None) or error)
+            raise UsageError.naming(f"{option}: cannot read {literal(value)}: {reason}") from None
         source = value
     elif text.startswith(("{", "[")):
         source = "the inline schema"
     else:
-        return concise_schema(text)
+        return concise_schema(text, option)
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as error:
-        raise UsageError(f"--schema: {source} is not valid JSON: {error}") from None
+        raise UsageError.naming(f"{option}: {literal(source)} is not valid JSON: {literal(error)}") from None
     if not isinstance(schema, dict):
-        raise UsageError(f"--schema: {source} must be a JSON object (a JSON Schema), not {type(schema).__name__}")
+        raise UsageError.naming(f"{option}: {literal(source)} must be a JSON object (a JSON Schema), not {type(schema).__name__}")
     return schema
 
 
-def json_spec(schema: dict[str, Any], option: str = "--schema") -> Spec:
+def json_spec(schema: dict[str, Any], option: str = "{schema}") -> Spec:
     """A Spec for JSON matching `schema`; unsupported keywords and bad patterns are UsageErrors."""
     import llguidance
 
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)  # type: ignore[arg-type]
     except ValueError as error:
-        raise UsageError(f"{option}: {one_line(str(error))}") from None
+        raise UsageError.naming(f"{option}: {literal(one_line(str(error)))}") from None
     return Spec("json", grammar, option, schema=schema, notes=_check(grammar, option))
 
 
-def regex_spec(pattern: str, option: str = "--regex") -> Spec:
+def regex_spec(pattern: str, option: str = "{regex}") -> Spec:
     import llguidance
 
     if not pattern:
-        raise UsageError(f"{option}: empty pattern")
+        raise UsageError.naming(f"{option}: empty pattern")
     grammar = llguidance.LLMatcher.grammar_from_regex(pattern)
     return Spec("regex", grammar, option, pattern=pattern, notes=_check(grammar, option))
 
@@ -165,23 +171,23 @@ def choice_spec(choices: list[str] | str) -> Spec:
 
     items = [c.strip() for c in choices.split(",")] if isinstance(choices, str) else list(choices)
     if not items or any(not c for c in items):
-        raise UsageError("--choice: give non-empty items separated by commas, e.g. --choice yes,no,maybe")
+        raise UsageError.naming("{choice}: give non-empty items separated by commas, e.g. {choice} yes,no,maybe")
     grammar = llguidance.LLMatcher.grammar_from_lark(
         "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(items))
     )
-    return Spec("choice", grammar, "--choice", choices=tuple(dict.fromkeys(items)), notes=_check(grammar, "--choice"))
+    return Spec("choice", grammar, "{choice}", choices=tuple(dict.fromkeys(items)), notes=_check(grammar, "{choice}"))
 
 
-def grammar_spec(text: str, option: str = "--grammar") -> Spec:
+def grammar_spec(text: str, option: str = "{grammar}") -> Spec:
     """A Lark grammar (llguidance's dialect), or a llama.cpp GBNF one, which llguidance converts."""
     import llguidance
 
     if not text.strip():
-        raise UsageError(f"{option}: the grammar is empty")
+        raise UsageError.naming(f"{option}: the grammar is empty")
     try:
         grammar = llguidance.grammar_from("grammar", text)
     except ValueError as error:
-        raise UsageError(f"{option}: {one_line(str(error))}") from None
+        raise UsageError.naming(f"{option}: {literal(one_line(str(error)))}") from None
     return Spec("grammar", grammar, option, pattern=text, notes=_check(grammar, option))
 
 
@@ -189,7 +195,7 @@ def read_grammar(path: str) -> Spec:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--grammar: cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+        raise UsageError.naming(f"{{grammar}}: cannot read {literal(path)}: {literal(getattr(error, 'strerror', None) or error)}") from None
     return grammar_spec(text)
 
 
@@ -204,23 +210,23 @@ def spec_from_options(
 ) -> Spec | None:
     """The Spec the CLI options ask for (at most one of them), or None for free text."""
     given = [
-        name
+        "{" + name + "}"
         for name, value in (
-            ("--schema", schema),
-            ("--schema-multi", schema_multi),
-            ("--regex", regex),
-            ("--choice", choice),
-            ("--grammar", grammar),
-            ("--json-output", json_object or None),
+            ("schema", schema),
+            ("schema_multi", schema_multi),
+            ("regex", regex),
+            ("choice", choice),
+            ("grammar", grammar),
+            ("json_object", json_object or None),
         )
         if value is not None
     ]
     if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} cannot be combined: give one constraint")
+        raise UsageError.naming(f"{' and '.join(given)} cannot be combined: give one constraint")
     if schema is not None:
         return json_spec(read_schema(schema))
     if schema_multi is not None:
-        return json_spec({"type": "array", "items": read_schema(schema_multi)}, "--schema-multi")
+        return json_spec({"type": "array", "items": read_schema(schema_multi, "{schema_multi}")}, "{schema_multi}")
     if regex is not None:
         return regex_spec(regex)
     if choice is not None:
@@ -228,7 +234,7 @@ def spec_from_options(
     if grammar is not None:
         return read_grammar(grammar)
     if json_object:
-        return json_spec(ANY_OBJECT, "--json-output")
+        return json_spec(ANY_OBJECT, "{json_object}")
     return None
 
 

@@ -9,8 +9,6 @@ cli/options.py.
 from __future__ import annotations
 
 import math
-import string
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,16 +19,12 @@ if TYPE_CHECKING:
 
 
 class SettingsError(UsageError):
-    """A setting with no meaning. The message is a template over field names: `{temperature} must be >= 0`."""
+    """A setting with no meaning. The message is a template over field names: `{temperature} must be >= 0`
+    (errors.LlamaError.naming: the CLI writes the fields as flags)."""
 
     def __init__(self, template: str) -> None:
         self.template = template
-        self.fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
         super().__init__(self.render({}))
-
-    def render(self, names: Mapping[str, str]) -> str:
-        """The message with each field written as `names` says (the field's own name when absent)."""
-        return self.template.format_map({name: names.get(name, name) for name in self.fields})
 
 
 @dataclass(frozen=True)

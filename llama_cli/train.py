@@ -28,7 +28,7 @@ import torch
 from . import data
 from .config import ModelConfig
 from .distributed import Dist, close_distributed, init_distributed
-from .errors import UsageError
+from .errors import UsageError, literal
 from .memory import check_fits
 from .model import Transformer
 from .textio import read_json_object
@@ -37,13 +37,6 @@ from .train_settings import PRESETS, LoopSettings, PretrainSettings, parameter_c
 from .trainer import STATE_FILE, LoopResult, run_loop, saved_settings
 
 TRAIN_FILE = "train.json"
-OPTION_NAMES = {
-    "n_layers": "--layers",
-    "n_heads": "--heads",
-    "n_kv_heads": "--kv-heads",
-    "context_length": "--ctx",
-    "tokenizer_kind": "--tokenizer-type",
-}
 FIXED_ON_RESUME = (
     "preset",
     "dim",
@@ -66,14 +59,12 @@ def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume:
         shape = read_json_object(out / "llama.json", error=UsageError)
         keys = ("dim", "n_layers", "n_heads", "n_kv_heads", "context_length", "vocab_size")
         if missing := [k for k in keys if k not in shape]:
-            raise UsageError(f"--resume: {out / 'llama.json'} lacks {', '.join(missing)} (a damaged file?)")
+            raise UsageError.naming(f"{{resume}}: {literal(out / 'llama.json')} lacks {literal(', '.join(missing))} (a damaged file?)")
         actual = {**saved, **{k: shape[k] for k in keys}}
         fixed = [k for k in FIXED_ON_RESUME if k in given and given[k] != actual.get(k)]
         if fixed:
-            changes = "; ".join(
-                f"{OPTION_NAMES.get(k, '--' + k.replace('_', '-'))} {given[k]} (the run has {actual.get(k)})" for k in fixed
-            )
-            raise UsageError(f"--resume cannot change the model, tokenizer or data split: {changes}")
+            changes = "; ".join(f"{{{k}}} {literal(given[k])} (the run has {literal(actual.get(k))})" for k in fixed)
+            raise UsageError.naming(f"{{resume}} cannot change the model, tokenizer or data split: {changes}")
     merged = {**{k: v for k, v in saved.items() if k not in ("loop", "out")}, **given}
     if not merged.get("data"):
         raise UsageError("no training data: give text files, folders or JSONL files")
@@ -172,9 +163,9 @@ def reuse_tokenizer(source: str) -> tuple[Tokenizer, str | None]:
 
 def check_out(out: Path, *, resume: bool) -> None:
     if not resume and ((out / STATE_FILE).exists() or (out / "llama.json").exists()):
-        raise UsageError(f"{out} already holds a model; continue its training with --resume, or choose another --out")
+        raise UsageError.naming(f"{literal(out)} already holds a model; continue its training with {{resume}}, or choose another {{out}}")
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder")
+        raise UsageError.naming(f"{{out}} {literal(out)} is a file; give a folder")
 
 
 def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = "auto", fsdp: bool = False) -> LoopResult:
@@ -206,7 +197,9 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
         key = data.fingerprint(stream)
         corpus = read_json_object(out / TRAIN_FILE, error=UsageError).get("corpus") if resume else None
         if resume and (corpus.get("fingerprint") if isinstance(corpus, dict) else None) != key:
-            raise UsageError("--resume: the training data differ from the run's; give the same files (or none, to reuse the run's paths)")
+            raise UsageError.naming(
+                "{resume}: the training data differ from the run's; give the same files (or none, to reuse the run's paths)"
+            )
         train, val = data.split_holdout(stream, settings.val_fraction, config.context_length, dist.world)
         baseline = data.unigram_baseline(train, val, config.vocab_size)
         task = PretrainTask(train, val, config, tokenizer, chat_template, settings.loop, dist)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import Dist, full_state, gradient_sync, load_optimizer_state, optimizer_state, wrap
-from .errors import UsageError
+from .errors import UsageError, literal
 from .textio import read_json_object
 from .train_settings import LoopSettings as LoopSettings  # noqa: PLC0414 (re-exported: defined torch-free in train_settings.py)
 
@@ -118,32 +118,32 @@ def saved_settings(out: Path, filename: str, run: str) -> dict[str, Any]:
     """The settings a run recorded in `out/filename` (train.json, finetune.json), for --resume."""
     path = out / filename
     if not path.is_file():
-        raise UsageError(f"--resume: {out} holds no {run} run ({filename} is missing)")
+        raise UsageError.naming(f"{{resume}}: {literal(out)} holds no {run} run ({literal(filename)} is missing)")
     settings = read_json_object(path, error=UsageError).get("settings")
     if not isinstance(settings, dict):
-        raise UsageError(f"--resume: {path} holds no settings (a damaged file?); start the run again in another --out")
+        raise UsageError.naming(f"{{resume}}: {literal(path)} holds no settings (a damaged file?); start the run again in another {{out}}")
     return settings
 
 
 def load_state(out: Path) -> dict[str, Any]:
     path = out / STATE_FILE
     if not path.is_file():
-        raise UsageError(f"--resume: {out} holds no checkpoint ({STATE_FILE}); start without --resume")
+        raise UsageError.naming(f"{{resume}}: {literal(out)} holds no checkpoint ({STATE_FILE}); start without {{resume}}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 (a truncated or foreign file: torch raises many kinds)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"--resume: cannot read {path}: {first}") from None
+        raise UsageError.naming(f"{{resume}}: cannot read {literal(path)}: {literal(first)}") from None
 
 
 def check_resumable(saved: LoopSettings, now: LoopSettings) -> None:
     """Refuse a resume whose settings would change the loss curve (max_steps and intervals may change)."""
     changed = [
-        f"--{f.name.replace('_', '-')} {getattr(now, f.name)} (checkpoint: {getattr(saved, f.name)})"
+        f"{{{f.name}}} {literal(getattr(now, f.name))} (checkpoint: {literal(getattr(saved, f.name))})"
         for f in fields(LoopSettings) if f.name not in LoopSettings.CHANGEABLE and getattr(saved, f.name) != getattr(now, f.name)
     ]  # fmt: skip
     if changed:
-        raise UsageError(f"--resume with different settings: {'; '.join(changed)}; drop them to continue the run as it was")
+        raise UsageError.naming(f"{{resume}} with different settings: {'; '.join(changed)}; drop them to continue the run as it was")
 
 
 def rewrite_metrics(out: Path, up_to: int) -> None:
@@ -281,7 +281,7 @@ def run_loop(
         state = load_state(out)
         check_resumable(LoopSettings.from_dict(state["settings"]), settings)
         if state.get("extra", {}).get("data") != extra.get("data"):
-            raise UsageError("--resume: the training data differ from the checkpoint's; give the same files to continue the run")
+            raise UsageError.naming("{resume}: the training data differ from the checkpoint's; give the same files to continue the run")
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in state["trainable"].items():

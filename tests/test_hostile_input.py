@@ -269,7 +269,7 @@ def test_a_damaged_run_folder_is_a_clear_error_on_resume(tmp_path: Path) -> None
     with pytest.raises(UsageError, match="train.json holds no settings"):
         saved_settings(tmp_path, "train.json", "training")
     (tmp_path / "train_state.pt").write_bytes(b"\x80\x04not a checkpoint")
-    with pytest.raises(UsageError, match=r"--resume: cannot read .*train_state\.pt") as error:
+    with pytest.raises(UsageError, match=r"^resume: cannot read .*train_state\.pt") as error:
         load_state(tmp_path)
     assert "\n" not in str(error.value)
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n{"step": 3, "lo')
@@ -281,7 +281,7 @@ def test_an_adapter_with_nan_alpha_is_refused_and_unknown_base_fields_are_ignore
     from llama_cli.config import ModelConfig
     from llama_cli.lora import Adapter, LoRAConfig
 
-    with pytest.raises(UsageError, match="--lora-alpha must be a finite number, got nan"):
+    with pytest.raises(UsageError, match="^alpha must be a finite number, got nan"):
         LoRAConfig(alpha=float("nan"))
     shape = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128, "vocab_size": 300}
     config = ModelConfig(**shape, rope_theta=10000.0, context_length=64)
@@ -399,3 +399,37 @@ def test_big_inputs_run_in_bounded_memory(hostile_files: dict[str, Path]) -> Non
     chatted = run_limited(*history, input="Hello\n")
     assert chatted.exit_code == 0, chatted.stderr[-2000:]
     assert "[dropped the oldest 996 messages to fit the 1024-token context]" in chatted.stderr and "Traceback" not in chatted.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_hidden_layers", "1", "n_layers must be an integer, got '1'"),  # int() took the string
+        ("hidden_size", 64.9, "dim must be an integer, got 64.9"),  # int() cut it to 64 and the model ran
+        ("rope_theta", float("nan"), "rope_theta must be a positive number, got nan"),
+        ("rope_scaling", {"rope_type": "llama3", "factor": 0.0, "original_max_position_embeddings": 32}, "positive finite factors"),
+    ],
+)
+def test_config_json_values_without_meaning_are_refused(field: str, value: object, message: str, tmp_path: Path) -> None:
+    from test_weights import write_hf
+
+    folder = write_hf(tmp_path / "hf", TINY, random_weights(TINY), **{field: value})
+    with pytest.raises(ModelFormatError, match=r"config\.json: impossible model shape .*" + message):
+        load_checkpoint(folder, cache=False)
+
+
+def test_a_top_k_past_the_vocabulary_keeps_every_token() -> None:
+    from llama_cli.sampling import SamplingSettings, sample, sampling_distribution
+
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    whole = sampling_distribution(logits, SamplingSettings(top_k=0))
+    torch.testing.assert_close(sampling_distribution(logits, SamplingSettings(top_k=10**12)), whole)
+    assert 0 <= sample(logits, SamplingSettings(top_k=10**12), torch.Generator().manual_seed(0)) < 4
+
+
+def test_a_truncated_model_config_is_a_clear_error_on_resume(tmp_path: Path) -> None:
+    from llama_cli.textio import read_json_object
+
+    (tmp_path / "llama.json").write_text('{"dim": 64, "n_la')  # killed mid-write; train --resume reads it so
+    with pytest.raises(UsageError, match=r"cannot read .*llama\.json: Unterminated string"):
+        read_json_object(tmp_path / "llama.json", error=UsageError)

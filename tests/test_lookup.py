@@ -87,11 +87,12 @@ def test_greedy_lookup_equals_plain_on_a_tiny_model(seed: int) -> None:
     assert fast.stats.drafted_tokens > 0 and 0 < fast.stats.accepted_tokens <= fast.stats.drafted_tokens
 
 
-def test_sampled_lookup_equals_plain_with_the_same_seed() -> None:
+@pytest.mark.parametrize("top_k", [0, 5])  # the whole vocabulary; the k survivors
+def test_sampled_lookup_equals_plain_with_the_same_seed(top_k: int) -> None:
     """Tokens are drawn one by one from the same distributions with the same generator calls."""
     model, tokenizer = tiny_model(3), CharTokenizer()
     prompt = tokenizer.encode("one two one two one two one two")
-    options = {"max_tokens": 50, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 11, "repetition_penalty": 1.1}
+    options = {"max_tokens": 50, "temperature": 0.7, "top_k": top_k, "top_p": 1.0, "min_p": 0.0, "seed": 11, "repetition_penalty": 1.1}
     plain = run(model, tokenizer, prompt, **options)
     fast = run(model, tokenizer, prompt, **options, lookup=4)
     assert fast.results[0].token_ids == plain.results[0].token_ids

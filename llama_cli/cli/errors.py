@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
+import string
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
 
-from ..errors import LlamaError
-from ..settings import SettingsError
+from ..errors import LlamaError, fill
 
 try:
     from typer._click import exceptions as click_errors  # newer Typer vendors click
@@ -40,14 +40,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-# Settings fields whose flag is not "--" + the field's name with dashes (settings.SettingsError names fields).
+# Fields whose flag is not "--" + the field's name with dashes (errors.LlamaError.naming: errors name fields).
 FLAG_NAMES = {
     "repetition_penalty": "--repeat-penalty",
     "n_layers": "--layers",
     "n_heads": "--heads",
     "n_kv_heads": "--kv-heads",
     "context_length": "--ctx",
+    "context": "--ctx",
     "tokenizer_kind": "--tokenizer-type",
+    "json_object": "--json-output",
+    "rank": "--lora-rank",  # finetune's LoRAConfig fields
+    "alpha": "--lora-alpha",
+    "targets": "--lora-targets",
+    "target": "--to",  # translate's language
 }
 
 
@@ -55,11 +61,14 @@ def flag_for(field: str) -> str:
     return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
+def as_flags(template: str) -> str:
+    """A naming template (errors.LlamaError.naming) with each field written as its flag."""
+    return fill(template, {name: flag_for(name) for _, name, _, _ in string.Formatter().parse(template) if name})
+
+
 def message(error: LlamaError) -> str:
     """The error's line, with settings' field names written as the flags that set them."""
-    if isinstance(error, SettingsError):
-        return error.render({name: flag_for(name) for name in error.fields})
-    return str(error)
+    return error.render({name: flag_for(name) for name in error.fields})
 
 
 def quiet_broken_pipe() -> typer.Exit:

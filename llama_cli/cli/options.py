@@ -96,13 +96,13 @@ def choice(enum: type[Enum], *names: str, help: str, panel: str | None = None, s
 def check_device(value: str) -> str:
     if value in choices(Device) or re.fullmatch(r"cuda:\d+", value):
         return value
-    raise typer.BadParameter(f"unknown device '{value}'; choose auto, cpu, cuda, cuda:N or mps")
+    raise click_errors.UsageError(f"unknown --device '{value}'; choose auto, cpu, cuda, cuda:N or mps")
 
 
 def check_template(value: str | None) -> str | None:
     if value is None or value in choices(Template) or Path(value).expanduser().is_file():
         return value
-    raise typer.BadParameter(f"unknown template '{value}'; choose {', '.join(choices(Template))}, or a Jinja template file")
+    raise click_errors.UsageError(f"unknown --template '{value}'; choose {', '.join(choices(Template))}, or a Jinja template file")
 
 
 # Option values worth completing in a shell, by flag (every `choice` option adds its own); every other option that

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ..textio import write_out
+from .errors import as_flags
 
 if TYPE_CHECKING:
     from ..generation import Generation, SampleResult, TokenEvent
@@ -71,7 +72,7 @@ def cut_short(generation: Generation) -> str | None:
         else "ended early"
     )
     which = "the output" if len(generation.results) == 1 else f"{len(bad)} of {len(generation.results)} samples"
-    return f"{which} {why} inside the {spec.option} value, so it is not valid"  # type: ignore[union-attr]
+    return f"{which} {why} inside the {as_flags(spec.option)} value, so it is not valid"  # type: ignore[union-attr]
 
 
 def summary(generation: Generation) -> dict[str, object]:

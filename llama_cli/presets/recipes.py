@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..chat_template import Message
-from ..errors import UsageError
+from ..errors import UsageError, literal
 from ..schema import Spec, regex_spec
 
 Length = Literal["short", "medium", "long"]
@@ -107,9 +107,9 @@ BULLET_POINTS = {"short": "two or three", "medium": "four to six", "long": "eigh
 def summary_fields(*, length: str = "medium", words: int | None = None, bullets: bool = False, focus: str | None = None) -> dict[str, str]:
     """The {shape} and {focus} fields of the summarize recipes from the command's options."""
     if length not in LENGTHS:
-        raise UsageError(f"unknown --length '{length}'; choose short, medium or long")
+        raise UsageError.naming(f"unknown {{length}} '{literal(length)}'; choose short, medium or long")
     if words is not None and words < 1:
-        raise UsageError(f"--words must be >= 1, got {words}")
+        raise UsageError.naming(f"{{words}} must be >= 1, got {words}")
     if bullets:  # the list's own instruction: "Write one paragraph. Format it as a list" got prose
         size = f"at most {words} words in all" if words else f"{BULLET_POINTS[length]} points"
         shape = f"Write a bulleted list of {size}, one '- ' line per point, and nothing else."
@@ -125,7 +125,7 @@ def summary_tokens(*, length: str = "medium", words: int | None = None) -> int:
 
 def translate_fields(*, target: str, source: str | None = None) -> dict[str, str]:
     if not target.strip():
-        raise UsageError("--to needs a language, e.g. --to French")
+        raise UsageError.naming("{target} needs a language, e.g. {target} French")
     return {"target": target.strip(), "source": f"from {source.strip()} " if source and source.strip() else ""}
 
 

@@ -54,7 +54,7 @@ class RemoteChatSession(ChatHistory):
         messages: Sequence[ChatMessage] = (),
     ) -> None:
         if context is not None and context < 2:
-            raise UsageError(f"--ctx must be at least 2, got {context}")
+            raise UsageError.naming(f"{{context}} must be at least 2, got {context}")
         super().__init__()
         self.url, self.settings, self.max_tokens = server.rstrip("/"), settings, settings.max_tokens
         health = self._call("GET", "/health")

@@ -9,9 +9,11 @@ keeps the tokens it holds, so a later request that starts with the same tokens (
 a chat) prefills only the rest: exact prefix reuse, through the same cache owner (kv_cache.py)
 that `llama chat` keeps its one row in.
 
-Sampling, stop strings, logprobs and stop reasons come from `Generation.advance`, the step the
-CLI's own decode loop takes, so a reply equals `llama generate`'s for the same settings and
-choice i of `n` equals a lone request with seed + i.
+Sampling, stop strings, logprobs and stop reasons come from `choose_tokens` and `Generation.emit`,
+the step the CLI's own decode loop takes, so a reply equals `llama generate`'s for the same
+settings and choice i of `n` equals a lone request with seed + i. The rows of a step are sampled
+together (one top-k and one draw for all rows with the same settings, each row from its own
+generator).
 
 Not here: HTTP, JSON, or any knowledge of OpenAI's format (app.py and protocol.py).
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..generation import PREFILL_CHUNK, Generation, SampleState
+from ..generation import PREFILL_CHUNK, Generation, SampleState, choose_tokens
 from ..kv_cache import KVCache
 from ..model import Transformer
 
@@ -180,30 +182,31 @@ class Scheduler:
         if others:
             self.cache.copy_row(row, others, len(ids))
         job.sink(("prefilled", reused))
-        for i, (r, state) in enumerate(zip([row, *others], generation.sample_states())):
-            seq = Seq(job, i, r, state, len(ids))
-            self.active.append(seq)
-            self._advance(seq, logits)
+        seqs = [Seq(job, i, r, state, len(ids)) for i, (r, state) in enumerate(zip([row, *others], generation.sample_states()))]
+        self.active.extend(seqs)
+        self._advance(seqs, logits.expand(n, -1))  # (n, vocab): every choice starts from the prompt's last logits
 
     def _decode(self) -> None:
         seqs = list(self.active)
         tokens, rows, positions = [[s.next_token] for s in seqs], [s.row for s in seqs], [s.written for s in seqs]  # (B, 1), (B,), (B,)
         logits = self.cache.run(tokens, rows=rows, positions=positions, last_only=True)[:, -1].float().cpu()  # (B, vocab)
         self.steps += 1
-        for seq, row_logits in zip(seqs, logits):
+        for seq in seqs:
             seq.written += 1
-            self._advance(seq, row_logits)
+        self._advance(seqs, logits)
 
-    def _advance(self, seq: Seq, logits: torch.Tensor) -> None:
-        generation = seq.job.generation
-        token, events = generation.advance(seq.index, logits, seq.state)
-        for event in events:
-            seq.job.sink(("token", seq.index, event))
-        if generation.results[seq.index].stop_reason is not None:
-            self._finish(seq)
-            seq.job.sink(("done", seq.index))
-        else:
-            seq.next_token = token
+    def _advance(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        """Each seq's next token from its row of logits (len(seqs), vocab), drawn together; its events go to its job."""
+        tokens = choose_tokens([(seq.job.generation, seq.index, seq.state) for seq in seqs], logits)
+        for seq, row, token in zip(seqs, logits, tokens):
+            generation = seq.job.generation
+            for event in generation.emit(seq.index, token, row, seq.state):
+                seq.job.sink(("token", seq.index, event))
+            if generation.results[seq.index].stop_reason is not None:
+                self._finish(seq)
+                seq.job.sink(("done", seq.index))
+            else:
+                seq.next_token = token
 
     def _finish(self, seq: Seq) -> None:
         if seq.done:
