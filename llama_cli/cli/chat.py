@@ -99,12 +99,20 @@ def chat(
     else:
         from ..chat import ChatSession
         from ..chat_template import check_builtin_template
+        from ..progress import Reporter
 
         tool_list = read_tools(tools, chat=True)
         llm = load_model(model_options)
         check_builtin_template(llm.tokenizer, template)
         session = ChatSession(
-            llm, settings, system=system, template=template, context=model_options.ctx, messages=messages, tools=tool_list
+            llm,
+            settings,
+            system=system,
+            template=template,
+            context=model_options.ctx,
+            messages=messages,
+            tools=tool_list,
+            progress=Reporter(),
         )
         if spec is not None and not structured.no_schema_prompt:
             session.set_system(with_schema_note(session.system, spec.prompt_note()))

@@ -171,9 +171,10 @@ def generate(
         )
 
     from ..generation import Generation
+    from ..progress import Reporter
     from .render import print_generation
 
-    generation = Generation(llm.model, llm.tokenizer, kept, settings, context=context)
+    generation = Generation(llm.model, llm.tokenizer, kept, settings, context=context, progress=Reporter())
     print_generation(generation, llm.tokenizer, as_json=json_output, stats=stats, truncate_ok=truncate_ok)
     if all(r.stop_reason == "eos" and not r.token_ids for r in generation.results):
         hint = "" if wants_chat or llm.checkpoint.chat_template is None else "; an instruct model answers questions with --chat"

@@ -2,6 +2,7 @@
 
 A preset runs as steps (presets/run.py): partial summaries, paragraphs, the answer. Only final
 steps reach stdout; the others show as progress (a bar on a terminal, else one line per step).
+A long prefill shows as progress.py's wait where the preset's own bar is not on screen.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ..progress import Reporter
 from ..textio import write_out
 
 if TYPE_CHECKING:
@@ -93,11 +95,14 @@ def run_preset(preset: str, runner: Runner, steps: Iterator[Step], *, as_json: b
             )
         return
     progress, notes_seen, last = Progress(preset), 0, "\n"
+    waits = Reporter()
     interrupted = False
     try:
         for number, step in enumerate(steps):
             notes_seen = _print_notes(preset, runner, notes_seen)
             progress.show(step, runner)
+            if step.generation is not None and progress.bar is None:  # a preset's bar shows its steps' waits itself
+                step.generation.progress = waits
             last = _run_step(step, number, as_json=as_json) or last
             if as_json:
                 write_out(json.dumps(step_record(step, number), ensure_ascii=False) + "\n")
