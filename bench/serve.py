@@ -4,12 +4,17 @@
     python bench/serve.py --clients 1,8 -n 64 --parallel 8
     python bench/serve.py --engine llama-cpp      # llama-cpp-python's server on the same GGUF, run the same way
     python bench/serve.py --url http://127.0.0.1:8080 --clients 4   # a server that is already running
+    python bench/serve.py --clients 1,8,1,8 --threads 1   # levels back to back, twice
+    python bench/serve.py --clients '' --cli 5            # `llama generate --server` against the warm server
 
 Each client sends one streaming /v1/completions request (the same prompt, its own seed,
 `max_tokens` = -n, temperature 0.8) and counts the text chunks it receives as tokens. A level's
 aggregate rate is all tokens received over the level's wall time; TTFT is from sending the
 request to the first text chunk. A 503 is counted as refused (the server's bounded queue), any
-other failure as an error. The server's resident memory is read from /proc before and after.
+other failure as an error. The server's resident memory is read from /proc before and after, and
+its CPU time (user + sys) over each level, which a busy machine inflates less than wall time.
+`--cli N` then runs `llama generate --server URL -n 1 -t 0 PROMPT` N times, one after another,
+and prints the medians of the time to its first byte on stdout, its wall time and its CPU time.
 Figures only, no assertions: the machines are shared, so compare levels of one run as ratios.
 """
 
@@ -42,6 +47,7 @@ class Level:
     rates: list[float] = field(default_factory=list)  # each client's decode tokens/s after its first token
     refused: int = 0
     errors: list[str] = field(default_factory=list)
+    cpu: float = float("nan")  # the server's user + sys seconds over the level
 
 
 async def one_client(http: httpx.AsyncClient, level: Level, seed: int, max_tokens: int) -> None:
@@ -103,6 +109,40 @@ def rss_mb(pid: int | None) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """user + sys seconds of a process so far (all its threads), from /proc."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def run_timed_level(url: str, clients: int, max_tokens: int, pid: int | None) -> Level:
+    before = cpu_seconds(pid)
+    level = asyncio.run(run_level(url, clients, max_tokens))
+    level.cpu = cpu_seconds(pid) - before
+    return level
+
+
+def cli_first_tokens(url: str, runs: int) -> tuple[list[float], list[float], list[float]]:
+    """(first stdout byte, wall, user + sys) seconds of each of `runs` `llama generate --server` commands."""
+    command = [sys.executable, "-m", "llama_cli", "generate", "--server", url, "-n", "1", "-t", "0", "The capital of France is"]
+    firsts, walls, cpus = [], [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert process.stdout is not None
+        process.stdout.read(1)
+        firsts.append(time.perf_counter() - started)
+        process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        walls.append(time.perf_counter() - started)
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{' '.join(command)} exited with {os.waitstatus_to_exitcode(status)}")
+    return firsts, walls, cpus
 
 
 def free_port() -> int:
@@ -179,6 +219,7 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dtype", default="auto", help="llama serve --dtype")
+    parser.add_argument("--cli", type=int, default=0, metavar="N", help="then time N `llama generate --server` runs")
     args = parser.parse_args()
 
     process = None
@@ -191,7 +232,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server we started
     try:
         asyncio.run(run_level(url, 1, 4))  # warm-up
-        levels = [asyncio.run(run_level(url, int(n), args.max_tokens)) for n in args.clients.split(",")]
+        levels = [run_timed_level(url, int(n), args.max_tokens, pid) for n in args.clients.split(",") if n]
+        cli = cli_first_tokens(url, args.cli)
     finally:
         rss_after = rss_mb(pid)
         if process is not None:
@@ -205,16 +247,22 @@ def main() -> None:
     base = levels[0].tokens / levels[0].wall if levels and levels[0].wall else float("nan")
     print(
         "| clients | served | refused (503) | errors | tokens | wall s | aggregate tok/s | x 1st level | per-client decode tok/s "
-        "(median) | TTFT p50 s | TTFT p95 s |"
+        "(median) | TTFT p50 s | TTFT p95 s | server CPU s | tokens per CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for level in levels:
         rate = level.tokens / level.wall if level.wall else float("nan")
         per_client = statistics.median(level.rates) if level.rates else float("nan")
         print(
             f"| {level.clients} | {len(level.ttft)} | {level.refused} | {len(level.errors)} | {level.tokens} | {level.wall:.1f} "
             f"| {rate:.1f} | {rate / base:.2f} | {per_client:.1f} | {percentile(level.ttft, 0.5):.2f} "
-            f"| {percentile(level.ttft, 0.95):.2f} |"
+            f"| {percentile(level.ttft, 0.95):.2f} | {level.cpu:.1f} | {level.tokens / level.cpu if level.cpu else float('nan'):.1f} |"
+        )
+    if args.cli:
+        firsts, walls, cpus = cli
+        print(
+            f"`llama generate --server` x {args.cli}: first byte on stdout median {statistics.median(firsts):.3f} s "
+            f"(min {min(firsts):.3f}, max {max(firsts):.3f}); wall {statistics.median(walls):.3f} s; CPU {statistics.median(cpus):.3f} s"
         )
     for level in levels:
         for error in level.errors[:3]:
