@@ -100,7 +100,8 @@ class Tokenizer(ABC):
 @contextlib.contextmanager
 def _rust_panics_silenced() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null while `tokenizers` runs: a Rust panic prints its own
-    lines there before Python sees the exception. (A line another thread writes meanwhile is lost.)"""
+    lines there before Python sees the exception. (A line another thread writes meanwhile is lost:
+    `llama serve`'s log, so only a tokenizer with a regex of unknown behaviour is run this way.)"""
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
@@ -111,6 +112,24 @@ def _rust_panics_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+# The pre-tokenizer regexes of llama.cpp's table (gguf_vocab.py): none makes the Rust library panic
+# (tried on 200,000-character runs of spaces, digits, letters, newlines, punctuation and CJK).
+KNOWN_REGEXES = frozenset(regex for spec in PRE_TOKENIZERS.values() for regex in spec.regexes)
+
+
+def _regexes(state: Any) -> Iterator[str]:
+    """Every regex in a `tokenizers` component's JSON state (Split pre-tokenizers, Replace normalizers)."""
+    if isinstance(state, dict):
+        pattern = state.get("pattern")
+        if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
+            yield pattern["Regex"]
+        for value in state.values():
+            yield from _regexes(value)
+    elif isinstance(state, list):
+        for value in state:
+            yield from _regexes(value)
+
+
 class BPETokenizer(Tokenizer):
     """A `tokenizers` pipeline: byte-level BPE from a GGUF, or any `tokenizer.json`."""
 
@@ -119,6 +138,10 @@ class BPETokenizer(Tokenizer):
         added = backend.get_added_tokens_decoder()
         self._added, self._control = frozenset(added), frozenset(i for i, t in added.items() if t.special)
         self._byte_level = isinstance(backend.decoder, decoders.ByteLevel)
+        # A regex from a tokenizer.json that is not one of llama.cpp's may backtrack until the Rust
+        # library panics; only then is stderr silenced around each encode (see _rust_panics_silenced).
+        parts = [part for part in (backend.normalizer, backend.pre_tokenizer) if part is not None]
+        self._may_panic = any(regex not in KNOWN_REGEXES for part in parts for regex in _regexes(json.loads(part.__getstate__())))
 
     @property
     def vocab_size(self) -> int:
@@ -128,7 +151,7 @@ class BPETokenizer(Tokenizer):
         # Special added tokens are matched only when asked; user-defined ones always (as llama.cpp does).
         self._backend.encode_special_tokens = not parse_special
         try:
-            with _rust_panics_silenced():
+            with _rust_panics_silenced() if self._may_panic else contextlib.nullcontext():
                 ids = self._backend.encode(text, add_special_tokens=False).ids
         except BaseException as error:
             # A tokenizer.json's pre-tokenizer regex that backtracks without end makes the Rust
