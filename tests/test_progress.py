@@ -66,6 +66,7 @@ def test_the_prefill_shows_through_generation(tiny_llm, capsys: pytest.CaptureFi
 
 def test_the_cli_shows_long_waits_on_stderr_only(llama, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     args = ["generate", "-m", tiny_model_path, "-t", "0", "-n", "3", "--dtype", "float32", "Once upon a time"]
+    monkeypatch.setattr(progress, "AFTER", 3600.0)  # every wait short, however busy the machine
     quick = llama(*args)
     assert quick.exit_code == 0 and quick.stderr == ""  # a short run prints nothing new
     monkeypatch.setattr(progress, "AFTER", 0.0)

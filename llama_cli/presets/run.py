@@ -178,9 +178,9 @@ def _check_input(document: str) -> None:
 
 
 def _too_small(runner: Runner, tokens: int, max_tokens: int) -> UsageError:
-    return UsageError(
-        f"the input ({tokens} tokens) must be split, but a {runner.context}-token context leaves too little room with -n "
-        f"{max_tokens}; raise --ctx or lower -n"
+    return UsageError.naming(
+        f"the input ({tokens} tokens) must be split, but a {runner.context}-token context leaves too little room with "
+        f"{{max_tokens}} {max_tokens}; raise {{context}} or lower {{max_tokens}}"
     )
 
 
