@@ -31,10 +31,16 @@ class Dist:
     local_rank: int
     device: torch.device
     fsdp: bool = False  # shard the model (else replicate it with DDP) when world > 1
+    local_world: int = 1  # ranks on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def sharing_memory(self) -> int:
+        """Ranks that share this rank's memory: on the CPU every rank of the machine; a GPU is each rank's own."""
+        return self.local_world if self.device.type == "cpu" else 1
 
     @property
     def sharded(self) -> bool:
@@ -79,7 +85,7 @@ def init_distributed(device: str = "auto", *, fsdp: bool = False) -> Dist:
         raise UsageError.naming(f"unknown {{device}} '{literal(device)}'; choose auto, cpu, cuda or cuda:N")
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
-    return Dist(rank, world, local_rank, torch_device, fsdp)
+    return Dist(rank, world, local_rank, torch_device, fsdp, local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def close_distributed() -> None:

@@ -182,8 +182,14 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
         if not resume:  # a bad shape, or one that cannot fit in memory, fails before the tokenizer trains
             shape = settings.model_config(settings.vocab_size or PRESETS[settings.preset].vocab_size)
             fixed, per_sequence = training_bytes(shape)
+            if dist.sharded:  # FSDP: each rank holds its share of the weights, gradients and moments
+                fixed //= dist.world
+            ranks = dist.sharing_memory  # under torchrun on the CPU, every rank of the machine needs as much
+            fixed, per_sequence = fixed * ranks, per_sequence * ranks
             batch = settings.loop.batch_size
-            what = f"training {parameter_count(shape):,} parameters with --batch-size {batch}"
+            what = f"training {parameter_count(shape):,} parameters with --batch-size {batch}" + (
+                f" in each of {ranks} ranks on this machine" if ranks > 1 else ""
+            )
             check_fits(
                 what, fixed + batch * per_sequence, per_unit=per_sequence, unit="sequences per batch", base=fixed,
                 device_type=dist.device.type, index=dist.device.index,

@@ -170,6 +170,25 @@ def test_training_that_cannot_fit_in_memory_is_refused_before_it_starts(tmp_path
     assert not (tmp_path / "a" / "train.json").exists()  # refused before anything was trained or written
 
 
+def test_training_on_the_cpu_counts_every_rank_of_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun each rank checked the machine's memory as if it were alone; LOCAL_WORLD_SIZE
+    ranks on the CPU share it (here: room for the run twice over, so one rank fits and four do not)."""
+    import llama_cli.memory
+    from llama_cli.memory import HEADROOM, MemoryLimitError
+    from llama_cli.train import pretrain
+    from llama_cli.train_settings import PRESETS, PretrainSettings, training_bytes
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The harbour wall was built of granite blocks. " * 200)
+    settings = PretrainSettings(data=[str(corpus)], out=tmp_path / "run")
+    fixed, per_sequence = training_bytes(settings.model_config(PRESETS[settings.preset].vocab_size))
+    one_rank = fixed + settings.loop.batch_size * per_sequence
+    monkeypatch.setattr(llama_cli.memory, "available_bytes", lambda *args: int(2 * one_rank / HEADROOM))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(MemoryLimitError, match=r"--batch-size 16 in each of 4 ranks on this machine needs .* at most \d+ sequences"):
+        pretrain(settings, device="cpu")
+
+
 def test_json_nested_too_deeply_is_a_clear_error(tmp_path: Path) -> None:
     from llama_cli.conversation import HistoryError, read_messages
 
