@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -25,6 +26,7 @@ class Wait:
     def __init__(self, reporter: Reporter, what: str, total: int | None, unit: str) -> None:
         self.reporter, self.what, self.total, self.unit = reporter, what, total, unit
         self.done = 0
+        self.started = 0.0  # time.monotonic() when the wait began
         self.shown = threading.Event()  # set once the wait is on screen
         self._finished = threading.Event()
         self._lock = threading.Lock()
@@ -33,6 +35,7 @@ class Wait:
         self._task: Any = None
 
     def __enter__(self) -> Wait:  # noqa: PYI034 (Python 3.10 has no typing.Self)
+        self.started = time.monotonic()
         if self.reporter.after <= 0:
             self._show()
         else:
@@ -97,6 +100,8 @@ class Wait:
             refresh_per_second=4,
         )
         self._task = self._bar.add_task(self.what if counted else self.describe(), total=self.total, completed=self.done)
+        for task in self._bar.tasks:  # the elapsed time counts from the start of the wait, not from when the bar appears
+            task.start_time = self.started
         self._bar.start()
 
 
