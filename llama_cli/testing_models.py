@@ -21,11 +21,12 @@ torch holds them, and `gguf.GGUFWriter` reverses the shape when it writes tensor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -366,17 +367,36 @@ MODELS: dict[str, Callable[[Path], Path]] = {
 }
 
 
+@contextlib.contextmanager
+def making(path: Path) -> Iterator[None]:
+    """Hold `path`'s lock file while it is made: processes that want the same file (pytest-xdist's
+    workers) wait for the first to finish it instead of writing the same `.partial` at once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def base_file(folder: Path, model: str) -> Path:
     """`folder/<model>-base-F16.gguf`, written unless it is already there."""
     path = folder / f"{model}-base-F16.gguf"
-    return path if path.is_file() else MODELS[model](path)
+    with making(path):
+        return path if path.is_file() else MODELS[model](path)
 
 
 def model_file(folder: Path, model: str, preset: str, *, engine: Literal["auto", "llama.cpp", "gguf"] = "auto") -> Path:
     """`model` quantized to `preset` in `folder` (made, with its F16 base, unless already there):
-    `<model>-<preset>.gguf` from llama.cpp's quantizer, `<model>-<preset>-gguf.gguf` from gguf.quants."""
+    `<model>-<preset>.gguf` from llama.cpp's quantizer, `<model>-<preset>-gguf.gguf` from gguf.quants
+    (F16 from gguf is the base itself: the `gguf` writer made it)."""
     if engine == "auto":
         engine = "llama.cpp" if has_llama_cpp() else "gguf"
+    if (preset, engine) == ("F16", "gguf"):
+        return base_file(folder, model)
     path = folder / f"{model}-{preset}{'-gguf' if engine == 'gguf' else ''}.gguf"
     if path.is_file():
         return path
@@ -384,4 +404,6 @@ def model_file(folder: Path, model: str, preset: str, *, engine: Literal["auto",
         raise QuantizerMissing(f"{preset} needs llama.cpp's quantizer: pip install llama-cpp-python (the bench extra)")
     if engine == "llama.cpp" and not has_llama_cpp():
         raise QuantizerMissing(f"{preset} via llama.cpp: llama-cpp-python (the bench extra) is not installed")
-    return quantize(base_file(folder, model), path, preset, engine=engine)
+    base = base_file(folder, model)
+    with making(path):
+        return path if path.is_file() else quantize(base, path, preset, engine=engine)

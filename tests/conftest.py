@@ -32,6 +32,17 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("LLAMA_CACHE", str(cache))
 
 
+# Session fixtures too slow to build once per pytest-xdist worker (the transformers model: ~30 s):
+# the tests that use them run on one worker.
+SHARED_REFERENCES = ("hf_model",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(name in SHARED_REFERENCES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("shared-references"))
+
+
 @dataclass(frozen=True)
 class Run:
     """What one `llama` command did: its exit code and what it wrote (decoded as UTF-8)."""
@@ -238,3 +249,11 @@ def keep_thread_count():  # type: ignore[no-untyped-def]
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def waits_stay_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process commands show a wait's progress on stderr once it passes progress.AFTER (~2 s): on a
+    busy machine a load or prefill can, adding a line where tests expect one. tests/test_progress.py
+    lowers the threshold itself."""
+    monkeypatch.setattr("llama_cli.progress.AFTER", 3600.0)

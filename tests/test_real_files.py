@@ -2,13 +2,14 @@
 then quantized): every tensor type loads and generates, the writers keep what they should, and the
 default path stays close to the float32 reference of the same file on real English text.
 
-Each tensor type is tested once, in the file that holds it, not once per preset: a preset is a mix
+Each tensor type is tested once, in a file that holds it, not once per preset: a preset is a mix
 of types (which mix depends on the rows: SmolLM2's rows of 576 are not a multiple of 256, so its
-K presets fall back to legacy types for most tensors), and the presets share their types. The
-legacy types, F16 and BF16 come from `gguf.quants` (every matrix that type, no llama.cpp needed);
-the K and IQ types from llama.cpp's presets listed in TINY_PRESETS and DEFAULT_PRESETS, which
-need llama-cpp-python (the `bench` extra) and skip without it. Each case checks that its file
-holds the types it is there for, so a change in llama.cpp's mixes cannot silently drop one.
+K presets fall back to legacy types for most tensors), and the presets share their types. On the
+tiny model the legacy types, F16 and BF16 come from `gguf.quants` (every matrix that type, no
+llama.cpp needed); the K and IQ types, on both models, from llama.cpp's presets listed in
+TINY_PRESETS and DEFAULT_PRESETS, which need llama-cpp-python (the `bench` extra) and skip without
+it. Each case checks that its file holds the types it is there for, so a change in llama.cpp's
+mixes cannot silently drop one.
 
 The whole module is `real_model`: it makes files from the default model and runs it.
 """
@@ -26,7 +27,7 @@ from llama_cli import load
 from llama_cli.config import RopeScaling
 from llama_cli.model import rope_frequencies
 from llama_cli.perplexity import kl_compare, kl_summary
-from llama_cli.testing_models import GGUF_TYPES, default_model_path, llama3_rope_factors
+from llama_cli.testing_models import GGUF_TYPES, default_model_path, has_llama_cpp, llama3_rope_factors
 from llama_cli.weights.gguf_header import scan_header
 
 pytestmark = pytest.mark.real_model
@@ -34,10 +35,11 @@ pytestmark = pytest.mark.real_model
 # (preset, engine) -> the tensor types it is there to cover. `gguf` writes every matrix as the
 # preset's type (the output head Q8_0 for 4- and 5-bit types). llama.cpp's mixes, as measured
 # 2026-11-29 (llama-cpp-python 0.3.36): on the tiny model (rows of 256 and 512) Q2_K holds Q2_K and
-# Q3_K, Q4_K_S holds Q4_K and Q5_K, every preset a Q6_K head; on SmolLM2 (rows of 576) Q3_K_S holds
-# Q3_K, Q4_K_M Q4_K and Q6_K, Q5_K_S Q5_K, IQ4_XS both IQ4_NL and IQ4_XS. The presets left out
-# (Q3_K_M, Q3_K_L, Q5_K_M, Q6_K, IQ4_NL, and llama.cpp's own legacy/F16/BF16 presets) hold only
-# types these cover.
+# Q3_K, Q4_K_S holds Q4_K and Q5_K, every preset a Q6_K head; on SmolLM2 (rows of 576) each K preset
+# falls back to a legacy type for most matrices (180 of 211: Q3_K_S -> Q4_0, Q4_K_M -> Q5_0,
+# Q5_K_S -> Q5_1, IQ4_XS -> IQ4_NL) beside its own type for ~30, and keeps the tied head (the largest
+# matrix) at Q8_0. The presets left out (Q3_K_M, Q3_K_L, Q5_K_M, Q6_K, IQ4_NL, and llama.cpp's own
+# legacy/F16/BF16 presets) hold only types these cover.
 GGUF_CASES = {(p, "gguf"): {p} for p in GGUF_TYPES}
 TINY_PRESETS = GGUF_CASES | {
     ("Q2_K", "llama.cpp"): {"Q2_K", "Q3_K", "Q6_K"},
@@ -45,12 +47,21 @@ TINY_PRESETS = GGUF_CASES | {
     ("IQ4_NL", "llama.cpp"): {"IQ4_NL"},
     ("IQ4_XS", "llama.cpp"): {"IQ4_XS"},
 }
-DEFAULT_PRESETS = GGUF_CASES | {
-    ("Q3_K_S", "llama.cpp"): {"Q3_K"},
-    ("Q4_K_M", "llama.cpp"): {"Q4_K", "Q6_K"},
-    ("Q5_K_S", "llama.cpp"): {"Q5_K"},
+# The default model's own file (Q4_1, as shipped) needs no making. Where llama.cpp is installed its
+# K presets hold the other legacy types as their main type, so gguf writes only F16 and BF16 for
+# the default model (each default case costs a file and two passes over 1,024 tokens); without it,
+# gguf writes every legacy type and the K types are skipped.
+LLAMA_CPP_DEFAULT = {
+    ("Q3_K_S", "llama.cpp"): {"Q3_K", "Q4_0"},
+    ("Q4_K_M", "llama.cpp"): {"Q4_K", "Q6_K", "Q5_0", "Q8_0"},
+    ("Q5_K_S", "llama.cpp"): {"Q5_K", "Q5_1"},
     ("IQ4_XS", "llama.cpp"): {"IQ4_NL", "IQ4_XS"},
 }
+SHIPPED = {("Q4_1", "shipped"): {"Q4_1", "Q8_0"}}
+if has_llama_cpp():
+    DEFAULT_PRESETS = {("F16", "gguf"): {"F16"}, ("BF16", "gguf"): {"BF16"}} | SHIPPED | LLAMA_CPP_DEFAULT
+else:
+    DEFAULT_PRESETS = GGUF_CASES | SHIPPED | LLAMA_CPP_DEFAULT  # the llama.cpp cases skip
 ALL_TYPES = {"F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"}
 
 
@@ -163,7 +174,7 @@ def test_default_path_stays_close_to_the_float32_reference(model_files, preset: 
     """The default model's file of each type loads and generates (" Paris"), and the default path
     stays close to the float32 reference of the same file by the figures llama.cpp users compare
     quants by: top-1 agreement >= 98%, mean KL <= 0.01 over 1,000+ tokens (issue 11, item 5)."""
-    path = model_files("default", preset, engine)
+    path = default_model_path() if engine == "shipped" else model_files("default", preset, engine)
     assert DEFAULT_PRESETS[preset, engine] <= held_types(path)
     fast = load(path)  # the metadata is read once, into the session's cache, for both loads
     text = fast.generate("The capital of France is", max_tokens=8, temperature=0)
