@@ -240,6 +240,35 @@ def test_a_tokenizer_regex_that_panics_is_a_clear_error_naming_the_file(tmp_path
     assert "panicked" not in capfd.readouterr().err  # the Rust panic's own lines are not printed
 
 
+def test_a_long_run_of_spaces_is_pre_tokenized_in_linear_time(tmp_path: Path) -> None:
+    """DeepSeek LLM's `\\s+$` (llama.cpp's) retried a run of spaces before a digit from every space:
+    200,000 took 195 s. The same splits as llama.cpp's regex, and 100,000 spaces inside 10 s of CPU
+    (a child under setrlimit; the quadratic regex needs ~50 s)."""
+    import resource
+    import subprocess
+    import sys
+
+    from tokenizers import Regex, pre_tokenizers
+
+    from llama_cli.gguf_vocab import PRE_TOKENIZERS
+
+    def splits(regexes: list[str]) -> pre_tokenizers.PreTokenizer:
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes])
+
+    ours = list(PRE_TOKENIZERS["deepseek-llm"].regexes)
+    llama_cpp = [r"\s+$" if r == r"(?<!\s)\s+$" else r for r in ours]
+    assert llama_cpp != ours
+    for text in ["a  b \n  c   1  ", "x   ", "  ", "\t\t 9", "hello world  \n", "end. \u3000 1"]:
+        assert splits(ours).pre_tokenize_str(text) == splits(llama_cpp).pre_tokenize_str(text)
+    code = "from llama_cli.gguf_vocab import pre_tokenizer; pre_tokenizer('deepseek-llm').pre_tokenize_str(' ' * 100_000 + '1')"
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (10, 10))
+
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limits, timeout=60)
+    assert child.returncode == 0, (child.returncode, child.stderr[-1000:])
+
+
 def test_a_tokenizer_with_known_regexes_leaves_stderr_alone(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Silencing fd 2 loses what other threads write meanwhile (serve's log): only a regex that is
     not llama.cpp's is run that way; the default model's (from its GGUF, or saved in a folder) is not."""
