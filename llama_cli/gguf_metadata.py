@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 MAGIC = b"GGUF"
 STRING, ARRAY = 8, 9
-SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 MAX_NESTING = 3  # arrays of arrays: none in practice
 
 
@@ -66,7 +66,10 @@ def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
         raise ModelFormatError(f"cannot read GGUF {path}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
-class _KeyValues:
+class GGUFCursor:
+    """Reads GGUF's little-endian values from a memory map, each length checked against the file's
+    size before anything is read or allocated (weights/gguf_header.py steps through the same way)."""
+
     def __init__(self, buf: mmap.mmap, path: Path) -> None:
         self.buf, self.path, self.pos, self.size = buf, path, 0, len(buf)
 
@@ -74,21 +77,36 @@ class _KeyValues:
         return ModelFormatError(f"cannot read GGUF {self.path}: {what} at byte {self.pos} of {self.size}: the file is truncated or corrupt")
 
     def take(self, n: int) -> int:
+        """Step over n bytes; return where they start."""
         if n < 0 or self.pos + n > self.size:
             raise self.fail(f"a length of {n} bytes")
         start, self.pos = self.pos, self.pos + n
         return start
 
     def unpack(self, fmt: str) -> Any:
-        return struct.unpack_from("<" + fmt, self.buf, self.take(struct.calcsize("<" + fmt)))[0]
+        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
-        n = self.unpack("Q")
+    def string(self, what: str = "a string") -> str:
+        n = self.unpack("<Q")
         start = self.take(n)
         try:
             return self.buf[start : start + n].decode("utf-8")
         except UnicodeDecodeError:
-            raise self.fail("a string that is not UTF-8") from None
+            raise self.fail(f"{what} that is not UTF-8") from None
+
+    def array(self, depth: int, read: bool) -> list[Any] | None:
+        """An array's items (`read`), or None after stepping over them without decoding any."""
+        item, count = self.unpack("<I"), self.unpack("<Q")
+        if item in SCALARS:
+            start = self.take(count * struct.calcsize(SCALARS[item]))  # checked before struct sees the count
+            return list(struct.unpack_from(f"<{count}{SCALARS[item][1:]}", self.buf, start)) if read else None
+        if count * 8 > self.size - self.pos:  # every string or array item takes at least 8 bytes
+            raise self.fail(f"an array of {count} items")
+        if item == STRING:
+            items = [self.string() if read else self.take(self.unpack("<Q")) for _ in range(count)]
+        else:
+            items = [self.value(item, depth + 1) for _ in range(count)]
+        return items if read else None
 
     def value(self, kind: int, depth: int = 0) -> Any:
         if kind in SCALARS:
@@ -97,27 +115,21 @@ class _KeyValues:
             return self.string()
         if kind != ARRAY or depth >= MAX_NESTING:
             raise self.fail(f"unknown value type {kind}")
-        item, count = self.unpack("I"), self.unpack("Q")
-        if item in SCALARS:
-            start = self.take(count * struct.calcsize(SCALARS[item]))  # checked before struct sees the count
-            return list(struct.unpack_from(f"<{count}{SCALARS[item]}", self.buf, start))
-        if count * 8 > self.size - self.pos:  # every string or array item takes at least 8 bytes
-            raise self.fail(f"an array of {count} items")
-        if item == STRING:
-            return [self.string() for _ in range(count)]
-        return [self.value(item, depth + 1) for _ in range(count)]
+        return self.array(depth, read=True)
 
+
+class _KeyValues(GGUFCursor):
     def read(self) -> dict[str, Any]:
         if self.size < 24 or self.buf[:4] != MAGIC:
             raise ModelFormatError(f"cannot read GGUF {self.path}: not a GGUF file (it starts with {bytes(self.buf[:4])!r})")
         self.take(4)
-        version = self.unpack("I")
+        version = self.unpack("<I")
         if version not in (2, 3):
             raise ModelFormatError(
                 f"cannot read GGUF {self.path}: version {version} is not supported (only 2 and 3; big-endian files neither)"
             )
-        self.unpack("Q")  # tensor count
-        kv_count = self.unpack("Q")
+        self.unpack("<Q")  # tensor count
+        kv_count = self.unpack("<Q")
         if kv_count * 13 > self.size - self.pos:  # each: an empty key, a type, a one-byte value
             raise self.fail(f"{kv_count} key/values claimed")
         metadata: dict[str, Any] = {}
@@ -125,5 +137,5 @@ class _KeyValues:
             key = self.string()
             if key in metadata:
                 raise self.fail(f"duplicate key {key!r}")
-            metadata[key] = self.value(self.unpack("I"))
+            metadata[key] = self.value(self.unpack("<I"))
         return metadata

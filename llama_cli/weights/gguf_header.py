@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import math
 import mmap
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelFormatError
+from ..gguf_metadata import ARRAY, MAGIC, MAX_NESTING, STRING, GGUFCursor
 
 if TYPE_CHECKING:  # imported where used: the gguf package takes ~0.1 s to import, and cached runs never scan a header
     from gguf.constants import GGMLQuantizationType
 
-MAGIC = b"GGUF"
-STRING, ARRAY = 8, 9
-SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, a one-byte value
 MIN_TENSOR_BYTES = 8 + 4 + 8 + 4 + 8  # empty name, n_dims, one dim, type, offset
 MAX_DIMS = 4  # GGML_MAX_DIMS
-MAX_NESTING = 3  # arrays of arrays: none in practice
 
 
 @dataclass(frozen=True)
@@ -58,56 +54,19 @@ class GGUFHeader:
         return value if isinstance(value, str) else None
 
 
-class _Cursor:
-    def __init__(self, buf: mmap.mmap, path: Path) -> None:
-        self.buf, self.path, self.pos, self.size = buf, path, 0, len(buf)
-
+class _Cursor(GGUFCursor):
     def fail(self, what: str) -> ModelFormatError:
         return ModelFormatError(f"{self.path}: {what} at byte {self.pos} of {self.size}: the GGUF is truncated or corrupt")
 
-    def take(self, n: int) -> int:
-        """Advance past n bytes; return where they start."""
-        if n < 0 or self.pos + n > self.size:
-            raise self.fail(f"a length of {n} bytes")
-        start, self.pos = self.pos, self.pos + n
-        return start
-
-    def unpack(self, fmt: str) -> Any:
-        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self, what: str) -> str:
-        n = self.unpack("<Q")
-        start = self.take(n)
-        try:
-            return self.buf[start : start + n].decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.fail(f"{what} is not UTF-8") from None
-
-    def skip_string(self) -> None:
-        self.take(self.unpack("<Q"))
-
     def value(self, kind: int, depth: int = 0) -> Any:
-        """Read a scalar or string; step over an array (returning None)."""
-        if kind in SCALARS:
-            return self.unpack(SCALARS[kind])
+        """Read a scalar or string; step over an array (returning None): the reader decodes those."""
         if kind == STRING:
             n = self.unpack("<Q")
             start = self.take(n)
             return self.buf[start : start + n].decode("utf-8", errors="replace")
-        if kind != ARRAY or depth >= MAX_NESTING:
-            raise self.fail(f"unknown value type {kind}")
-        item, count = self.unpack("<I"), self.unpack("<Q")
-        if item in SCALARS:
-            self.take(count * struct.calcsize(SCALARS[item]))
-            return None
-        if count * 8 > self.size - self.pos:  # every string or array item takes at least 8 bytes
-            raise self.fail(f"array of {count} items claimed")
-        for _ in range(count):
-            if item == STRING:
-                self.skip_string()
-            else:
-                self.value(item, depth + 1)
-        return None
+        if kind == ARRAY and depth < MAX_NESTING:
+            return self.array(depth, read=False)
+        return super().value(kind, depth)
 
 
 def scan_header(path: Path) -> GGUFHeader:
