@@ -60,8 +60,9 @@ def run_limited(
         request = {
             "argv": ["llama", *map(str, args)],
             # Two threads unless told: each thread adds its stack and a malloc arena (64 MB of address
-            # space) to the process, so the limit holds alike on 2 cores and on 64.
-            "env": {"LLAMA_THREADS": "2", **os.environ, **(env or {})},
+            # space) to the process, so the limit holds alike on 2 cores and on 64. No GPU: the limits
+            # are the host's, and CUDA reserves more address space when it starts than they allow.
+            "env": {"LLAMA_THREADS": "2", **os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})},
             "cwd": os.getcwd(),
             "stdin": str(stdin),
             "stdout": str(folder / "stdout"),
