@@ -63,11 +63,12 @@ def check_fits(
     what: str, needed: int, *, per_unit: int = 0, unit: str = "", base: int = 0, device_type: str = "cpu", index: int | None = None
 ) -> None:
     """Raise MemoryLimitError when `needed` bytes for `what` exceed what is available; with
-    `per_unit` (the bytes of one `unit`, e.g. one sequence, beyond `base` bytes), say how many units fit."""
+    `per_unit` (the bytes of one `unit`, e.g. one sequence, beyond `base` bytes), say how many units fit.
+    `what` may name settings by field (`{batch_size}`: errors.LlamaError.naming)."""
     free = available_bytes(device_type, index)
     if free is None or needed <= free * HEADROOM:
         return
     message = f"{what} needs {gigabytes(needed)}, and {gigabytes(free)} is available"
     if per_unit and free * HEADROOM > base:
         message += f": at most {int((free * HEADROOM - base) // per_unit):,} {unit} fit"
-    raise MemoryLimitError(message)
+    raise MemoryLimitError.naming(message)

@@ -187,7 +187,7 @@ def pretrain(settings: PretrainSettings, *, resume: bool = False, device: str = 
             ranks = dist.sharing_memory  # under torchrun on the CPU, every rank of the machine needs as much
             fixed, per_sequence = fixed * ranks, per_sequence * ranks
             batch = settings.loop.batch_size
-            what = f"training {parameter_count(shape):,} parameters with --batch-size {batch}" + (
+            what = f"training {parameter_count(shape):,} parameters with {{batch_size}} {batch}" + (
                 f" in each of {ranks} ranks on this machine" if ranks > 1 else ""
             )
             check_fits(

@@ -162,7 +162,7 @@ def test_training_that_cannot_fit_in_memory_is_refused_before_it_starts(tmp_path
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The harbour wall was built of granite blocks. " * 200)
     too_wide = PretrainSettings(data=[str(corpus)], out=tmp_path / "a", dim=65536, n_heads=512, n_layers=1000)
-    with pytest.raises(MemoryLimitError, match=r"training [\d,]+ parameters with --batch-size 16 needs [\d,.]+ GB"):
+    with pytest.raises(MemoryLimitError, match=r"^training [\d,]+ parameters with batch_size 16 needs [\d,.]+ GB"):
         pretrain(too_wide, device="cpu")
     too_many = PretrainSettings(data=[str(corpus)], out=tmp_path / "b", loop=LoopSettings(batch_size=10**8))
     with pytest.raises(MemoryLimitError, match=r"at most [\d,]+ sequences per batch fit"):
@@ -185,7 +185,7 @@ def test_training_on_the_cpu_counts_every_rank_of_the_machine(tmp_path: Path, mo
     one_rank = fixed + settings.loop.batch_size * per_sequence
     monkeypatch.setattr(llama_cli.memory, "available_bytes", lambda *args: int(2 * one_rank / HEADROOM))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    with pytest.raises(MemoryLimitError, match=r"--batch-size 16 in each of 4 ranks on this machine needs .* at most \d+ sequences"):
+    with pytest.raises(MemoryLimitError, match=r"with batch_size 16 in each of 4 ranks on this machine needs .* at most \d+ sequences"):
         pretrain(settings, device="cpu")
 
 
