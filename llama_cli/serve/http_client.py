@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import LlamaError, UsageError
+from ..errors import LlamaError, UsageError, literal
 
 CONNECT_SECONDS = 10.0
 
@@ -58,7 +58,7 @@ def send(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
     """One request to the server at `url` (with $LLAMA_API_KEY as the bearer key when set)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--server {url}: expected a URL such as http://127.0.0.1:8080")
+        raise UsageError.naming(f"{{server}} {literal(url)}: expected a URL such as http://127.0.0.1:8080")
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = kind(parts.hostname, parts.port, timeout=CONNECT_SECONDS)
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
