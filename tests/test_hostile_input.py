@@ -432,6 +432,11 @@ RESOURCE_CASES: dict[str, tuple[list[str], str | None, int, str, int]] = {
 }  # fmt: skip
 
 
+# One worker runs every limited case: one fork server (limits.py) and one set of files for them all.
+LIMITED = pytest.mark.xdist_group("limited")
+
+
+@LIMITED
 @pytest.mark.parametrize("case", list(RESOURCE_CASES))
 def test_resource_cases_fail_cleanly_under_limits(case: str, hostile_files: dict[str, Path]) -> None:
     """Each is one line and its exit code inside the limits (a regression is killed or refused
@@ -449,6 +454,7 @@ def test_resource_cases_fail_cleanly_under_limits(case: str, hostile_files: dict
     assert len(lines) == 1 and lines[0].startswith("llama: error: ") and needle in lines[0], result.stderr[-2000:]
 
 
+@LIMITED
 def test_big_inputs_run_in_bounded_memory(hostile_files: dict[str, Path]) -> None:
     """`tokenize --count` of 2 MB in 224 MB beyond the package (one encode of it took ~260 MB more;
     20 MB took 3.1 GB), and `chat --history` of 1,000 messages (1 MB: 63-81 s when the issue was filed)."""
