@@ -100,7 +100,10 @@ def _serve() -> None:
     import torch  # noqa: F401  (imported once here, so that each child only forks)
 
     import llama_cli.api  # what every command that loads a model imports
-    import llama_cli.cli  # noqa: F401
+    import llama_cli.cli
+    import llama_cli.progress
+
+    llama_cli.progress.AFTER = 3600.0  # a load slowed past ~2 s by a busy machine would add a progress line to the one expected
 
     for line in sys.stdin:
         request = json.loads(line)
