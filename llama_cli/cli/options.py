@@ -381,9 +381,7 @@ def _preset(
         **_sampling(**{k: values.pop(k) for k in ("repeat_penalty", "frequency_penalty", "presence_penalty")}),
         "no_repeat_ngram": no_repeat_ngram,
     }
-    model = MODEL.build(**{p.name: values.pop(p.name) for p in MODEL.parameters})
-    if model.ctx is not None and model.ctx < 1:
-        raise UsageError(f"--ctx must be >= 1, got {model.ctx}")
+    model = MODEL.build(**{p.name: values.pop(p.name) for p in MODEL.parameters})  # ModelOptions refuses --ctx below 1
     return PresetOptions(model, max_tokens, temperature, seed, lookup, penalties, **values)
 
 
