@@ -119,7 +119,8 @@ def test_bare_llama_prints_help_once() -> None:
     ("generate", ["--template", "nosuch", "x"]), ("bench", ["-r", "0"]), ("bench", ["-p", "0", "-n", "0"]),
     ("perplexity", ["--ctx", "1"]), ("train", ["x.txt", "-o", "out", "--preset", "galaxy"]), ("train", ["x.txt"]),
     ("finetune", ["x.jsonl", "-o", "out", "--lora-rank", "0"]), ("generate", ["--ctx", "0", "x"]), ("generate", ["--ctx", "-5", "x"]),
-    ("chat", ["--ctx", "0"]), ("finetune", ["x.jsonl", "-o", __file__]),
+    ("chat", ["--ctx", "0"]), ("finetune", ["x.jsonl", "-o", __file__]), ("generate", ["--repeat-penalty", "inf", "x"]),
+    ("generate", ["--threads", "-1", "x"]),
 ])  # fmt: skip
 def test_invalid_values_are_usage_errors(command: str, args: list[str]) -> None:
     assert_clean_failure(run([command, *args], stdin="text"), 2)
