@@ -33,7 +33,7 @@ from .settings import SettingsError
 from .textio import read_json_object
 from .tokenizer import Tokenizer
 from .train_settings import DEFAULT_LOOP, FULL_LOOP, LoopSettings
-from .trainer import IGNORE, STATE_FILE, LoopResult, run_loop, saved_settings
+from .trainer import IGNORE, STATE_FILE, LoopResult, check_resumable, run_loop, saved_settings
 
 ROLES = ("system", "user", "assistant")
 FINETUNE_FILE = "finetune.json"
@@ -148,6 +148,8 @@ def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume:
     if changed or (resume and "full" in given and given["full"] != saved.get("full")):
         raise UsageError.naming("{resume} cannot change {full} or the LoRA {rank}, {alpha} or {targets} of the run")
     lora_config = LoRAConfig(**{**lora, "targets": tuple(lora.get("targets", LoRAConfig().targets))})
+    if resume and isinstance(saved.get("loop"), dict):  # refused now, before finetune.json is rewritten with the new values
+        check_resumable(LoopSettings.from_dict(saved["loop"]), LoopSettings.from_dict(loop))
     return FinetuneSettings(out=out, lora=lora_config, loop=LoopSettings.from_dict(loop), **merged)
 
 

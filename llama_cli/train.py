@@ -34,7 +34,7 @@ from .model import Transformer
 from .textio import read_json_object
 from .tokenizer import Tokenizer
 from .train_settings import PRESETS, LoopSettings, PretrainSettings, parameter_count, training_bytes
-from .trainer import STATE_FILE, LoopResult, run_loop, saved_settings
+from .trainer import STATE_FILE, LoopResult, check_resumable, run_loop, saved_settings
 
 TRAIN_FILE = "train.json"
 FIXED_ON_RESUME = (
@@ -71,6 +71,8 @@ def resolve(cli: dict[str, Any], loop_cli: dict[str, Any], out: Path, *, resume:
     settings = PretrainSettings(out=out, **merged)
     loop = {**PRESETS[settings.preset].loop, **saved.get("loop", {}), **{k: v for k, v in loop_cli.items() if v is not None}}
     settings.loop = LoopSettings.from_dict(loop)
+    if resume and isinstance(saved.get("loop"), dict):  # refused now, before train.json is rewritten with the new values
+        check_resumable(LoopSettings.from_dict(saved["loop"]), settings.loop)
     return settings
 
 

@@ -222,6 +222,7 @@ class LoopResult:
     step: int  # last completed step
     interrupted: bool
     last_val_loss: float | None
+    already_done: bool = False  # resumed at or past max_steps: nothing was trained (the CLI says so)
 
 
 def autocast_for(settings: LoopSettings, device: torch.device) -> Any:
@@ -295,12 +296,7 @@ def run_loop(
         out.mkdir(parents=True, exist_ok=True)
         rewrite_metrics(out, start) if resume else (out / METRICS_FILE).write_text("", encoding="utf-8")
     if start >= settings.max_steps:
-        if dist.main:
-            print(
-                f"llama: {out} is already at step {start} of --max-steps {settings.max_steps}; raise --max-steps to train further",
-                file=sys.stderr,
-            )
-        return LoopResult(start, False, None)
+        return LoopResult(start, False, None, already_done=True)
 
     trained.train()
     progress = Progress(settings.max_steps, start, enabled=dist.main, label=label)

@@ -156,11 +156,15 @@ def _setup(threads: int | None) -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _finish(result: Any, out: Path, main: bool, what: str, hint: str) -> None:
+def _finish(result: Any, out: Path, main: bool, what: str, hint: str, max_steps: int) -> None:
     if not main:
         if result.interrupted:
             raise typer.Exit(130)
         return
+    if result.already_done:
+        print(
+            f"llama: {out} is already at step {result.step} of --max-steps {max_steps}; raise --max-steps to train further", file=sys.stderr
+        )
     if result.interrupted:
         print(
             f"llama: interrupted at step {result.step}: checkpoint saved in {out}; continue with: {what} -o {out} --resume", file=sys.stderr
@@ -262,7 +266,8 @@ def train(
     result = pretrain(settings, resume=resume, device=run.device, fsdp=run.fsdp)
     shape = out / "llama.json"
     context = json.loads(shape.read_text(encoding="utf-8"))["context_length"] if shape.exists() else 128
-    _finish(result, out, main, "llama train", f'llama generate -m {out} -t 0.8 -n {min(100, context // 2)} "The"')  # -n within the context
+    hint = f'llama generate -m {out} -t 0.8 -n {min(100, context // 2)} "The"'  # -n within the context
+    _finish(result, out, main, "llama train", hint, settings.loop.max_steps)
 
 
 @handles_errors
@@ -369,7 +374,7 @@ def finetune(
         if settings.full or settings.merge
         else f"llama chat{' -m ' + settings.model if settings.model else ''} --adapter {out}"
     )
-    _finish(result, out, main, "llama finetune", use)
+    _finish(result, out, main, "llama finetune", use, settings.loop.max_steps)
 
 
 @handles_errors
