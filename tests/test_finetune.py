@@ -222,3 +222,18 @@ def test_bad_adapters_are_one_clear_line(tiny_base: Path, tmp_path: Path, defaul
     other = runner.invoke(app, ["merge", str(out), "-o", str(tmp_path / "merged"), "-m", str(default_model_path)])
     lines = [line for line in other.stderr.splitlines() if line.strip()]
     assert other.exit_code == 1 and len(lines) == 1 and "trained on another model" in lines[0], other.stderr
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path) -> None:
+    # The changed setting is refused before finetune.json is written (it used to record it, refusing every later resume).
+    from dataclasses import asdict
+
+    from llama_cli.errors import UsageError
+    from llama_cli.finetune import FINETUNE_FILE, resolve
+    from llama_cli.train_settings import LoopSettings
+
+    run = {"data": "x.jsonl", "loop": asdict(LoopSettings(lr=1e-4))}
+    (tmp_path / FINETUNE_FILE).write_text(json.dumps({"settings": run}))
+    with pytest.raises(UsageError, match=r"^resume with different settings: lr 0\.5 \(checkpoint: 0\.0001\)"):
+        resolve({}, {"lr": 0.5}, tmp_path, resume=True)
+    assert resolve({}, {"max_steps": 7}, tmp_path, resume=True).loop == LoopSettings(lr=1e-4, max_steps=7)  # max_steps may change
