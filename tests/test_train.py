@@ -245,4 +245,5 @@ def test_out_folder_holding_a_model_needs_resume(corpus: Path, tmp_path: Path) -
     changed = runner.invoke(app, ["train", "-o", str(out), "--resume", "--lr", "0.5", *FAST])
     assert changed.exit_code == 2 and "--lr 0.5" in changed.stderr
     finished = runner.invoke(app, ["train", "-o", str(out), "--resume", *FAST])  # the CLI says it, in its flags
-    assert finished.exit_code == 0 and f"llama: {out} is already at step 2 of --max-steps 2; raise --max-steps" in finished.stderr, finished.stderr
+    notice = f"llama: {out} is already at step 2 of --max-steps 2; raise --max-steps"
+    assert finished.exit_code == 0 and notice in finished.stderr, finished.stderr
