@@ -97,6 +97,17 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
 }
 
 
+# Hugging Face tokenizer.json files spell the contractions `(?i:'s|'t|...)` where llama.cpp lists
+# each case: the same regexes under another spelling (Llama 3's, Qwen 2's, GPT-4o's).
+HF_CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+
+
+def known_regexes() -> frozenset[str]:
+    """Every regex of the table, also as a tokenizer.json spells it."""
+    table = {regex for spec in PRE_TOKENIZERS.values() for regex in spec.regexes}
+    return frozenset(table | {regex.replace(_CONTRACTIONS, HF_CONTRACTIONS) for regex in table})
+
+
 def pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     """The `tokenizers` pre-tokenizer for llama.cpp's `tokenizer.ggml.pre` name; TokenizerError if unknown."""
     spec = PRE_TOKENIZERS.get(pre)

@@ -32,7 +32,7 @@ from .detokenize import StreamDecoder as StreamDecoder  # noqa: PLC0414 (re-expo
 from .detokenize import byte_level_text
 from .errors import TokenizerError
 from .gguf_metadata import read_gguf_metadata
-from .gguf_vocab import CONTROL, PRE_TOKENIZERS, USER_DEFINED, bpe_backend, piece_types, sentencepiece_processor
+from .gguf_vocab import CONTROL, PRE_TOKENIZERS, USER_DEFINED, bpe_backend, known_regexes, piece_types, sentencepiece_processor
 from .textio import read_json_object
 
 SPECIAL_FILE = "tokenizer_special.json"
@@ -112,9 +112,10 @@ def _rust_panics_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-# The pre-tokenizer regexes of llama.cpp's table (gguf_vocab.py): none makes the Rust library panic
-# (tried on 200,000-character runs of spaces, digits, letters, newlines, punctuation and CJK).
-KNOWN_REGEXES = frozenset(regex for spec in PRE_TOKENIZERS.values() for regex in spec.regexes)
+# The pre-tokenizer regexes of llama.cpp's table (gguf_vocab.py), in both spellings: none makes the
+# Rust library panic (tried on 200,000-character runs of spaces, digits, letters, newlines,
+# punctuation and CJK).
+KNOWN_REGEXES = known_regexes()
 
 
 def _regexes(state: Any) -> Iterator[str]:

@@ -269,16 +269,25 @@ def test_a_long_run_of_spaces_is_pre_tokenized_in_linear_time(tmp_path: Path) ->
     assert child.returncode == 0, (child.returncode, child.stderr[-1000:])
 
 
-def test_a_tokenizer_with_known_regexes_leaves_stderr_alone(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tokenizer_with_known_regexes_leaves_stderr_alone(tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Silencing fd 2 loses what other threads write meanwhile (serve's log): only a regex that is
-    not llama.cpp's is run that way; the default model's (from its GGUF, or saved in a folder) is not."""
+    not llama.cpp's is run that way; the default model's (from its GGUF, or saved in a folder) is
+    not, nor Llama 3's as its tokenizer.json spells it."""
+    from tokenizers import Regex, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
     import llama_cli.tokenizer
+    from llama_cli.gguf_vocab import HF_CONTRACTIONS
     from llama_cli.registry import resolve_model
     from llama_cli.tokenizer import load_tokenizer, load_vocabulary
 
+    llama3 = HF_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    backend = Backend(models.BPE(vocab={"H": 0, "1": 1}, merges=[], unk_token="H"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(llama3), behavior="isolated")
+    backend.save(str(tmp_path / "tokenizer.json"))
     redirected: list[int] = []
     monkeypatch.setattr(llama_cli.tokenizer.os, "dup2", lambda *fds: redirected.append(fds[1]))
-    for tokenizer in (load_vocabulary(resolve_model(None))[0], load_tokenizer(tiny_model_path)):
+    for tokenizer in (load_vocabulary(resolve_model(None))[0], load_tokenizer(tiny_model_path), load_tokenizer(tmp_path)):
         assert tokenizer.encode("Hello, world 123") and redirected == []
 
 
