@@ -32,11 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("LLAMA_CACHE", str(cache))
 
 
-# Session fixtures too slow to build once per pytest-xdist worker (the transformers model: ~30 s):
-# the tests that use them run on one worker.
-SHARED_REFERENCES = ("hf_model",)
+# Session fixtures too slow to build once per pytest-xdist worker (transformers' model ~30 s and
+# tokenizer ~10 s, both read from the GGUF): the tests that use them run on one worker.
+SHARED_REFERENCES = ("hf_model", "hf_tokenizer")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into the test's group
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if any(name in SHARED_REFERENCES for name in getattr(item, "fixturenames", ())):
