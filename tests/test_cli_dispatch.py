@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from llama_cli.cli.app import app, app_for
+from llama_cli.cli.app import COMMANDS, app, app_for
 
 NAMES = [typer.main.get_command_name(c.name or c.callback.__name__) for c in app.registered_commands]  # type: ignore[union-attr]
 NAMES += [g.name for g in app.registered_groups if g.name]
@@ -33,6 +33,25 @@ def test_a_command_alone_answers_as_the_whole_app(tail: list[str]) -> None:
         got = runner.invoke(app_for(args), args, prog_name="llama")
         assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr), args
         assert f"llama {name}" in expected.stdout if tail == ["--help"] else expected.stderr.startswith("llama: error:")
+
+
+def test_the_whole_app_registers_every_command_in_order() -> None:
+    assert NAMES == [name for name in COMMANDS if name != "cache"] + ["cache"]  # commands, then the one group
+
+
+def test_a_server_run_imports_only_what_it_needs() -> None:
+    """What a fresh `llama generate --server` process imports: its own command's module, and
+    neither the other commands', pydantic (typer's conversion), rich (help only) nor torch."""
+    code = (
+        "import sys\nfrom llama_cli.cli import main\nsys.argv = ['llama', 'generate', '--server', 'http://127.0.0.1:1', 'x']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    modules = set(result.stdout.split())
+    assert "llama_cli.cli.generate" in modules and "cannot reach the server" in result.stderr
+    others = {f"llama_cli.cli.{module}" for module, _ in COMMANDS.values()} - {"llama_cli.cli.generate"}
+    assert others and not modules & others
+    assert not modules & {"pydantic", "rich", "torch"}
 
 
 def test_a_commands_help_into_a_closed_pipe_is_141() -> None:

@@ -3,24 +3,27 @@
 The command modules do not know the app (they import nothing from here), so the imports run one
 way: app -> commands -> options, loader, render. torch and the model code are imported inside the
 commands, after their options are checked, so `llama --help` and usage errors stay instant. A run
-of one command builds only that command's parser (`app_for`), and rich is imported only to show
-help: a warm `llama generate --server` should print its first token within 0.3 s.
+of one command imports and builds only that command (`app_for`), and rich is imported only to
+show help: a warm `llama generate --server` should print its first token within 0.3 s. `app`, the
+whole app (the completion scripts, tests), is built on first use.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
+import importlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
-from . import bench, chat, coercion, generate, models, presets, serve, tokenize, train
+from . import coercion
 from .errors import click_errors, quiet_broken_pipe
 from .render import ensure_utf8_stdout, print_warnings_as_lines
 
@@ -113,7 +116,26 @@ SETTINGS: dict[str, Any] = {
     "rich_markup_mode": "rich",
     "context_settings": {"help_option_names": ["-h", "--help"]},
 }
-app = typer.Typer(**SETTINGS)
+# Every command in the order of `llama --help`: its module in this package and its help panel.
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "generate": ("generate", None),
+    "chat": ("chat", None),
+    "tokenize": ("tokenize", None),
+    "pull": ("models", None),
+    "summarize": ("presets", None),
+    "translate": ("presets", None),
+    "qa": ("presets", None),
+    "models": ("models", None),
+    "show": ("models", None),
+    "cache": ("models", None),  # a group: cache, prune, clear
+    "completions": ("models", None),
+    "train": ("train", "Training"),
+    "finetune": ("train", "Training"),
+    "merge": ("train", "Training"),
+    "bench": ("bench", None),
+    "perplexity": ("bench", None),
+    "serve": ("serve", None),
+}
 
 
 def _version(value: bool) -> None:
@@ -122,7 +144,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
@@ -130,56 +151,59 @@ def _root(
     print_warnings_as_lines()
 
 
-cache_app = typer.Typer(
-    cls=Group,
-    help="List or remove what `llama` keeps in its cache folder ($LLAMA_CACHE): GGUF metadata, built kernels.",
-    invoke_without_command=True,
-    no_args_is_help=False,
-)
-cache_app.callback()(models.cache)
-cache_app.command(cls=Command)(models.prune)
-cache_app.command(cls=Command)(models.clear)
+def _cache_app(models: Any) -> typer.Typer:
+    cache_app = typer.Typer(
+        cls=Group,
+        help="List or remove what `llama` keeps in its cache folder ($LLAMA_CACHE): GGUF metadata, built kernels.",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
+    cache_app.callback()(models.cache)
+    cache_app.command(cls=Command)(models.prune)
+    cache_app.command(cls=Command)(models.clear)
+    return cache_app
 
-# The order of `llama --help`.
-for command in (
-    generate.generate,
-    chat.chat,
-    tokenize.tokenize,
-    models.pull,
-    presets.summarize,
-    presets.translate,
-    presets.qa,
-    models.models,
-    models.show,
-):
-    app.command(cls=Command)(command)
-app.add_typer(cache_app, name="cache")
-app.command(cls=Command)(models.completions)
-for command in (train.train, train.finetune, train.merge):
-    app.command(cls=Command, rich_help_panel="Training")(command)
-for command in (bench.bench, bench.perplexity, serve.serve):
-    app.command(cls=Command)(command)
+
+def build(names: Iterable[str]) -> typer.Typer:
+    """The app with the named commands (in the order given), each command's module imported here."""
+    built = typer.Typer(**SETTINGS)
+    built.callback()(_root)
+    for name in names:
+        module_name, panel = COMMANDS[name]
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        if name == "cache":
+            built.add_typer(_cache_app(module), name=name)
+        else:
+            built.command(cls=Command, **({"rich_help_panel": panel} if panel else {}))(getattr(module, name))
+    return built
+
+
+@functools.cache
+def whole_app() -> typer.Typer:
+    """Every command: `llama --help`, the completion scripts, and `app` for tests and callers."""
+    return build(COMMANDS)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built on first use, so that a run of one command imports only its own module
+        return whole_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def root_command() -> Any:
     """The app as a Click group (for the completion scripts)."""
-    return typer.main.get_command(app)
+    return typer.main.get_command(whole_app())
 
 
 def app_for(args: Sequence[str]) -> typer.Typer:
-    """The app to run `args` with. When they start with a command's name: the app with that command
+    """The app to run `args` with. When they start with a command's name: an app of that command
     alone (the same root options, settings and command, so the same parsing, output and exit
-    codes), since typer builds the parser of every registered command on each run, ~40 ms of ~20
-    commands. Anything else (`--help`, `--version`, no command, a misspelt one) gets the whole app."""
+    codes), which imports only that command's module and builds only its parser: typer builds
+    the parser of every registered command on each run, and the modules of ~20 commands cost
+    ~60 ms together. Anything else (`--help`, `--version`, no command, a misspelt one) gets the
+    whole app."""
     name = args[0] if args else ""
-    commands = [c for c in app.registered_commands if typer.main.get_command_name(c.name or c.callback.__name__) == name]  # type: ignore[union-attr]
-    groups = [g for g in app.registered_groups if g.name == name]
-    if not commands and not groups:
-        return app
-    alone = typer.Typer(**SETTINGS)
-    alone.registered_callback = app.registered_callback
-    alone.registered_commands, alone.registered_groups = commands, groups
-    return alone
+    return build([name]) if name in COMMANDS else whole_app()
 
 
 def _on_broken_pipe(console: Any) -> None:
