@@ -30,6 +30,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     cache = Path(config.rootpath) / ".pytest_cache" / "llama-cache"
     os.environ.setdefault("LLAMA_CACHE", str(cache))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and not os.environ.get("LLAMA_THREADS"):
+        # pytest-xdist's workers share the cores: a torch op split over more threads than a worker's
+        # share waits at every barrier for a thread another worker keeps busy (threads.py: 10-20x).
+        os.environ["LLAMA_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        import torch
+
+        torch.set_num_threads(int(os.environ["LLAMA_THREADS"]))  # also what `keep_thread_count` restores after each test
 
 
 # Session fixtures too slow to build once per pytest-xdist worker (transformers' model ~30 s and
@@ -183,6 +191,15 @@ def llm(default_model_path: Path):  # type: ignore[no-untyped-def]
     from llama_cli import load
 
     return load(default_model_path, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def fast_llm():  # type: ignore[no-untyped-def]
+    """The default model as `llama` runs it on the CPU (the quantized path): for tests of what a
+    real model does where float32 fidelity is not the point (it decodes several times faster)."""
+    from llama_cli.cli.loader import ModelLoader, ModelOptions
+
+    return ModelLoader().load(ModelOptions())
 
 
 def gguf_files_folder(config: pytest.Config) -> Path:

@@ -115,14 +115,6 @@ def test_lookup_settings_are_checked() -> None:
         GenerationSettings(lookup=4, samples=2)
 
 
-@pytest.fixture(scope="module")
-def fast_llm():  # type: ignore[no-untyped-def]
-    """The default model as `llama` runs it on the CPU: the int4 fast path (shared with the CLI tests)."""
-    from llama_cli.cli.loader import ModelLoader, ModelOptions
-
-    return ModelLoader().load(ModelOptions())
-
-
 @pytest.mark.real_model
 @pytest.mark.parametrize(("name", "weights"), [("eiffel.txt", "float32"), ("report.txt", "fast"), ("library.txt", "fast")])
 def test_greedy_lookup_equals_plain_on_the_default_model(request: pytest.FixtureRequest, weights: str, name: str) -> None:

@@ -254,7 +254,8 @@ def test_no_repeat_ngram_yields_to_forced_tokens(llm) -> None:  # type: ignore[n
 
 
 @pytest.mark.real_model
-def test_a_value_that_would_run_past_the_budget_is_closed_in_time(llm) -> None:  # type: ignore[no-untyped-def]
+def test_a_value_that_would_run_past_the_budget_is_closed_in_time(fast_llm) -> None:  # type: ignore[no-untyped-def]
+    llm = fast_llm
     spec = spec_from_options(schema_multi="name, color, description: a long paragraph")
     options = {"chat": True, "system": spec.prompt_note(), "temperature": 0, "constraint": spec}  # type: ignore[union-attr]
 
