@@ -68,6 +68,31 @@ def test_split_keeps_paragraphs_apart_when_asked() -> None:
     assert [c.text for c in chunks] == ["\n\nShort one.\n\n", "Short two.\n\n\n", "Short three.\n"]
 
 
+def test_split_keeps_lines_of_their_own_apart_and_wrapped_lines_together() -> None:
+    text = "Good morning.\nWhere is\nthe station?\n- one\n- two\n\nRoses are red\nand violets blue:\nthe end.\n"
+    chunks = split_text(text, 50, words, merge_paragraphs=False)
+    assert_covers(chunks, text)
+    assert [c.text for c in chunks] == [
+        "Good morning.\n",
+        "Where is\nthe station?\n",  # a sentence hard-wrapped over two lines stays one piece
+        "- one\n",
+        "- two\n\n",
+        "Roses are red\nand violets blue:\n",
+        "the end.\n",
+    ]
+    assert split_text(text, 50, words)[0].text == text  # summarize and qa merge as before
+
+
+def test_translate_keeps_each_line_on_its_own_line() -> None:
+    """Each line that is a unit of its own is translated on its own, so the output has the input's
+    lines whatever the model writes (small models merge and drop lines when given them together)."""
+    text = "Good morning.\nWhere is the station?\nThank you.\n\nGoodbye.\n"
+    result = run("translate", "--to", "French", "-n", "6", input=text)
+    assert result.exit_code == 0, result.stderr
+    assert [bool(line) for line in result.stdout.split("\n")] == [True, True, True, False, True, False], result.stdout
+    assert "3 chunks" not in result.stderr and "4 chunks" in result.stderr
+
+
 def test_split_cuts_text_without_spaces_anywhere() -> None:
     text = "x" * 100
     chunks = split_text(text, 30, len)

@@ -126,7 +126,9 @@ def translate(
 ) -> None:
     """Translate text from files or stdin, paragraph by paragraph, keeping blank lines and line breaks in place.
 
-    The output is the translation only. -n caps each paragraph's translation (default: twice its length).
+    Each line that is a unit of its own (a list item, a verse, a sentence ending the line) is translated on its own.
+
+    The output is the translation only. -n caps each piece's translation (default: twice its length).
 
     [b]Examples[/b]
 

@@ -39,7 +39,8 @@ def split_text(text: str, max_tokens: int, count: Count, *, merge_paragraphs: bo
     """Consecutive chunks covering all of `text`, each at most `max_tokens` tokens (without its whitespace).
 
     Pieces are merged back up to `max_tokens`; with `merge_paragraphs=False` every paragraph stays
-    a chunk of its own (long ones are still split), which is how translate keeps the layout.
+    a chunk of its own (long ones are still split), and so does every line that is a unit of its
+    own (see `line_units`): that is how translate keeps the layout.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -57,7 +58,8 @@ def _split(text: str, start: int, end: int, level: int, budget: int, count: Coun
     for s, e in _cuts(text, start, end, SEPARATORS[level]):
         pieces.extend(_split(text, s, e, level + 1, budget, count, merge=True))
     if not merge and level == 0:
-        return pieces
+        units = [unit for s, e, _ in pieces for unit in line_units(text, s, e)]
+        return [(a, b, count(text[a:b].strip())) for a, b in units]
     return _pack(text, pieces, budget, count)
 
 
@@ -121,6 +123,19 @@ def _pack(text: str, pieces: list[tuple[int, int, int]], budget: int, count: Cou
 # A line break inside a sentence (hard-wrapped text: licences, READMEs, e-mail): not after closing
 # punctuation or a colon, and not before a blank line, a list item, a heading or a quote.
 WRAPPED_LINE_BREAK = re.compile(r"(?<![.!?:。！？\n])[ \t]*\n[ \t]*(?!\n|[-*•#>]|\d+[.)]\s)")
+
+
+def line_units(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """text[start:end] cut after each line break that ends a unit of its own (a list item, a line of
+    verse or of an address, a sentence that ends the line); hard-wrapped lines, whose breaks fall
+    inside a sentence (WRAPPED_LINE_BREAK), stay together. The pieces cover every character."""
+    body = text[start:end].strip()
+    lo = start + text[start:end].index(body) if body else start
+    hi = lo + len(body)
+    wrapped = {m.start() + m.group().index("\n") for m in WRAPPED_LINE_BREAK.finditer(text, lo, hi)}
+    cuts = [i + 1 for i in range(lo, hi) if text[i] == "\n" and i not in wrapped]
+    bounds = [start, *cuts, end]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
 
 
 def sentences(text: str) -> list[str]:
