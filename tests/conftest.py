@@ -40,16 +40,19 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(int(os.environ["LLAMA_THREADS"]))  # also what `keep_thread_count` restores after each test
 
 
-# Session fixtures too slow to build once per pytest-xdist worker (transformers' model ~30 s and
-# tokenizer ~10 s, both read from the GGUF): the tests that use them run on one worker.
-SHARED_REFERENCES = ("hf_model", "hf_tokenizer")
+# Fixtures too slow to build once per pytest-xdist worker that runs a test using them: the
+# transformers model (~30 s) and tokenizer (~10 s), both read from the GGUF; test_train's two-rank
+# torchrun run and test_finetune's pretrained base (module fixtures, ~10 s each). The tests that
+# use each one run on one worker (fixture name -> xdist group).
+SHARED_FIXTURES = {"hf_model": "transformers", "hf_tokenizer": "transformers", "ddp_run": "torchrun", "tiny_base": "finetune-base"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into the test's group
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if any(name in SHARED_REFERENCES for name in getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("shared-references"))
+        groups = sorted({SHARED_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SHARED_FIXTURES})
+        if groups:
+            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
 
 
 @dataclass(frozen=True)
