@@ -147,13 +147,22 @@ class KVCache:
 
     def acquire(self, ids: Sequence[int]) -> tuple[int, int]:
         """A free row for a prompt, preferring the longest held prefix of `ids` (then the least recently
-        used); returns (row, how many leading ids it already holds, at most len(ids) - 1)."""
+        used); returns (row, how many leading ids it already holds, at most len(ids) - 1).
+
+        When a row in use holds a longer prefix (requests that share a system prompt, arriving
+        together), that prefix is copied into the free row instead of being prefilled again.
+        """
         free = [r for r in range(self.batch) if not self.busy[r]]
         if not free:
             raise RuntimeError("no free KV-cache row")
         best = max(free, key=lambda r: (common_prefix(ids, self.held[r]), -self.used_at[r]))
         self.busy[best] = True
-        return best, self.reusable(best, ids)
+        held = self.reusable(best, ids)
+        source = max(range(self.batch), key=lambda r: self.reusable(r, ids))
+        if (shared := self.reusable(source, ids)) > held:
+            self.copy_row(source, [best], shared)
+            held = shared
+        return best, held
 
     def release(self, row: int) -> None:
         """The row is free again; what it holds stays for reuse."""

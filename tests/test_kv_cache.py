@@ -89,7 +89,8 @@ def test_acquire_prefers_the_longest_prefix_then_the_least_recently_used(model: 
             cache.run([ids], rows=[row])
     assert cache.acquire([1, 2, 5, 6, 7]) == (1, 4)
     assert cache.free == 2
-    assert cache.acquire([1, 2, 5, 8]) == (0, 2)  # row 1 is busy; row 0 shares [1, 2]
+    assert cache.acquire([1, 2, 5, 8]) == (0, 3)  # row 0 shares [1, 2]; busy row 1's [1, 2, 5] is copied in
+    assert cache.held[0] == [1, 2, 5] and cache.held[1] == [1, 2, 5, 6]
     cache.release(1)
     cache.release(0)
     assert cache.acquire([4]) == (2, 0)  # no prefix anywhere: row 2 was released longest ago (never)
@@ -97,6 +98,21 @@ def test_acquire_prefers_the_longest_prefix_then_the_least_recently_used(model: 
     cache.acquire([4])
     with pytest.raises(RuntimeError, match="no free KV-cache row"):
         cache.acquire([4])
+
+
+def test_a_prefix_copied_from_a_busy_row_gives_a_fresh_prefills_logits(model: Transformer) -> None:
+    cache, fresh = KVCache(model), KVCache(model)
+    cache.ensure(2, 16)
+    fresh.ensure(1, 16)
+    prompt = [3, 1, 4, 1, 5, 9, 2]
+    with torch.inference_mode():
+        row, _ = cache.acquire(prompt[:5] + [7])
+        cache.run([prompt[:5] + [7]], rows=[row])  # a first request, still running
+        other, reused = cache.acquire(prompt)
+        assert (other, reused) == (1 - row, 5)
+        copied = cache.run([prompt[5:]], 5, rows=[other])
+        expected = fresh.run([prompt])[:, 5:]
+    torch.testing.assert_close(copied, expected, rtol=0, atol=0)
 
 
 def test_an_interrupted_pass_leaves_only_valid_entries(model: Transformer, monkeypatch: pytest.MonkeyPatch) -> None:
