@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import logging
 import math
@@ -96,6 +97,17 @@ def copy_fields(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, *, keep: Calla
         writer.add_key_value(key, value, kind, sub_type=sub)
 
 
+@functools.lru_cache(maxsize=4)
+def _open_gguf(path: Path, changed: int) -> gguf.GGUFReader:
+    return gguf.GGUFReader(path)
+
+
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    """A GGUFReader of `path`, kept while the file is unchanged: opening one parses the whole
+    vocabulary (~3 s for 49k tokens), and the files made from one base read it again and again."""
+    return _open_gguf(Path(path), Path(path).stat().st_mtime_ns)
+
+
 def write_gguf(
     out: Path, metadata: Callable[[gguf.GGUFWriter], None], specs: Iterable[TensorSpec], make: Callable[[TensorSpec], np.ndarray]
 ) -> Path:
@@ -137,7 +149,7 @@ def write_f16_default(out: Path, *, dtype: Literal["F16", "F32"] = "F16") -> Pat
 def dequantize_file(src: Path, out: Path, *, dtype: Literal["F16", "F32"] = "F16") -> Path:
     """`src` with every 2-D tensor dequantized to `dtype` (1-D ones F32) and every metadata key copied:
     what a float32 reference of a quantized file holds, readable by any loader."""
-    reader = gguf.GGUFReader(src)
+    reader = open_gguf(src)
     qtype = Q[dtype]
     tensors = {t.name: t for t in reader.tensors}
     specs = [TensorSpec(t.name, tuple(int(n) for n in reversed(t.shape)), qtype if len(t.shape) == 2 else Q.F32) for t in reader.tensors]
@@ -202,7 +214,7 @@ def random_maker(seed: int, std: float) -> Callable[[TensorSpec], np.ndarray]:
 def write_tiny_random(out: Path, dtype: Literal["F16", "F32"] = "F16", *, seed: int = 0) -> Path:
     """A 2-layer llama (dim 256, 4 query / 2 KV heads of 64, ffn 512, untied head) with the default
     model's tokenizer and chat template; random weights (std 0.02)."""
-    source = gguf.GGUFReader(default_model_path())
+    source = open_gguf(default_model_path())
     dim, n_heads = 256, 4
     specs = llama_specs(dim=dim, n_layers=2, n_heads=n_heads, n_kv_heads=2, ffn_dim=512, vocab=49152, tied=False, qtype=Q[dtype])
 
@@ -334,7 +346,7 @@ def quantize(src: Path, dst: Path, preset: str, *, engine: Literal["auto", "llam
 
 
 def _quantize_with_gguf(src: Path, dst: Path, qtype: Q) -> Path:
-    reader = gguf.GGUFReader(src)
+    reader = open_gguf(src)
     tensors = {t.name: t for t in reader.tensors}
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
 
