@@ -124,7 +124,7 @@ def test_greedy_lookup_equals_plain_on_the_default_model(request: pytest.Fixture
 
     llm = request.getfixturevalue("llm" if weights == "float32" else "fast_llm")
     ids = llm.encode_chat(SUMMARIZE.messages(text=(DOCS / name).read_text(), **summary_fields(bullets=name == "library.txt")))
-    settings = GenerationSettings(max_tokens=100, sampling=SamplingSettings(temperature=0))
+    settings = GenerationSettings(max_tokens=64, sampling=SamplingSettings(temperature=0))
     plain = Generation(llm.model, llm.tokenizer, ids, settings)
     fast = Generation(llm.model, llm.tokenizer, ids, dataclasses.replace(settings, lookup=8))
     list(plain), list(fast)

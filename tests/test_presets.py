@@ -325,8 +325,8 @@ def test_no_repeat_ngram_never_repeats_a_run_of_generated_tokens(tiny_llm) -> No
 @pytest.mark.real_model
 def test_lookup_is_on_where_it_keeps_the_text() -> None:
     doc = str(DOCS / "eiffel.txt")
-    fast = events(run("summarize", "--dtype", "float32", "-n", "80", "--json", doc).stdout)[-1]
-    plain = events(run("summarize", "--dtype", "float32", "-n", "80", "--json", "--lookup", "0", doc).stdout)[-1]
+    fast = events(run("summarize", "--dtype", "float32", "-n", "48", "--json", doc).stdout)[-1]
+    plain = events(run("summarize", "--dtype", "float32", "-n", "48", "--json", "--lookup", "0", doc).stdout)[-1]
     assert fast["text"] == plain["text"]
     assert fast["accepted_tokens"] > 0 and plain["drafted_tokens"] == 0
     int4 = events(run("summarize", "-n", "8", "--json", doc).stdout)[-1]  # the fast path: off unless asked
@@ -367,7 +367,7 @@ def test_summarize_maps_every_chunk_and_reduces() -> None:
 def test_translate_covers_every_chunk_in_order() -> None:
     text, tokens = long_document()
     ctx = 224
-    result = run("translate", "--to", "French", "--ctx", str(ctx), "-n", "24", "--json", input=text)
+    result = run("translate", "--to", "French", "--ctx", str(ctx), "-n", "12", "--json", input=text)
     assert result.exit_code == 0, result.stderr
     records = events(result.stdout)
     done, steps = records[-1], [r for r in records if r["event"] == "step"]
@@ -383,8 +383,8 @@ def test_translate_covers_every_chunk_in_order() -> None:
     position = 0
     for step in steps:
         position = output.index(step["text"], position)
-    assert "stopped at -n 24 tokens" in result.stderr  # -n 24 cut some paragraphs: said, not silent
-    plain = run("translate", "--to", "French", "--ctx", str(ctx), "-n", "24", input=text)
+    assert "stopped at -n 12 tokens" in result.stderr  # -n 12 cut some paragraphs: said, not silent
+    plain = run("translate", "--to", "French", "--ctx", str(ctx), "-n", "12", input=text)
     assert plain.stdout == (output if output.endswith("\n") else output + "\n")
 
 
