@@ -147,7 +147,7 @@ def parse_tools(data: Any, source: str) -> list[Tool]:
         )
         if not named:
             raise ToolsError(
-                f'{source}: tool {i} is not '
+                f"{source}: tool {i} is not "
                 f'{{"type": "function", "function": {{"name": "...", "description": "...", "parameters": {{...}}}}}}'
             )
     return data

