@@ -86,11 +86,11 @@ class GGUFCursor:
     def unpack(self, fmt: str) -> Any:
         return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self, what: str = "a string") -> str:
+    def string(self, what: str = "a string", *, errors: str = "strict") -> str:
         n = self.unpack("<Q")
         start = self.take(n)
         try:
-            return self.buf[start : start + n].decode("utf-8")
+            return self.buf[start : start + n].decode("utf-8", errors=errors)
         except UnicodeDecodeError:
             raise self.fail(f"{what} that is not UTF-8") from None
 

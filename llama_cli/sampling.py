@@ -68,7 +68,7 @@ def min_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     if p <= 0.0:
         return logits
     probs = logits.softmax(-1)
-    return logits.masked_fill(probs < p * probs.max(), float("-inf"))
+    return logits.masked_fill(probs < p * probs.amax(-1, keepdim=True), float("-inf"))  # per row of a batch
 
 
 def sampling_distribution(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
@@ -87,10 +87,7 @@ def survivor_distribution(values: torch.Tensor, s: SamplingSettings) -> torch.Te
     if s.top_p < 1.0:
         probs = scaled.softmax(-1)
         scaled = scaled.masked_fill((probs.cumsum(-1) - probs) >= s.top_p, float("-inf"))  # the rule of top_p_filter
-    if s.min_p > 0.0:
-        probs = scaled.softmax(-1)
-        scaled = scaled.masked_fill(probs < s.min_p * probs.amax(-1, keepdim=True), float("-inf"))
-    return scaled.softmax(-1)
+    return min_p_filter(scaled, s.min_p).softmax(-1)
 
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:

@@ -61,9 +61,7 @@ class _Cursor(GGUFCursor):
     def value(self, kind: int, depth: int = 0) -> Any:
         """Read a scalar or string; step over an array (returning None): the reader decodes those."""
         if kind == STRING:
-            n = self.unpack("<Q")
-            start = self.take(n)
-            return self.buf[start : start + n].decode("utf-8", errors="replace")
+            return self.string(errors="replace")
         if kind == ARRAY and depth < MAX_NESTING:
             return self.array(depth, read=False)
         return super().value(kind, depth)
