@@ -18,7 +18,7 @@ from ..config import ModelConfig
 from ..errors import ModelFormatError
 from ..tokenizer import Tokenizer, chat_template_from_folder, load_tokenizer
 from .common import Checkpoint, check_tokenizer, check_weights, dtype_label, read_json, rename, rope_scaling_from_dict
-from .tensor_shapes import TensorShape, safetensors_shapes
+from .tensor_shapes import TensorShape, safetensors_shapes, unreadable_safetensors
 
 if TYPE_CHECKING:  # torch comes with the tensors (safe_open's "pt"): describing a folder needs none
     import torch
@@ -78,7 +78,7 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
                 for key in shard.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     tensors[key] = shard.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelFormatError(f"{path}: unreadable safetensors file ({exc}); it is truncated or corrupt, download it again") from exc
+            raise unreadable_safetensors(path, exc) from exc
     _check_all_found(folder, weight_map, tensors)
     return tensors
 

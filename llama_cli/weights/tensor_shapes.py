@@ -94,8 +94,13 @@ def safetensors_shapes(path: Path) -> dict[str, TensorShape]:
         if 8 + length + end > size:
             raise ValueError(f"the tensors end at byte {8 + length + end:,}, past the file's {size:,}")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise ModelFormatError(f"{path}: unreadable safetensors file ({exc}); it is truncated or corrupt, download it again") from exc
+        raise unreadable_safetensors(path, exc) from exc
     return shapes
+
+
+def unreadable_safetensors(path: Path, exc: BaseException) -> ModelFormatError:
+    """The error for a safetensors file that cannot be read, its header here or its tensors in the loader."""
+    return ModelFormatError(f"{path}: unreadable safetensors file ({exc}); it is truncated or corrupt, download it again")
 
 
 class _ShapeUnpickler(pickle.Unpickler):
