@@ -27,6 +27,8 @@ import functools
 import importlib.util
 import logging
 import math
+import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,6 +371,115 @@ def _quantize_with_gguf(src: Path, dst: Path, qtype: Q) -> Path:
     return write_gguf(dst, metadata, specs, make)
 
 
+# ---------------------------------------------------------------- one file of many types
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """Consecutive layers of a mixed file, and where their tensors come from: `preset` made by
+    `engine` ("llama.cpp" or "gguf", from the base's F16 weights of those layers; "shipped": the
+    default model's own file)."""
+
+    preset: str
+    engine: Literal["llama.cpp", "gguf", "shipped"]
+    layers: int
+
+
+def slice_file(src: Path, out: Path, first: int, count: int) -> Path:
+    """Layers first..first+count-1 of `src` as a model of `count` layers (renumbered from 0): what a
+    quantizer takes to quantize those layers alone. The embedding, head and vocabulary stay out
+    (a quantizer needs none of them, and they would be most of the work)."""
+    reader = open_gguf(src)
+    chosen: dict[str, tuple[gguf.GGUFReader, str]] = {}
+    for t in reader.tensors:
+        m = _LAYER.fullmatch(t.name)
+        if m is not None and first <= int(m[1]) < first + count:
+            chosen[f"blk.{int(m[1]) - first}.{m[2]}"] = (reader, t.name)
+    return _copy_tensors(reader, out, chosen, block_count=count, keep=lambda key: not key.startswith("tokenizer."))
+
+
+_LAYER = re.compile(r"blk\.(\d+)\.(.*)")
+
+
+def _copy_tensors(
+    meta: gguf.GGUFReader,
+    out: Path,
+    sources: dict[str, tuple[gguf.GGUFReader, str]],
+    *,
+    block_count: int,
+    keep: Callable[[str], bool] = lambda key: True,
+) -> Path:
+    """A GGUF with `meta`'s metadata (the keys `keep` keeps; block_count replaced) whose tensor
+    `name` is `sources[name]`'s stored bytes, unchanged."""
+    by_name = {id(r): {t.name: t for t in r.tensors} for r, _ in sources.values()}
+    picked = {name: by_name[id(r)][old] for name, (r, old) in sources.items()}
+    specs = [TensorSpec(name, tuple(int(n) for n in reversed(t.shape)), t.tensor_type) for name, t in picked.items()]
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        copy_fields(meta, writer, keep=lambda key: key != "llama.block_count" and keep(key))
+        writer.add_block_count(block_count)
+
+    return write_gguf(out, metadata, specs, lambda spec: picked[spec.name].data)
+
+
+def write_mixed(folder: Path, out: Path, groups: Iterable[LayerGroup]) -> Path:
+    """The default model with each group of layers stored as its preset stores them, embedding and
+    head as shipped (Q8_0): one file that holds many tensor types, so that one pass over a text
+    holds them all to the float32 reference. Each group's layers are cut from the F16 base and
+    quantized alone (llama.cpp's type choices for a small model of those layers), so the file costs
+    one quantization of each layer, not one of the whole model per preset."""
+    groups = list(groups)
+    base, shipped = open_gguf(base_file(folder, "default")), open_gguf(default_model_path())
+    n_layers = int(base.fields["llama.block_count"].contents())
+    if sum(g.layers for g in groups) != n_layers:
+        raise ValueError(f"the groups hold {sum(g.layers for g in groups)} layers; the model has {n_layers}")
+    sources: dict[str, tuple[gguf.GGUFReader, str]] = {t.name: (shipped, t.name) for t in shipped.tensors if not t.name.startswith("blk.")}
+    first = 0
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        for g in groups:
+            if g.engine == "shipped":
+                if g.preset != "Q4_1":
+                    raise ValueError(f"the shipped file is Q4_1, not {g.preset}")
+                reader, offset = shipped, first
+            else:
+                made = slice_file(base_file(folder, "default"), Path(scratch) / f"{first}-F16.gguf", first, g.layers)
+                if (g.preset, g.engine) != ("F16", "gguf"):
+                    made = quantize(made, Path(scratch) / f"{first}-{g.preset}.gguf", g.preset, engine=g.engine)
+                reader, offset = gguf.GGUFReader(made), 0
+            for t in reader.tensors:
+                m = _LAYER.fullmatch(t.name)
+                if m and offset <= int(m[1]) < offset + g.layers:
+                    sources[f"blk.{int(m[1]) - offset + first}.{m[2]}"] = (reader, t.name)
+            first += g.layers
+        in_order = {t.name: sources[t.name] for t in base.tensors}
+        return _copy_tensors(base, out, in_order, block_count=n_layers, keep=lambda key: key != "general.file_type")
+
+
+# The default model's mixed files (`model_file(folder, "default", "mixed", engine)`): with llama.cpp,
+# its K and IQ presets (which hold the legacy types as fallbacks for SmolLM2's rows of 576) beside
+# the shipped Q4_1 and gguf's F16 and BF16, 13 types in all; without it, gguf's types alone.
+MIXES: dict[str, tuple[LayerGroup, ...]] = {
+    "llama.cpp": (
+        LayerGroup("Q3_K_S", "llama.cpp", 4),
+        LayerGroup("Q4_K_M", "llama.cpp", 4),
+        LayerGroup("Q5_K_S", "llama.cpp", 4),
+        LayerGroup("IQ4_XS", "llama.cpp", 4),
+        LayerGroup("Q4_1", "shipped", 4),
+        LayerGroup("F16", "gguf", 5),
+        LayerGroup("BF16", "gguf", 5),
+    ),
+    "gguf": (
+        LayerGroup("Q4_0", "gguf", 4),
+        LayerGroup("Q5_0", "gguf", 4),
+        LayerGroup("Q5_1", "gguf", 4),
+        LayerGroup("Q8_0", "gguf", 4),
+        LayerGroup("Q4_1", "shipped", 4),
+        LayerGroup("F16", "gguf", 5),
+        LayerGroup("BF16", "gguf", 5),
+    ),
+}
+
+
 # ---------------------------------------------------------------- a folder of files
 
 
@@ -404,18 +515,24 @@ def base_file(folder: Path, model: str) -> Path:
 def model_file(folder: Path, model: str, preset: str, *, engine: Literal["auto", "llama.cpp", "gguf"] = "auto") -> Path:
     """`model` quantized to `preset` in `folder` (made, with its F16 base, unless already there):
     `<model>-<preset>.gguf` from llama.cpp's quantizer, `<model>-<preset>-gguf.gguf` from gguf.quants
-    (F16 from gguf is the base itself: the `gguf` writer made it)."""
+    (F16 from gguf is the base itself: the `gguf` writer made it). Preset "mixed" (the default model
+    only) is `write_mixed` of `MIXES[engine]`."""
     if engine == "auto":
         engine = "llama.cpp" if has_llama_cpp() else "gguf"
     if (preset, engine) == ("F16", "gguf"):
         return base_file(folder, model)
+    if preset == "mixed" and model != "default":
+        raise ValueError("only the default model has a mixed file")
     path = folder / f"{model}-{preset}{'-gguf' if engine == 'gguf' else ''}.gguf"
     if path.is_file():
         return path
-    if engine == "gguf" and preset not in GGUF_TYPES:
+    if engine == "gguf" and preset not in GGUF_TYPES and preset != "mixed":
         raise QuantizerMissing(f"{preset} needs llama.cpp's quantizer: pip install llama-cpp-python (the bench extra)")
     if engine == "llama.cpp" and not has_llama_cpp():
         raise QuantizerMissing(f"{preset} via llama.cpp: llama-cpp-python (the bench extra) is not installed")
+    if preset == "mixed":
+        with making(path):
+            return path if path.is_file() else write_mixed(folder, path, MIXES[engine])
     base = base_file(folder, model)
     with making(path):
         return path if path.is_file() else quantize(base, path, preset, engine=engine)

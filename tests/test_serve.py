@@ -20,15 +20,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import pytest
 import uvicorn
 
 from llama_cli.kv_cache import KVCache
 from llama_cli.serve.app import ServeConfig, create_app
+
+if TYPE_CHECKING:
+    import openai  # imported where used: 1.5 s that collection would pay in every worker
 
 PARALLEL = 3
 HI = [{"role": "user", "content": "What is the capital of France?"}]
@@ -92,6 +94,8 @@ def http(server: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def client(server: str) -> openai.OpenAI:
+    import openai
+
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
@@ -218,6 +222,8 @@ def test_prefix_reuse_gives_the_fresh_reply(client: openai.OpenAI, llm) -> None:
 
 
 def test_context_overflow_names_both_numbers_unless_truncate(client: openai.OpenAI, http: httpx.Client, llm) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
     prompt = "word " * 300
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="x", prompt=prompt, max_tokens=10)
