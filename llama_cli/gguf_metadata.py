@@ -66,6 +66,9 @@ def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
         raise ModelFormatError(f"cannot read GGUF {path}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
+_LENGTH = struct.Struct("<Q")  # a string's byte count
+
+
 class GGUFCursor:
     """Reads GGUF's little-endian values from a memory map, each length checked against the file's
     size before anything is read or allocated (weights/gguf_header.py steps through the same way)."""
@@ -94,6 +97,29 @@ class GGUFCursor:
         except UnicodeDecodeError:
             raise self.fail(f"{what} that is not UTF-8") from None
 
+    def strings(self, count: int) -> list[str]:
+        """`count` strings in a row: string() in one loop over local names (a vocabulary is 50k-250k
+        strings, and this is most of reading one), with the same checks and errors."""
+        buf, pos, size, length = self.buf, self.pos, self.size, _LENGTH.unpack_from
+        items: list[str] = []
+        append = items.append
+        try:
+            for _ in range(count):
+                if pos + 8 > size:
+                    break
+                (n,) = length(buf, pos)
+                if pos + 8 + n > size:
+                    break
+                append(buf[pos + 8 : pos + 8 + n].decode("utf-8"))
+                pos += 8 + n
+        except UnicodeDecodeError:
+            self.pos = pos
+            raise self.fail("a string that is not UTF-8") from None
+        self.pos = pos
+        if len(items) < count:  # ran past the end: string() raises the usual message from here
+            self.string()
+        return items
+
     def array(self, depth: int, read: bool) -> list[Any] | None:
         """An array's items (`read`), or None after stepping over them without decoding any."""
         item, count = self.unpack("<I"), self.unpack("<Q")
@@ -103,7 +129,9 @@ class GGUFCursor:
         if count * 8 > self.size - self.pos:  # every string or array item takes at least 8 bytes
             raise self.fail(f"an array of {count} items")
         if item == STRING:
-            items = [self.string() if read else self.take(self.unpack("<Q")) for _ in range(count)]
+            if read:
+                return self.strings(count)
+            items = [self.take(self.unpack("<Q")) for _ in range(count)]
         else:
             items = [self.value(item, depth + 1) for _ in range(count)]
         return items if read else None
