@@ -154,7 +154,7 @@ def torchrun(corpus: Path, out: Path, *extra: str) -> subprocess.CompletedProces
     """Two CPU processes on this machine, talking gloo over the loopback interface only."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    train_args = ["train", str(corpus), "-o", str(out), "--max-steps", "40", "--log-every", "10", "--eval-every", "20", *FAST, *extra]
+    train_args = ["train", str(corpus), "-o", str(out), "--max-steps", "20", "--log-every", "5", "--eval-every", "10", *FAST, *extra]
     command = [sys.executable, *launcher, "-m", "llama_cli", *train_args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
@@ -175,7 +175,7 @@ def test_torchrun_two_cpu_processes_each_on_its_own_shard(ddp_run: tuple[Path, s
     (a0, a1), (b0, b1) = (tuple(int(n.replace(",", "")) for n in s.split("-")) for s in shards)
     assert a0 == 0 and a1 == b0 < b1  # disjoint, and together the whole training stream
     rows = metrics(out)  # written by rank 0 alone
-    assert [r["step"] for r in rows] == [10, 20, 30, 40] and rows[-1]["val_loss"] < rows[0]["train_loss"]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20] and rows[-1]["val_loss"] < rows[0]["train_loss"]
     assert json.loads((out / "train.json").read_text())["corpus"]["world_size"] == 2
     assert runner.invoke(app, ["generate", "-m", str(out), "-t", "0", "-n", "5", "The"]).exit_code == 0
 
