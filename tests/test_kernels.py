@@ -186,3 +186,24 @@ def test_a_type_that_does_not_build_runs_the_portable_kernel(monkeypatch, tmp_pa
     assert kernels.prepare(["Q4_0"])
     assert kernels.kernel_of("Q4_0") is None
     assert torch.equal(kernels.linear(x, weight, "Q4_0", n, k), expected)
+
+
+def test_one_process_builds_while_the_others_wait(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Processes starting together (pytest's workers, a script's parallel runs) take the build
+    folder's lock in turn, so each checks for the libraries only after the one building them ends."""
+    import threading
+
+    from llama_cli.kernels._build import _one_builder
+
+    entered = threading.Event()
+
+    def second() -> None:
+        with _one_builder(tmp_path / "build"):  # its own open file: flock makes it wait like another process
+            entered.set()
+
+    with _one_builder(tmp_path / "build"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not entered.wait(0.3)  # still waiting for the lock
+    assert entered.wait(5)
+    waiter.join()

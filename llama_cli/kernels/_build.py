@@ -18,6 +18,7 @@ says why; the caller falls back to dequantized torch matmuls.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -25,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..progress import Reporter
@@ -163,15 +165,16 @@ def load(types: dict[str, int] | None = None) -> tuple[ctypes.CDLL, dict[str, ct
     types = types or {}
     cc = _compiler()
     folder = _cache_dir(_build_key(cc))
-    core_missing = not (folder / LIB_NAME).exists()
-    missing = {name: tid for name, tid in types.items() if not (folder / type_lib_name(name)).exists()}
-    if core_missing or missing:
-        with Reporter().wait(_describe(sorted(missing), core_missing)):
-            try:
-                _Builder(cc, folder).build(core_missing, missing)
-            except OSError:  # unwritable cache: build everything into a private temporary folder
-                folder = Path(tempfile.mkdtemp(prefix="llama-kernels-"))
-                _Builder(cc, folder).build(True, types)
+    with _one_builder(folder):  # processes starting together (test workers, scripts) build each library once
+        core_missing = not (folder / LIB_NAME).exists()
+        missing = {name: tid for name, tid in types.items() if not (folder / type_lib_name(name)).exists()}
+        if core_missing or missing:
+            with Reporter().wait(_describe(sorted(missing), core_missing)):
+                try:
+                    _Builder(cc, folder).build(core_missing, missing)
+                except OSError:  # unwritable cache: build everything into a private temporary folder
+                    folder = Path(tempfile.mkdtemp(prefix="llama-kernels-"))
+                    _Builder(cc, folder).build(True, types)
     core = _open(folder / LIB_NAME)
     _declare(core)
     per_type = {}
@@ -181,6 +184,30 @@ def load(types: dict[str, int] | None = None) -> tuple[ctypes.CDLL, dict[str, ct
         lib.llk_simd_kernel.restype = ctypes.c_void_p
         per_type[name] = lib
     return core, per_type
+
+
+@contextlib.contextmanager
+def _one_builder(folder: Path) -> Iterator[None]:
+    """Hold the build folder's lock file while checking for and building what is missing; where it
+    cannot be created (an unwritable cache) or locked (no fcntl), go on without it."""
+    try:
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".build-lock", "a")  # noqa: SIM115 (closed below, after the unlock)
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with Reporter().wait("waiting for another llama process compiling the C kernels"):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _open(path: Path) -> ctypes.CDLL:
