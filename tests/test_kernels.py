@@ -189,8 +189,9 @@ def test_a_type_that_does_not_build_runs_the_portable_kernel(monkeypatch, tmp_pa
 
 
 def test_one_process_builds_while_the_others_wait(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Processes starting together (pytest's workers, a script's parallel runs) take the build
-    folder's lock in turn, so each checks for the libraries only after the one building them ends."""
+    """Processes starting together (pytest's workers, a script's parallel runs) take each missing
+    library's lock in turn, so each checks for a library only after the one building it ends;
+    different libraries build at once."""
     import threading
 
     from llama_cli.kernels._build import _one_builder
@@ -198,10 +199,10 @@ def test_one_process_builds_while_the_others_wait(tmp_path) -> None:  # type: ig
     entered = threading.Event()
 
     def second() -> None:
-        with _one_builder(tmp_path / "build"):  # its own open file: flock makes it wait like another process
+        with _one_builder(tmp_path / "build", ["libllk-Q4_1.so", "libllk.so"]):  # its own open files: flock waits as across processes
             entered.set()
 
-    with _one_builder(tmp_path / "build"):
+    with _one_builder(tmp_path / "build", ["libllk.so"]), _one_builder(tmp_path / "build", ["libllk-Q4_0.so"]):  # another type: no wait
         waiter = threading.Thread(target=second)
         waiter.start()
         assert not entered.wait(0.3)  # still waiting for the lock

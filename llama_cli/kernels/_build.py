@@ -165,7 +165,8 @@ def load(types: dict[str, int] | None = None) -> tuple[ctypes.CDLL, dict[str, ct
     types = types or {}
     cc = _compiler()
     folder = _cache_dir(_build_key(cc))
-    with _one_builder(folder):  # processes starting together (test workers, scripts) build each library once
+    absent = [name for name in (LIB_NAME, *map(type_lib_name, types)) if not (folder / name).exists()]
+    with _one_builder(folder, absent):  # processes starting together (test workers, scripts) build each library once
         core_missing = not (folder / LIB_NAME).exists()
         missing = {name: tid for name, tid in types.items() if not (folder / type_lib_name(name)).exists()}
         if core_missing or missing:
@@ -187,27 +188,35 @@ def load(types: dict[str, int] | None = None) -> tuple[ctypes.CDLL, dict[str, ct
 
 
 @contextlib.contextmanager
-def _one_builder(folder: Path) -> Iterator[None]:
-    """Hold the build folder's lock file while checking for and building what is missing; where it
-    cannot be created (an unwritable cache) or locked (no fcntl), go on without it."""
-    try:
-        import fcntl
-
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / ".build-lock", "a")  # noqa: SIM115 (closed below, after the unlock)
-    except (ImportError, OSError):
+def _one_builder(folder: Path, libraries: list[str]) -> Iterator[None]:
+    """Hold the lock file of each library in `libraries` (those found missing) while checking for
+    them again and building what is still missing: a process that wants a library another is
+    building waits for it; processes that want different ones build at once. Where the locks
+    cannot be made (an unwritable cache, no fcntl), go on without them."""
+    with contextlib.ExitStack() as held:  # closing each lock file releases its lock
+        try:
+            _lock_all(held, folder, sorted(libraries))  # one order for every process: no deadlock
+        except (ImportError, OSError):
+            held.close()
         yield
-        return
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            with Reporter().wait("waiting for another llama process compiling the C kernels"):
-                fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _lock_all(held: contextlib.ExitStack, folder: Path, names: list[str]) -> None:
+    import fcntl
+
+    if names:
+        folder.mkdir(parents=True, exist_ok=True)
+    files = [held.enter_context(open(folder / f".{name}.lock", "a")) for name in names]  # noqa: SIM115 (held closes them)
+    with contextlib.ExitStack() as waiting:  # the message lasts while this process waits, not while it builds
+        told = False
+        for file in files:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    waiting.enter_context(Reporter().wait("waiting for another llama process compiling the C kernels"))
+                    told = True
+                fcntl.flock(file, fcntl.LOCK_EX)
 
 
 def _open(path: Path) -> ctypes.CDLL:
