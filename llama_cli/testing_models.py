@@ -27,17 +27,22 @@ import functools
 import importlib.util
 import logging
 import math
+import mmap
 import re
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import gguf
 import numpy as np
 from gguf.constants import GGMLQuantizationType as Q
 from gguf.constants import GGUFValueType
+
+from .gguf_metadata import GGUFCursor
+from .weights.gguf_header import scan_header
 
 # llama.cpp's presets (`llama-quantize` names) -> its llama_ftype numbers (llama.h).
 PRESETS: dict[str, int] = {
@@ -86,7 +91,7 @@ def tensor_nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return math.prod(shape) // block * size
 
 
-def copy_fields(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, *, keep: Callable[[str], bool] = lambda key: True) -> None:
+def copy_fields(reader: GGUFFile | gguf.GGUFReader, writer: gguf.GGUFWriter, *, keep: Callable[[str], bool] = lambda key: True) -> None:
     """Copy metadata keys from `reader` as stored (same value types); GGUF.* and the architecture are the writer's own."""
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or not keep(key):
@@ -99,14 +104,60 @@ def copy_fields(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, *, keep: Calla
         writer.add_key_value(key, value, kind, sub_type=sub)
 
 
+@dataclass(frozen=True)
+class StoredField:
+    """A metadata value and its GGUF value types ([kind], or [ARRAY, item kind]), as gguf.GGUFReader's fields give them."""
+
+    types: list[GGUFValueType]
+    value: Any
+
+    def contents(self) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    name: str
+    shape: tuple[int, ...]  # GGUF order, fastest-varying first (as gguf.GGUFReader lists it)
+    tensor_type: Q
+    data: np.ndarray  # the stored bytes (uint8), a view of the file
+
+
+class GGUFFile:
+    """What this module reads of a GGUF (typed metadata, each tensor's stored bytes) with llama's
+    own header walk: gguf.GGUFReader builds numpy views of every vocabulary string, ~3 s for the
+    default model's 49k tokens and merges, and the files made from one base read it many times."""
+
+    def __init__(self, path: Path) -> None:
+        header = scan_header(path)  # checks every count and offset first
+        with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            self.fields = _TypedFields(buf, path).read()
+        raw = np.memmap(path, dtype=np.uint8, mode="r")
+        self.tensors = [
+            StoredTensor(t.name, tuple(reversed(t.shape)), t.type, raw[t.offset : t.offset + t.n_bytes]) for t in header.tensors.values()
+        ]
+
+
+class _TypedFields(GGUFCursor):
+    def read(self) -> dict[str, StoredField]:
+        self.take(4 + 4 + 8)  # magic, version, tensor count: scan_header checked them
+        fields = {}
+        for _ in range(self.unpack("<Q")):
+            key, kind = self.string("a key"), self.unpack("<I")
+            types = [GGUFValueType(kind)]
+            if kind == GGUFValueType.ARRAY:
+                types.append(GGUFValueType(struct.unpack_from("<I", self.buf, self.pos)[0]))
+            fields[key] = StoredField(types, self.value(kind))
+        return fields
+
+
 @functools.lru_cache(maxsize=4)
-def _open_gguf(path: Path, changed: int) -> gguf.GGUFReader:
-    return gguf.GGUFReader(path)
+def _open_gguf(path: Path, changed: int) -> GGUFFile:
+    return GGUFFile(path)
 
 
-def open_gguf(path: Path) -> gguf.GGUFReader:
-    """A GGUFReader of `path`, kept while the file is unchanged: opening one parses the whole
-    vocabulary (~3 s for 49k tokens), and the files made from one base read it again and again."""
+def open_gguf(path: Path) -> GGUFFile:
+    """`path`'s GGUFFile, kept while the file is unchanged (the files made from one base read it again and again)."""
     return _open_gguf(Path(path), Path(path).stat().st_mtime_ns)
 
 
@@ -270,7 +321,7 @@ def write_llama32_1b_shape(out: Path, *, seed: int = 0, context: int = 131072) -
     rope base 500000 with Llama 3 scaling, tied head) as F16, with the Llama 3 vocabulary and chat
     template; random weights (std 0.02). ~2.5 GB, written one tensor at a time."""
     models = llama_cpp_models_dir()
-    vocab = gguf.GGUFReader(models / LLAMA3_VOCAB)
+    vocab = open_gguf(models / LLAMA3_VOCAB)
     template = (models / LLAMA32_TEMPLATE).read_text(encoding="utf-8")
     dim, n_heads, head_dim, base = 2048, 32, 64, 500000.0
     specs = [TensorSpec("rope_freqs.weight", (head_dim // 2,), Q.F32)]
@@ -390,7 +441,7 @@ def slice_file(src: Path, out: Path, first: int, count: int) -> Path:
     quantizer takes to quantize those layers alone. The embedding, head and vocabulary stay out
     (a quantizer needs none of them, and they would be most of the work)."""
     reader = open_gguf(src)
-    chosen: dict[str, tuple[gguf.GGUFReader, str]] = {}
+    chosen: dict[str, tuple[GGUFFile, str]] = {}
     for t in reader.tensors:
         m = _LAYER.fullmatch(t.name)
         if m is not None and first <= int(m[1]) < first + count:
@@ -402,9 +453,9 @@ _LAYER = re.compile(r"blk\.(\d+)\.(.*)")
 
 
 def _copy_tensors(
-    meta: gguf.GGUFReader,
+    meta: GGUFFile,
     out: Path,
-    sources: dict[str, tuple[gguf.GGUFReader, str]],
+    sources: dict[str, tuple[GGUFFile, str]],
     *,
     block_count: int,
     keep: Callable[[str], bool] = lambda key: True,
@@ -433,7 +484,7 @@ def write_mixed(folder: Path, out: Path, groups: Iterable[LayerGroup]) -> Path:
     n_layers = int(base.fields["llama.block_count"].contents())
     if sum(g.layers for g in groups) != n_layers:
         raise ValueError(f"the groups hold {sum(g.layers for g in groups)} layers; the model has {n_layers}")
-    sources: dict[str, tuple[gguf.GGUFReader, str]] = {t.name: (shipped, t.name) for t in shipped.tensors if not t.name.startswith("blk.")}
+    sources: dict[str, tuple[GGUFFile, str]] = {t.name: (shipped, t.name) for t in shipped.tensors if not t.name.startswith("blk.")}
     first = 0
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         for g in groups:
@@ -445,7 +496,7 @@ def write_mixed(folder: Path, out: Path, groups: Iterable[LayerGroup]) -> Path:
                 made = slice_file(base_file(folder, "default"), Path(scratch) / f"{first}-F16.gguf", first, g.layers)
                 if (g.preset, g.engine) != ("F16", "gguf"):
                     made = quantize(made, Path(scratch) / f"{first}-{g.preset}.gguf", g.preset, engine=g.engine)
-                reader, offset = gguf.GGUFReader(made), 0
+                reader, offset = open_gguf(made), 0
             for t in reader.tensors:
                 m = _LAYER.fullmatch(t.name)
                 if m and offset <= int(m[1]) < offset + g.layers:
