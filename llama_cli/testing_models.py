@@ -509,25 +509,10 @@ def write_mixed(folder: Path, out: Path, groups: Iterable[LayerGroup]) -> Path:
 # The default model's mixed files (`model_file(folder, "default", "mixed", engine)`): with llama.cpp,
 # its K and IQ presets (which hold the legacy types as fallbacks for SmolLM2's rows of 576) beside
 # the shipped Q4_1 and gguf's F16 and BF16, 13 types in all; without it, gguf's types alone.
+_UNQUANTIZED_MIX = (LayerGroup("Q4_1", "shipped", 4), LayerGroup("F16", "gguf", 5), LayerGroup("BF16", "gguf", 5))
 MIXES: dict[str, tuple[LayerGroup, ...]] = {
-    "llama.cpp": (
-        LayerGroup("Q3_K_S", "llama.cpp", 4),
-        LayerGroup("Q4_K_M", "llama.cpp", 4),
-        LayerGroup("Q5_K_S", "llama.cpp", 4),
-        LayerGroup("IQ4_XS", "llama.cpp", 4),
-        LayerGroup("Q4_1", "shipped", 4),
-        LayerGroup("F16", "gguf", 5),
-        LayerGroup("BF16", "gguf", 5),
-    ),
-    "gguf": (
-        LayerGroup("Q4_0", "gguf", 4),
-        LayerGroup("Q5_0", "gguf", 4),
-        LayerGroup("Q5_1", "gguf", 4),
-        LayerGroup("Q8_0", "gguf", 4),
-        LayerGroup("Q4_1", "shipped", 4),
-        LayerGroup("F16", "gguf", 5),
-        LayerGroup("BF16", "gguf", 5),
-    ),
+    "llama.cpp": tuple(LayerGroup(p, "llama.cpp", 4) for p in ("Q3_K_S", "Q4_K_M", "Q5_K_S", "IQ4_XS")) + _UNQUANTIZED_MIX,
+    "gguf": tuple(LayerGroup(p, "gguf", 4) for p in ("Q4_0", "Q5_0", "Q5_1", "Q8_0")) + _UNQUANTIZED_MIX,
 }
 
 
