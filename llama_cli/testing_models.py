@@ -10,7 +10,12 @@ then quantized. This module does the same on this machine:
   chat template and rope-scaling tensor, written one tensor at a time (2.5 GB of F16);
 - `quantize`: llama.cpp's own quantizer (llama-cpp-python, the `bench` extra) for every preset;
   without it, the legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and F16/BF16 come from
-  `gguf.quants`, and K-quants raise `QuantizerMissing`.
+  `gguf.quants`, and K-quants raise `QuantizerMissing`;
+- `write_mixed`: the default model with a group of layers per preset (`MIXES`), each group
+  quantized alone: one file that holds every tensor type for the fidelity tests.
+
+Files are read with `GGUFFile` (llama's own header walk and string reader), which gives what
+this module needs of `gguf.GGUFReader` at a fraction of its cost on a 49k-token vocabulary.
 
 Random weights give meaningless text, which is fine for loading, speed and path-vs-reference
 comparisons, not for quality. Nothing here is used by `llama` itself.
