@@ -501,7 +501,7 @@ def write_mixed(folder: Path, out: Path, groups: Iterable[LayerGroup]) -> Path:
                 made = slice_file(base_file(folder, "default"), Path(scratch) / f"{first}-F16.gguf", first, g.layers)
                 if (g.preset, g.engine) != ("F16", "gguf"):
                     made = quantize(made, Path(scratch) / f"{first}-{g.preset}.gguf", g.preset, engine=g.engine)
-                reader, offset = open_gguf(made), 0
+                reader, offset = GGUFFile(made), 0  # not kept in open_gguf's cache: the scratch files go
             for t in reader.tensors:
                 m = _LAYER.fullmatch(t.name)
                 if m and offset <= int(m[1]) < offset + g.layers:
