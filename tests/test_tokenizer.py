@@ -83,7 +83,13 @@ def test_gguf_metadata_reader_matches_gguf_package(tmp_path: Path) -> None:
     }  # fmt: skip
     for kind, value in values.items():
         getattr(writer, f"add_{kind}")(f"k.{kind}", value)
-    arrays = {"strings": ["x", "ÿ", ""], "ints": [1, -2, 3], "floats": [0.5, 1.5], "bools": [True, False], "nested": [[1, 2], [3]]}
+    arrays = {
+        "strings": ["x", "ÿ", "", "a longer item " * 4],
+        "ints": [1, -2, 3],
+        "floats": [0.5, 1.5],
+        "bools": [True, False],
+        "nested": [[1, 2], [3]],
+    }
     for name, items in arrays.items():
         writer.add_array(f"k.{name}", items)
     writer.write_header_to_file()
@@ -101,6 +107,14 @@ def test_gguf_metadata_reader_matches_gguf_package(tmp_path: Path) -> None:
     (tmp_path / "empty.gguf").write_bytes(b"")
     with pytest.raises(ModelFormatError, match="cannot read GGUF"):
         read_gguf_metadata(tmp_path / "empty.gguf")
+    long_item = data.index(b"a longer item")  # an item of the string array (read in one loop of its own)
+    (tmp_path / "cut.gguf").write_bytes(data[: long_item + 10])
+    with pytest.raises(ModelFormatError, match=f"a length of 56 bytes at byte {long_item} .* truncated or corrupt"):
+        read_gguf_metadata(tmp_path / "cut.gguf")
+    inside = data.index("ÿ".encode())
+    (tmp_path / "latin1.gguf").write_bytes(data[:inside] + b"\xff\xff" + data[inside + 2 :])
+    with pytest.raises(ModelFormatError, match="a string that is not UTF-8"):
+        read_gguf_metadata(tmp_path / "latin1.gguf")
     rng = random.Random(0)
     for _ in range(300):  # damaged bytes anywhere: a dict or a one-line ModelFormatError, never another exception
         damaged = bytearray(data)
