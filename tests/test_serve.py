@@ -272,7 +272,11 @@ def test_oversized_body_unknown_route_and_method(http: httpx.Client) -> None:
 
 def test_full_queue_gets_503_and_disconnect_cancels(server: str, http: httpx.Client) -> None:
     long = {"messages": HI, "max_tokens": 200, "ignore_eos": True, "stream": True}
-    for _attempt in range(5):  # the tiny model can finish every row before the second request queues: set it up again
+    answers = []
+    # The tiny model can finish every row before the second request queues, or between the moment
+    # it is seen queued and the third request: then the scene is set up again. A server that never
+    # refuses still fails: every attempt's third request is answered.
+    for _attempt in range(5):
         with httpx.Client(base_url=server, timeout=60) as a, httpx.Client(base_url=server, timeout=60) as b:
             running = a.stream("POST", "/v1/chat/completions", json={**long, "n": PARALLEL})  # every row busy
             with running as first:
@@ -282,15 +286,16 @@ def test_full_queue_gets_503_and_disconnect_cancels(server: str, http: httpx.Cli
                     while (queued := http.get("/health").json()["waiting"]) < 1 and time.monotonic() < deadline:
                         time.sleep(0.02)
                     if queued:
-                        refused = http.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2})
-                        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-                        assert refused.json()["error"]["code"] == "server_busy"
+                        answers.append(http.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2}))
                 # both clients leave mid-stream
         health = wait_idle(http)
         assert health["free_rows"] == PARALLEL
-        if queued:
+        refused = [r for r in answers if r.status_code == 503]
+        if refused:
+            assert refused[0].headers["retry-after"] == "1" and refused[0].json()["error"]["code"] == "server_busy"
+            assert all(r.status_code in (200, 503) for r in answers)
             return
-    pytest.fail("the second request never waited in the queue")
+    pytest.fail(f"no request was refused with 503 while the queue was full: {[r.status_code for r in answers]}")
 
 
 # ---------------------------------------------------------------- small endpoints
