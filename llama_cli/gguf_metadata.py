@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,15 +60,30 @@ def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
     Raises ModelFormatError for a file that is not a GGUF, is truncated, or claims more than it
     holds. Tensors are neither read nor checked.
     """
+    return {entry.key: entry.value for entry in read_gguf_entries(path)}
+
+
+@dataclass(frozen=True)
+class GGUFEntry:
+    key: str
+    kind: int  # the GGUF value type
+    item_kind: int | None  # an array's item type (None for a scalar or string)
+    value: Any
+
+
+def read_gguf_entries(path: Path | str) -> list[GGUFEntry]:
+    """`read_gguf_metadata`'s key/values in file order, each with its value types: what a writer
+    needs to copy them as stored (testing_models.py). The same checks and errors."""
     path = Path(path)
     try:
         with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _KeyValues(buf, path).read()
+            return list(_KeyValues(buf, path).entries())
     except (OSError, ValueError) as exc:  # ValueError: mmap of an empty file
         raise ModelFormatError(f"cannot read GGUF {path}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
 _LENGTH = struct.Struct("<Q")  # a string's byte count
+_ITEM = struct.Struct("<I")  # an array's item type
 
 
 class GGUFCursor:
@@ -147,7 +164,7 @@ class GGUFCursor:
 
 
 class _KeyValues(GGUFCursor):
-    def read(self) -> dict[str, Any]:
+    def entries(self) -> Iterator[GGUFEntry]:
         if self.size < 24 or self.buf[:4] != MAGIC:
             raise ModelFormatError(f"cannot read GGUF {self.path}: not a GGUF file (it starts with {bytes(self.buf[:4])!r})")
         self.take(4)
@@ -160,10 +177,12 @@ class _KeyValues(GGUFCursor):
         kv_count = self.unpack("<Q")
         if kv_count * 13 > self.size - self.pos:  # each: an empty key, a type, a one-byte value
             raise self.fail(f"{kv_count} key/values claimed")
-        metadata: dict[str, Any] = {}
+        seen: set[str] = set()
         for _ in range(kv_count):
             key = self.string()
-            if key in metadata:
+            if key in seen:
                 raise self.fail(f"duplicate key {key!r}")
-            metadata[key] = self.value(self.unpack("<I"))
-        return metadata
+            seen.add(key)
+            kind = self.unpack("<I")
+            item_kind = _ITEM.unpack_from(self.buf, self.pos)[0] if kind == ARRAY and self.pos + 4 <= self.size else None
+            yield GGUFEntry(key, kind, item_kind, self.value(kind))

@@ -32,9 +32,7 @@ import functools
 import importlib.util
 import logging
 import math
-import mmap
 import re
-import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -46,7 +44,7 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType as Q
 from gguf.constants import GGUFValueType
 
-from .gguf_metadata import GGUFCursor
+from .gguf_metadata import read_gguf_entries
 from .weights.gguf_header import scan_header
 
 # llama.cpp's presets (`llama-quantize` names) -> its llama_ftype numbers (llama.h).
@@ -135,25 +133,14 @@ class GGUFFile:
 
     def __init__(self, path: Path) -> None:
         header = scan_header(path)  # checks every count and offset first
-        with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            self.fields = _TypedFields(buf, path).read()
+        self.fields = {
+            e.key: StoredField([GGUFValueType(e.kind)] + ([] if e.item_kind is None else [GGUFValueType(e.item_kind)]), e.value)
+            for e in read_gguf_entries(path)
+        }
         raw = np.memmap(path, dtype=np.uint8, mode="r")
         self.tensors = [
             StoredTensor(t.name, tuple(reversed(t.shape)), t.type, raw[t.offset : t.offset + t.n_bytes]) for t in header.tensors.values()
         ]
-
-
-class _TypedFields(GGUFCursor):
-    def read(self) -> dict[str, StoredField]:
-        self.take(4 + 4 + 8)  # magic, version, tensor count: scan_header checked them
-        fields = {}
-        for _ in range(self.unpack("<Q")):
-            key, kind = self.string("a key"), self.unpack("<I")
-            types = [GGUFValueType(kind)]
-            if kind == GGUFValueType.ARRAY:
-                types.append(GGUFValueType(struct.unpack_from("<I", self.buf, self.pos)[0]))
-            fields[key] = StoredField(types, self.value(kind))
-        return fields
 
 
 @functools.lru_cache(maxsize=4)
@@ -485,7 +472,8 @@ def write_mixed(folder: Path, out: Path, groups: Iterable[LayerGroup]) -> Path:
     quantized alone (llama.cpp's type choices for a small model of those layers), so the file costs
     one quantization of each layer, not one of the whole model per preset."""
     groups = list(groups)
-    base, shipped = open_gguf(base_file(folder, "default")), open_gguf(default_model_path())
+    base_path = base_file(folder, "default")
+    base, shipped = open_gguf(base_path), open_gguf(default_model_path())
     n_layers = int(base.fields["llama.block_count"].contents())
     if sum(g.layers for g in groups) != n_layers:
         raise ValueError(f"the groups hold {sum(g.layers for g in groups)} layers; the model has {n_layers}")
@@ -498,7 +486,7 @@ def write_mixed(folder: Path, out: Path, groups: Iterable[LayerGroup]) -> Path:
                     raise ValueError(f"the shipped file is Q4_1, not {g.preset}")
                 reader, offset = shipped, first
             else:
-                made = slice_file(base_file(folder, "default"), Path(scratch) / f"{first}-F16.gguf", first, g.layers)
+                made = slice_file(base_path, Path(scratch) / f"{first}-F16.gguf", first, g.layers)
                 if (g.preset, g.engine) != ("F16", "gguf"):
                     made = quantize(made, Path(scratch) / f"{first}-{g.preset}.gguf", g.preset, engine=g.engine)
                 reader, offset = GGUFFile(made), 0  # not kept in open_gguf's cache: the scratch files go

@@ -34,7 +34,7 @@ def vocab_only(default_model_path: Path, tmp_path_factory: pytest.TempPathFactor
     ggml-vocab-*.gguf files are."""
     with default_model_path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         reader = _KeyValues(buf, default_model_path)
-        count = len(reader.read())
+        count = len(list(reader.entries()))
         version = struct.unpack_from("<I", buf, 4)[0]
         path = tmp_path_factory.mktemp("vocab") / "ggml-vocab-smollm.gguf"
         path.write_bytes(b"GGUF" + struct.pack("<IQQ", version, 0, count) + buf[24 : reader.pos])
