@@ -234,9 +234,9 @@ def load(
     torch_dtype = pick_dtype(dtype, torch_device)
     checkpoint = load_checkpoint(path, cache=cache)
     if adapter is None and dtype == "auto" and torch_device.type == "cpu" and _has_quantized(checkpoint):
-        from . import kernels
+        from .kernels import prepare
 
-        if kernels.prepare({t.qtype for t in checkpoint.weights.values() if isinstance(t, QuantizedTensor)}):  # built in parallel
+        if prepare({t.qtype for t in checkpoint.weights.values() if isinstance(t, QuantizedTensor)}):  # built in parallel
             built = build_model(checkpoint, torch.float32, torch_device, quantized=True)
             return LLM(built, checkpoint.tokenizer, checkpoint, torch_device, torch.float32, fast=True)
     built = build_model(checkpoint, torch_dtype, torch_device)

@@ -10,10 +10,19 @@ what the new tokens added -- the prefix/read offsets of vLLM's `detokenize_incre
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .tokenizer import Tokenizer
+
+class Vocabulary(Protocol):
+    """What this module reads of a tokenizer (tokenizer.Tokenizer is one; tokenizer.py imports
+    this module, so it names the methods it needs instead of importing that class)."""
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def is_special(self, token_id: int) -> bool: ...
+
+    def piece(self, token_id: int) -> str: ...
+
 
 # Tokens of context kept before the first generated one: enough to hold a whole UTF-8 character
 # in byte tokens and a word before it, so its leading space decodes as it will in the full text.
@@ -34,7 +43,7 @@ class StreamDecoder:
     U+FFFD, and the reference slice above is not well defined either).
     """
 
-    def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = ()) -> None:
+    def __init__(self, tokenizer: Vocabulary, context: Sequence[int] = ()) -> None:
         self._tokenizer = tokenizer
         self._ids = [i for i in context if not tokenizer.is_special(i)][-_CONTEXT_TOKENS:]  # the window
         self._read = len(self._ids)  # ids before this are emitted (or context); the rest are held back
@@ -65,7 +74,7 @@ class StreamDecoder:
         return new
 
 
-def mark_special(tokenizer: Tokenizer, ids: Sequence[int], *, mark: str = "[{}]") -> str:
+def mark_special(tokenizer: Vocabulary, ids: Sequence[int], *, mark: str = "[{}]") -> str:
     """Decoded text with every special token written out as `mark` (so template problems show)."""
     out: list[str] = []
     run: list[int] = []

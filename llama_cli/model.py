@@ -11,16 +11,14 @@ References: Meta's llama/model.py, pytorch-labs/gpt-fast model.py, transformers'
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, RopeScaling
-
-if TYPE_CHECKING:
-    from .kv_cache import KVCache
 
 Rows = torch.Tensor | None  # `rows=` and `positions=` of continuous batching (Transformer.forward)
 ROW_BY_ROW_ATTENTION = 16  # queries after a cached prefix up to which attention runs one query at a time
@@ -60,6 +58,26 @@ class LayerCache:
         self.k[: k.shape[0], :, start_pos:end] = k
         self.v[: v.shape[0], :, start_pos:end] = v
         return self.k[: k.shape[0], :, :end], self.v[: v.shape[0], :, :end]
+
+
+class CacheView(Protocol):
+    """What a forward pass reads of the KV cache it writes into (kv_cache.KVCache, its owner, is
+    the one implementation; kv_cache.py imports this module, so the model names these instead)."""
+
+    @property
+    def batch(self) -> int: ...  # rows
+
+    @property
+    def length(self) -> int: ...  # positions per row
+
+    @property
+    def layers(self) -> Sequence[LayerCache]: ...  # one per transformer layer
+
+    @property
+    def rope_cos(self) -> torch.Tensor: ...  # (length, head_dim)
+
+    @property
+    def rope_sin(self) -> torch.Tensor: ...
 
 
 class RMSNorm(nn.Module):
@@ -261,7 +279,7 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         start_pos: int = 0,
         *,
-        cache: KVCache | None,
+        cache: CacheView | None,
         last_only: bool = False,
         rows: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,

@@ -23,7 +23,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
-from . import coercion
+from .coercion import install as install_converter
 from .errors import click_errors, quiet_broken_pipe
 from .render import ensure_utf8_stdout, print_warnings_as_lines
 
@@ -32,7 +32,7 @@ def _plain_metavars(command: Any) -> None:
     """On/off flags take no value and repeatable options one at a time: show no `<bool>` or `<list[str]>` in the help.
     Also converts plain values without pydantic (coercion.py)."""
     for param in command.params:
-        coercion.install(param)
+        install_converter(param)
         if getattr(param, "param_type_name", "") == "argument" and param.nargs != 1:
             element = "<" + param.bare_type().removeprefix("list[").removesuffix("]") + ">"
             param.display_type_rich = lambda ctx, shown=element: shown  # the type column: one value's type (the name says "...")
@@ -58,7 +58,7 @@ class Command(TyperCommand):
         option = super().get_help_option(ctx)
         if option is not None:
             option.metavar = ""
-            coercion.install(option)
+            install_converter(option)
         return option
 
 
@@ -102,7 +102,7 @@ class Group(TyperGroup):
         option = super().get_help_option(ctx)
         if option is not None:
             option.metavar = ""
-            coercion.install(option)
+            install_converter(option)
         return option
 
 
